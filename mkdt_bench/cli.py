@@ -1,0 +1,175 @@
+"""``mkdt-bench`` command line: run, table, list."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mkdt_bench.errors import UserError
+
+QUICK = "quick"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _csv(kind: type = str):
+    def parse(text: str) -> list[Any]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        try:
+            return [kind(t) for t in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be a comma-separated list of {kind.__name__} values") from None
+    return parse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", help="artifact cache (default $MKDT_BENCH_CACHE or "
+                                       "~/.cache/mkdt-bench)")
+    p.add_argument("--results-db", help="SQLite results database (default <cache>/results.sqlite)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mkdt-bench", description="Benchmark dataset distillation for "
+                     "self-supervised pre-training.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a grid of methods and print the comparison table")
+    _common(run)
+    run.add_argument("--preset", help="shipped preset name or a .toml path (default: quick when "
+                                      "no --dataset is given)")
+    run.add_argument("--dataset", help="digits, cifar10, cifar100, tinyimagenet, imagefolder:PATH")
+    run.add_argument("--data-root", help="where downloadable data sets live")
+    run.add_argument("--methods", type=_csv(), help="comma-separated method names")
+    run.add_argument("--budget", help="images in each distilled set: a count or a percentage")
+    run.add_argument("--archs", type=_csv(), help="encoders to pre-train (convnet, resnet18, "
+                                                  "timm:NAME, ...)")
+    run.add_argument("--fractions", type=_csv(float), help="label fractions, e.g. 0.01,0.05")
+    run.add_argument("--seeds", type=_csv(int), help="seeds, e.g. 0,1,2")
+    run.add_argument("--tasks", type=_csv(), help="downstream data sets (default: the source)")
+    run.add_argument("--evaluators", type=_csv(), help="downstream protocols (default: linear)")
+    run.add_argument("--teacher-checkpoint", help="load the teacher instead of training it")
+    run.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="SECTION.KEY=VALUE", help="override any option, repeatable")
+    run.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    table = sub.add_parser("table", help="render stored results as a table")
+    _common(table)
+    table.add_argument("--dataset", help="only this source data set")
+    table.add_argument("--methods", type=_csv(), help="only these methods")
+    table.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+
+    lst = sub.add_parser("list", help="show registered methods, models, data sets, "
+                                      "evaluators and presets")
+    lst.add_argument("--debug", action="store_true")
+    return parser
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    from mkdt_bench.cache import default_cache_dir
+
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    db = Path(args.results_db).expanduser() if args.results_db else cache / "results.sqlite"
+    return cache, db
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mkdt_bench.cache import ArtifactCache
+    from mkdt_bench.config import build_config
+    from mkdt_bench.results import ResultStore, comparison_table, render
+    from mkdt_bench.runner import Env, run_grid
+
+    preset = args.preset or (QUICK if args.dataset is None else None)
+    flags = {"dataset": args.dataset, "methods": args.methods, "budget": args.budget,
+             "archs": args.archs, "fractions": args.fractions, "seeds": args.seeds,
+             "tasks": args.tasks, "evaluators": args.evaluators, "device": args.device,
+             "data_root": args.data_root}
+    overrides = list(args.overrides)
+    if args.teacher_checkpoint:
+        overrides.append(f"teacher.checkpoint={args.teacher_checkpoint!r}")
+    for name in ("methods", "archs", "fractions", "seeds", "tasks", "evaluators"):
+        if flags[name] == []:
+            raise UserError(f"--{name} is empty; give at least one value")
+    cfg = build_config(preset, flags, overrides)
+    cache_dir, db = _paths(args)
+    ArtifactCache(cache_dir)  # fails early on an unusable cache directory
+    store = ResultStore(db)
+    env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
+              device=cfg["run"]["device"], progress=not args.no_progress)
+    start = time.perf_counter()
+    frame = run_grid(cfg, env, store)
+    table = comparison_table(frame, method_order=cfg["run"]["methods"])
+    print(render(table, args.format))
+    failed = int((frame["status"] != "ok").sum()) if not frame.empty else 0
+    print(f"\n{len(frame)} cells ({failed} failed) in {time.perf_counter() - start:.1f} s; "
+          f"results in {db}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from mkdt_bench.results import ResultStore, comparison_table, render
+
+    _, db = _paths(args)
+    if not db.is_file():
+        raise UserError(f"results database {str(db)!r} does not exist; run `mkdt-bench run` "
+                        "first or pass --results-db")
+    store = ResultStore(db)
+    frame = store.frame(dataset=args.dataset)
+    if args.methods:
+        frame = frame[frame["method"].isin(args.methods + ["teacher"])]
+    for dataset, group in frame.groupby("dataset", sort=False):
+        print(f"## {dataset}\n")
+        print(render(comparison_table(group, method_order=args.methods), args.format))
+        print()
+    if frame.empty:
+        print("(no results)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from mkdt_bench.config import list_presets
+    from mkdt_bench.data import DATASETS
+    from mkdt_bench.evaluators import EVALUATORS
+    from mkdt_bench.methods import METHODS
+    from mkdt_bench.models import MODELS
+
+    for title, names in (("methods", METHODS.names()),
+                         ("models", MODELS.names() + MODELS.prefixes()),
+                         ("datasets", DATASETS.names() + DATASETS.prefixes()),
+                         ("evaluators", EVALUATORS.names()), ("presets", list_presets())):
+        print(f"{title}: {', '.join(names)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"run": cmd_run, "table": cmd_table, "list": cmd_list}[args.command]
+    try:
+        return handler(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is cached, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

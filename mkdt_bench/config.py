@@ -1,0 +1,183 @@
+"""Run configuration: defaults, TOML presets shipped in the package, ``--set`` overrides.
+
+A resolved config is plain data with five sections::
+
+    run        what to run (dataset, methods, budget, archs, fractions, seeds, ...)
+    teacher    SSL teacher (see mkdt_bench.teacher.TEACHER_DEFAULTS)
+    pretrain   pre-training on a distilled set (evaluation.md A.1)
+    methods    methods.<name>.<option>, validated by each method's ``defaults``
+    evaluators evaluators.<name>.<option>, validated by each evaluator's ``defaults``
+
+Precedence: defaults < preset < command-line flags < ``--set section.key=value``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mkdt_bench.errors import UserError
+from mkdt_bench.evaluators.pretrain import PRETRAIN_DEFAULTS
+from mkdt_bench.options import resolve_options
+from mkdt_bench.teacher import TEACHER_CHOICES, TEACHER_DEFAULTS
+
+RUN_DEFAULTS: dict[str, Any] = {
+    "dataset": "digits",
+    "data_root": "",
+    "methods": ["random", "none"],
+    "budget": "10%",
+    "archs": ["convnet"],
+    "fractions": [0.01, 0.05],
+    "seeds": [0, 1, 2],
+    "tasks": [],
+    "evaluators": ["linear"],
+    "device": "cpu",
+    "shared_distillation": False,
+    "teacher_row": True,
+}
+
+SECTIONS = ("run", "teacher", "pretrain", "methods", "evaluators")
+
+
+def default_config() -> dict[str, Any]:
+    return {"run": dict(RUN_DEFAULTS), "teacher": dict(TEACHER_DEFAULTS),
+            "pretrain": dict(PRETRAIN_DEFAULTS), "methods": {}, "evaluators": {}}
+
+
+def list_presets() -> list[str]:
+    folder = resources.files("mkdt_bench") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    """A shipped preset by name, or a TOML file by path."""
+    if name.endswith(".toml") or "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"preset file {name!r} does not exist")
+        text = path.read_text()
+    else:
+        if name not in list_presets():
+            raise UserError(f"unknown preset {name!r}; known: {', '.join(list_presets())}")
+        text = (resources.files("mkdt_bench") / "presets" / f"{name}.toml").read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"preset {name!r} is not valid TOML: {e}") from None
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"preset {name!r}: unknown section [{unknown[0]}]; "
+                        f"allowed: {', '.join(SECTIONS)}")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (path, value); the value is read as a TOML literal if it can."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r} must look like section.key=value "
+                        "(e.g. teacher.epochs=5)")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if path[0] not in SECTIONS or len(path) < 2 or not all(path):
+        raise UserError(f"--set {text!r}: key must start with one of {', '.join(SECTIONS)} "
+                        "(e.g. teacher.epochs=5, methods.mkdt.iterations=100)")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def build_config(preset: str | None = None, flags: dict[str, Any] | None = None,
+                 overrides: list[str] | None = None) -> dict[str, Any]:
+    """Resolve defaults, a preset, ``run`` flags and ``--set`` overrides into one config."""
+    cfg = default_config()
+    if preset:
+        _merge(cfg, read_preset(preset))
+    for key, value in (flags or {}).items():
+        if value is not None:
+            cfg["run"][key] = value
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = cfg
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return validate(cfg)
+
+
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check every section against its defaults; returns the typed config."""
+    from mkdt_bench.evaluators import EVALUATORS
+    from mkdt_bench.methods import METHODS
+
+    cfg["run"] = resolve_options("run", cfg["run"], RUN_DEFAULTS)
+    cfg["teacher"] = resolve_options("teacher", cfg["teacher"], TEACHER_DEFAULTS, TEACHER_CHOICES)
+    cfg["pretrain"] = resolve_options("pretrain", cfg["pretrain"], PRETRAIN_DEFAULTS)
+    run = cfg["run"]
+    for key in ("methods", "archs", "seeds", "fractions", "evaluators"):
+        if not run[key]:
+            raise UserError(f"run.{key} is empty; give at least one value")
+    for name in run["methods"]:
+        METHODS.get(name)
+    for name in run["evaluators"]:
+        EVALUATORS.get(name)
+    for f in run["fractions"]:
+        if not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise UserError(f"label fraction {f!r} must be a number in (0, 1]")
+    run["fractions"] = [float(f) for f in run["fractions"]]
+    for s in run["seeds"]:
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise UserError(f"seed {s!r} must be a non-negative integer")
+    if run["device"] not in ("cpu", "cuda", "auto") and not run["device"].startswith("cuda:"):
+        raise UserError(f"run.device={run['device']!r} must be cpu, cuda, cuda:N or auto")
+    for section, registry in (("methods", METHODS), ("evaluators", EVALUATORS)):
+        for name in run[section]:
+            cfg[section].setdefault(name, {})
+        for name, options in cfg[section].items():
+            if not isinstance(options, dict):
+                raise UserError(f"{section}.{name} must be a table of options")
+            cfg[section][name] = registry.get(name)(**options).config
+    parse_budget(run["budget"])
+    return cfg
+
+
+def parse_budget(budget: Any) -> tuple[str, float]:
+    """``"2%"`` -> ("fraction", 0.02); ``1000`` -> ("count", 1000)."""
+    text = str(budget).strip()
+    try:
+        if text.endswith("%"):
+            value = float(text[:-1]) / 100
+            if not 0 < value <= 1:
+                raise ValueError
+            return "fraction", value
+        count = int(text)
+        if count <= 0:
+            raise ValueError
+        return "count", count
+    except ValueError:
+        raise UserError(f"budget {budget!r} must be a positive image count (e.g. 1000) or a "
+                        "percentage in (0, 100] (e.g. 2%)") from None
+
+
+def resolve_budget(budget: Any, n_train: int) -> int:
+    """The number of images a budget allows on a training set of ``n_train`` images."""
+    kind, value = parse_budget(budget)
+    count = max(1, int(n_train * value)) if kind == "fraction" else int(value)
+    if count > n_train:
+        raise UserError(f"budget {budget!r} ({count} images) is larger than the training set "
+                        f"({n_train} images)")
+    return count

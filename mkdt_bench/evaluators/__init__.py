@@ -1,0 +1,34 @@
+"""Evaluators: pre-training on a DistilledSet (:mod:`.pretrain`) and downstream protocols.
+
+Downstream protocols are registered by name (``linear``, ...); plug-ins use the
+``mkdt_bench.evaluators`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mkdt_bench.evaluators.base import Evaluator
+from mkdt_bench.registry import Registry
+
+EVALUATORS: Registry = Registry("evaluator", entry_point_group="mkdt_bench.evaluators")
+
+
+def register_evaluator(name: str):
+    """Class decorator: register an Evaluator subclass under ``name``."""
+
+    def decorator(cls: type[Evaluator]) -> type[Evaluator]:
+        cls.name = name
+        EVALUATORS.add(name, cls)
+        return cls
+
+    return decorator
+
+
+def create_evaluator(name: str, **options: Any) -> Evaluator:
+    return EVALUATORS.get(name)(**options)
+
+
+from mkdt_bench.evaluators import linear  # noqa: E402,F401
+
+__all__ = ["EVALUATORS", "Evaluator", "create_evaluator", "register_evaluator"]

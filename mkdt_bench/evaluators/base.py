@@ -1,0 +1,58 @@
+"""The evaluator interface: score a frozen or fine-tuned encoder on a downstream task."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.errors import UserError
+from mkdt_bench.models import Encoder
+from mkdt_bench.options import resolve_options
+
+
+class Evaluator:
+    """Base class: options validated against ``defaults``; ``evaluate`` returns metrics.
+
+    ``evaluate`` returns at least ``{"accuracy": percent}``.
+    """
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        self.config = resolve_options(f"evaluator {self.name!r}", options, self.defaults,
+                                      self.choices)
+
+    def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
+                 device: torch.device) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def labelled_subset(n_train: int, fraction: float, seed: int) -> list[int]:
+    """Indices of the labelled training subset (spec ``evaluation.md`` A.3).
+
+    Uniform, not stratified: ``random.sample(range(N), int(N * fraction))`` with Python's
+    generator seeded by the run seed, exactly as the reference code draws it.
+    """
+    if not 0 < fraction <= 1:
+        raise UserError(f"label fraction {fraction} must be in (0, 1]")
+    k = int(n_train * fraction)
+    if k < 1:
+        raise UserError(f"label fraction {fraction} of {n_train} training images selects no "
+                        "image; use a larger fraction")
+    return random.Random(seed).sample(range(n_train), k)
+
+
+@torch.no_grad()
+def extract_features(encoder: Encoder, images: Tensor, device: torch.device,
+                     batch_size: int = 512) -> Tensor:
+    """Frozen ``encoder.features`` of normalised images, eval mode."""
+    encoder.eval()
+    chunks = [encoder.features(images[i:i + batch_size].to(device)).float().cpu()
+              for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks)

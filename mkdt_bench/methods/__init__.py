@@ -1,0 +1,36 @@
+"""Distillation methods: one file each, registered by name.
+
+Adding a method is one new file with a :class:`Method` subclass plus one registration
+line (``@register_method("name")``). Third-party packages use the ``mkdt_bench.methods``
+entry-point group instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.registry import Registry
+
+METHODS: Registry = Registry("method", entry_point_group="mkdt_bench.methods")
+
+
+def register_method(name: str):
+    """Class decorator: register a Method subclass under ``name``."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        METHODS.add(name, cls)
+        return cls
+
+    return decorator
+
+
+def create_method(name: str, **options: Any) -> Method:
+    """Instantiate a registered method with validated options."""
+    return METHODS.get(name)(**options)
+
+
+from mkdt_bench.methods import baselines  # noqa: E402,F401
+
+__all__ = ["METHODS", "Method", "MethodContext", "create_method", "register_method"]

@@ -1,0 +1,75 @@
+"""The method interface: a method turns a :class:`MethodContext` into a DistilledSet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from mkdt_bench.cache import ArtifactCache
+from mkdt_bench.distilled import DistilledSet
+from mkdt_bench.options import resolve_options
+from mkdt_bench.progress import Progress
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may read; it must not reach into other stages.
+
+    Attributes:
+        source: name of the source data set.
+        images: ``N x C x H x W`` normalised training images.
+        targets: ``N x D`` teacher target representations, row i for image i.
+        mean, std: the normalisation ``images`` are expressed in.
+        budget: number of images the distilled set may hold.
+        seed: seed for every random choice of the method.
+        device: where to compute.
+        cache: the artifact cache, for sub-stages worth caching (e.g. expert trajectories).
+        inputs_key: cache key naming (images, targets); sub-stage keys build on it.
+        scratch: a directory that survives interruption, for resumable snapshots.
+        progress: progress reporter.
+    """
+
+    source: str
+    images: Tensor
+    targets: Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    budget: int
+    seed: int
+    device: torch.device
+    cache: ArtifactCache
+    inputs_key: str
+    scratch: Path
+    progress: Progress = field(default_factory=Progress)
+
+
+class Method:
+    """Base class of distillation methods (sub-class, set ``defaults``, implement distill).
+
+    Options are plain data given to the constructor and validated against ``defaults``
+    (and ``choices`` for enumerations); the resolved dict is ``self.config``.
+    """
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, Any]] = {}
+    #: False for methods whose output does not depend on the seed (e.g. ``full``).
+    seeded: ClassVar[bool] = True
+
+    def __init__(self, **options: Any) -> None:
+        self.config = resolve_options(f"method {self.name!r}", options, self.defaults,
+                                      self.choices)
+
+    def distill(self, ctx: MethodContext) -> DistilledSet:
+        raise NotImplementedError
+
+    def make_set(self, ctx: MethodContext, images: Tensor, targets: Tensor,
+                 lr: float | None = None, **extra: Any) -> DistilledSet:
+        """Wrap tensors as a DistilledSet carrying the context's provenance."""
+        return DistilledSet(images=images.detach().cpu(), targets=targets.detach().cpu(), lr=lr,
+                            source=ctx.source, mean=ctx.mean, std=ctx.std, method=self.name,
+                            extra=extra)

@@ -1,0 +1,103 @@
+"""The DC/MTT ConvNet student (mkdt.md §2; krrst.md §7 for the BatchNorm variant).
+
+``depth`` blocks of [3×3 conv (padding 1) → norm → ReLU → 2×2 AvgPool], all ``width``
+channels wide, then a flatten and a linear head. Parameter names (``body.*``) do not depend
+on the image size, so a probe can rebuild the encoder at another size and load them with
+``strict=False``; only ``head`` does. Activations are never modified in place, and the
+default instance norm has no buffers, so the net works under ``torch.func.functional_call``
+with double backward (trajectory matching, mkdt.md §4).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mkdt_bench.errors import UserError
+from mkdt_bench.models import MODELS
+from mkdt_bench.models.base import Encoder
+
+NORMS = ("instancenorm", "batchnorm", "none")
+
+
+def default_depth(image_size: int) -> int:
+    """3 blocks up to 32 px (CIFAR; 8 px digits go 8→4→2→1), 4 above (Tiny, 64 px)."""
+    return 3 if image_size <= 32 else 4
+
+
+def _norm(norm: str, width: int) -> list[nn.Module]:
+    if norm == "instancenorm":  # the reference's "instancenorm" (mkdt.md §2)
+        return [nn.GroupNorm(width, width, affine=True)]
+    if norm == "batchnorm":
+        return [nn.BatchNorm2d(width, affine=True)]
+    if norm == "none":
+        return []
+    raise UserError(f"unknown ConvNet norm {norm!r}; known: {', '.join(NORMS)}")
+
+
+@MODELS.register("convnet")
+class ConvNet(Encoder):
+    """DC/MTT ConvNet; ``depth=None`` picks :func:`default_depth` from ``image_size``."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        image_size: int,
+        out_dim: int,
+        width: int = 128,
+        depth: int | None = None,
+        norm: str = "instancenorm",
+    ) -> None:
+        super().__init__()
+        depth = default_depth(image_size) if depth is None else depth
+        if depth < 1:
+            raise UserError(f"ConvNet depth must be at least 1, got {depth}")
+        side = image_size // 2**depth
+        if side == 0:
+            raise UserError(
+                f"ConvNet depth {depth} does not fit image_size {image_size}: each block "
+                f"halves the side, so depth {depth} needs at least {2**depth} px"
+            )
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for _ in range(depth):
+            layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), *_norm(norm, width)]
+            layers += [nn.ReLU(), nn.AvgPool2d(kernel_size=2, stride=2)]
+            channels = width
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.feature_dim = width * side * side
+        self.head = nn.Linear(self.feature_dim, out_dim)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The flattened conv output (``width · (image_size / 2^depth)²``)."""
+        return self.body(x)
+
+
+@MODELS.register("convnet-d3")
+def convnet_d3(
+    *, in_channels: int, image_size: int, out_dim: int, width: int = 128, norm: str = "instancenorm"
+) -> ConvNet:
+    """ConvNet with 3 blocks (the CIFAR student, mkdt.md §2)."""
+    return ConvNet(
+        in_channels=in_channels,
+        image_size=image_size,
+        out_dim=out_dim,
+        width=width,
+        depth=3,
+        norm=norm,
+    )
+
+
+@MODELS.register("convnet-d4")
+def convnet_d4(
+    *, in_channels: int, image_size: int, out_dim: int, width: int = 128, norm: str = "instancenorm"
+) -> ConvNet:
+    """ConvNet with 4 blocks (the Tiny-ImageNet student ``ConvNetD4``, mkdt.md §2)."""
+    return ConvNet(
+        in_channels=in_channels,
+        image_size=image_size,
+        out_dim=out_dim,
+        width=width,
+        depth=4,
+        norm=norm,
+    )

@@ -1,0 +1,405 @@
+"""The grid: data -> teacher -> representations -> methods -> pre-training -> evaluators.
+
+Work is cut into self-contained units whose inputs are named by cache keys and whose
+outputs are cache artifacts or result rows, so an :class:`Executor` can run them
+anywhere that sees the cache directory. :class:`InProcessExecutor` runs them here.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import pandas as pd
+import torch
+
+from mkdt_bench.cache import ArtifactCache, atomic_torch_save, config_hash
+from mkdt_bench.config import resolve_budget
+from mkdt_bench.data import ImageDataset, load_dataset
+from mkdt_bench.distilled import DistilledSet
+from mkdt_bench.errors import UserError
+from mkdt_bench.evaluators import create_evaluator
+from mkdt_bench.evaluators.pretrain import pretrain_encoder
+from mkdt_bench.methods import METHODS, MethodContext, create_method
+from mkdt_bench.models import Encoder, create_model
+from mkdt_bench.progress import Progress
+from mkdt_bench.results import TEACHER_ROW, ResultRow, ResultStore
+from mkdt_bench.seeding import set_deterministic
+from mkdt_bench.teacher import build_teacher, encode, load_teacher_checkpoint, train_teacher
+
+U = TypeVar("U")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Env:
+    """Where a unit finds its inputs; everything a worker process needs besides the unit."""
+
+    cache_dir: str
+    data_root: str = ""
+    device: str = "cpu"
+    progress: bool = True
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device {self.device!r} was asked for but CUDA is not available; "
+                            "use --device cpu")
+        return torch.device(self.device)
+
+
+class Executor(Protocol):
+    """Runs ``fn(unit, env)`` for every unit and yields the results as they finish."""
+
+    def map(self, fn: Callable[[U, Env], R], units: Iterable[U], env: Env) -> Iterator[R]: ...
+
+
+class InProcessExecutor:
+    """The default executor: one unit after another in this process."""
+
+    def map(self, fn: Callable[[U, Env], R], units: Iterable[U], env: Env) -> Iterator[R]:
+        for unit in units:
+            yield fn(unit, env)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, data_root: str, cache_dir: str) -> ImageDataset:
+    return load_dataset(name, root=data_root or None, cache_dir=cache_dir)
+
+
+@functools.lru_cache(maxsize=2)
+def _normalized_train(name: str, data_root: str, cache_dir: str) -> torch.Tensor:
+    return _dataset(name, data_root, cache_dir).normalized("train")
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def teacher_key(cfg: dict[str, Any], dataset: ImageDataset) -> str:
+    from mkdt_bench.cache import file_sha256
+
+    tcfg = dict(cfg["teacher"])
+    if tcfg["checkpoint"]:
+        path = Path(tcfg["checkpoint"]).expanduser()
+        if not path.is_file():
+            raise UserError(f"teacher checkpoint {str(path)!r} does not exist")
+        tcfg = {"arch": tcfg["arch"], "checkpoint_sha256": file_sha256(path)}
+    return ArtifactCache.key("teacher", tcfg, {"data": dataset.fingerprint})
+
+
+def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tuple[str, str]:
+    """Train (or load) the teacher and encode the training set; returns both cache keys."""
+    cache = ArtifactCache(env.cache_dir)
+    tkey = teacher_key(cfg, dataset)
+    tcfg = cfg["teacher"]
+
+    def produce_teacher(tmp: Path) -> dict[str, Any]:
+        if tcfg["checkpoint"]:
+            model = load_teacher_checkpoint(tcfg["checkpoint"], tcfg["arch"], dataset)
+        else:
+            model = train_teacher(dataset, tcfg, cache.scratch("teacher", tkey),
+                                  env.torch_device, Progress(env.progress))
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp / "teacher.pt")
+        return {"arch": tcfg["arch"]}
+
+    cache.get_or_create("teacher", tkey, produce_teacher, config=tcfg,
+                        inputs={"data": dataset.fingerprint})
+    rkey = ArtifactCache.key("representations", {}, {"teacher": tkey})
+
+    def produce_representations(tmp: Path) -> dict[str, Any]:
+        model = load_teacher(env, tkey, tcfg["arch"], dataset)
+        images = _normalized_train(cfg["run"]["dataset"], env.data_root, env.cache_dir)
+        reps = encode(model, images, env.torch_device)
+        torch.save(reps, tmp / "representations.pt")
+        return {"shape": list(reps.shape)}
+
+    cache.get_or_create("representations", rkey, produce_representations,
+                        inputs={"teacher": tkey})
+    return tkey, rkey
+
+
+def load_teacher(env: Env, tkey: str, arch: str, dataset: ImageDataset) -> Encoder:
+    cache = ArtifactCache(env.cache_dir)
+    model = build_teacher(arch, dataset)
+    model.load_state_dict(torch.load(cache.path("teacher", tkey) / "teacher.pt"))
+    return model.to(env.torch_device).eval()
+
+
+# --------------------------------------------------------------------------- units
+
+
+@dataclass(frozen=True)
+class DistillUnit:
+    """One method run: (method, options, budget, seed) on the teacher's representations."""
+
+    key: str
+    method: str
+    options: dict[str, Any]
+    budget: int
+    seed: int
+    dataset: str
+    representations_key: str
+
+
+def run_distill(unit: DistillUnit, env: Env) -> tuple[str, str | None]:
+    """Produce the unit's DistilledSet in the cache; returns (key, error or None)."""
+    cache = ArtifactCache(env.cache_dir)
+    if cache.exists("distilled", unit.key):
+        return unit.key, None
+    try:
+        dataset = _dataset(unit.dataset, env.data_root, env.cache_dir)
+        reps = torch.load(cache.path("representations", unit.representations_key)
+                          / "representations.pt")
+        method = create_method(unit.method, **unit.options)
+        ctx = MethodContext(
+            source=dataset.name, images=_normalized_train(unit.dataset, env.data_root,
+                                                          env.cache_dir),
+            targets=reps, mean=dataset.mean, std=dataset.std, budget=unit.budget,
+            seed=unit.seed, device=env.torch_device, cache=cache,
+            inputs_key=unit.representations_key, scratch=cache.scratch("distilled", unit.key),
+            progress=Progress(env.progress))
+
+        def produce(tmp: Path) -> dict[str, Any]:
+            distilled = method.distill(ctx)
+            distilled.config_hash = unit.key
+            distilled.save(tmp)
+            return {"num_images": len(distilled), "method": unit.method}
+
+        cache.get_or_create("distilled", unit.key, produce,
+                            config={"method": unit.method, "options": unit.options,
+                                    "budget": unit.budget, "seed": unit.seed},
+                            inputs={"representations": unit.representations_key})
+        return unit.key, None
+    except (UserError, RuntimeError, ValueError) as e:
+        return unit.key, f"{type(e).__name__}: {e}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One result row to compute: (evaluator, task, label fraction) of an encoder."""
+
+    key: str
+    evaluator: str
+    options: dict[str, Any]
+    task: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class EvalUnit:
+    """Pre-train one encoder (or take the teacher) and compute its missing cells."""
+
+    method: str
+    arch: str
+    seed: int
+    budget: int
+    dataset: str
+    source_key: str  # distilled-set key, or the teacher key for the teacher row
+    pretrain: dict[str, Any]
+    cells: tuple[Cell, ...]
+    row_config: dict[str, Any] = field(default_factory=dict)
+    upstream_error: str | None = None
+
+
+def _pretrained_encoder(unit: EvalUnit, env: Env) -> tuple[Encoder, dict[str, float]]:
+    cache = ArtifactCache(env.cache_dir)
+    distilled = DistilledSet.load(cache.path("distilled", unit.source_key))
+    key = ArtifactCache.key("encoder", {"arch": unit.arch, "pretrain": unit.pretrain,
+                                        "seed": unit.seed}, {"distilled": unit.source_key})
+
+    def produce(tmp: Path) -> dict[str, Any]:
+        model, steps = pretrain_encoder(distilled, unit.arch, unit.pretrain, unit.seed,
+                                        env.torch_device)
+        atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()},
+                          tmp / "encoder.pt")
+        return {"steps": steps}
+
+    path = cache.get_or_create("encoder", key, produce,
+                               config={"arch": unit.arch, "pretrain": unit.pretrain,
+                                       "seed": unit.seed},
+                               inputs={"distilled": unit.source_key})
+    model = create_model(unit.arch, in_channels=distilled.channels,
+                         image_size=distilled.image_size,
+                         out_dim=int(distilled.targets.shape[1]))
+    model.load_state_dict(torch.load(path / "encoder.pt"))
+    manifest = cache.manifest("encoder", key)
+    distill_manifest = cache.manifest("distilled", unit.source_key)
+    timings = {"distill_s": distill_manifest["seconds"], "pretrain_s": manifest["seconds"],
+               "pretrain_steps": manifest["steps"], "storage_bytes": distilled.storage_bytes}
+    return model.to(env.torch_device).eval(), timings
+
+
+def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
+    """The unit's result rows; a failure becomes failed rows carrying the error."""
+    rows: list[ResultRow] = []
+    versions = package_versions()
+
+    def row(cell: Cell, accuracy: float | None, timings: dict[str, float],
+            metrics: dict[str, float], error: str | None = None) -> ResultRow:
+        config = {**unit.row_config, "evaluator_options": cell.options}
+        return ResultRow(cell_key=cell.key, dataset=unit.dataset, method=unit.method,
+                         budget=unit.budget, arch=unit.arch, evaluator=cell.evaluator,
+                         task=cell.task, fraction=cell.fraction, seed=unit.seed,
+                         accuracy=accuracy, status="failed" if error else "ok", error=error,
+                         config_hash=config_hash(config), config=config, versions=versions,
+                         device=str(env.torch_device), timings=timings, metrics=metrics)
+
+    if unit.upstream_error:
+        return [row(c, None, {}, {}, unit.upstream_error) for c in unit.cells]
+    try:
+        if unit.method == TEACHER_ROW:
+            source = _dataset(unit.dataset, env.data_root, env.cache_dir)
+            encoder = load_teacher(env, unit.source_key, unit.arch, source)
+            timings = {"teacher_s": ArtifactCache(env.cache_dir).manifest(
+                "teacher", unit.source_key)["seconds"]}
+        else:
+            encoder, timings = _pretrained_encoder(unit, env)
+        for cell in unit.cells:
+            task = _dataset(cell.task, env.data_root, env.cache_dir)
+            start = time.perf_counter()
+            metrics = create_evaluator(cell.evaluator, **cell.options).evaluate(
+                encoder, task, cell.fraction, unit.seed, env.torch_device)
+            cell_timings = {**timings, "evaluate_s": time.perf_counter() - start}
+            rows.append(row(cell, metrics.pop("accuracy"), cell_timings, metrics))
+    except (UserError, RuntimeError, ValueError) as e:
+        done = {r.cell_key for r in rows}
+        rows += [row(c, None, {}, {}, f"{type(e).__name__}: {e}") for c in unit.cells
+                 if c.key not in done]
+    return rows
+
+
+# --------------------------------------------------------------------------- grid
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("mkdt-bench", "torch", "torchvision", "timm", "lightly"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["git"] = _git_revision()
+    return versions
+
+
+@functools.lru_cache(maxsize=1)
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+@dataclass
+class Plan:
+    """The resolved grid: units still to run and the keys of every cell it covers."""
+
+    distill_units: list[DistillUnit]
+    eval_units: list[EvalUnit]
+    cell_keys: list[str]
+    budget: int
+
+
+def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
+    """Train/load the teacher, then list the distillations and cells not yet stored."""
+    run = cfg["run"]
+    dataset = _dataset(run["dataset"], env.data_root, env.cache_dir)
+    budget = resolve_budget(run["budget"], len(dataset.train_images))
+    tasks = run["tasks"] or [run["dataset"]]
+    for name in tasks:
+        task = _dataset(name, env.data_root, env.cache_dir)
+        if task.channels != dataset.channels:
+            raise UserError(f"task {name!r} has {task.channels}-channel images but the source "
+                            f"{run['dataset']!r} has {dataset.channels}; pick tasks with the "
+                            "same number of channels")
+    tkey, rkey = ensure_teacher(cfg, env, dataset)
+    base = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint, "teacher": tkey}
+    distill_units: dict[str, DistillUnit] = {}
+    eval_units: list[EvalUnit] = []
+    cell_keys: list[str] = []
+
+    def cells_for(encoder_id: dict[str, Any], seed: int) -> tuple[Cell, ...]:
+        out = []
+        for evaluator in run["evaluators"]:
+            options = cfg["evaluators"][evaluator]
+            for task in tasks:
+                for fraction in run["fractions"]:
+                    key = config_hash({**encoder_id, "evaluator": evaluator, "options": options,
+                                       "task": task, "fraction": fraction, "seed": seed})
+                    cell_keys.append(key)
+                    if not store.has(key):
+                        out.append(Cell(key, evaluator, options, task, fraction))
+        return tuple(out)
+
+    for method in run["methods"]:
+        options = cfg["methods"][method]
+        seeded = METHODS.get(method).seeded and not run["shared_distillation"]
+        for seed in run["seeds"]:
+            distill_seed = seed if seeded else 0
+            dkey = ArtifactCache.key("distilled", {"method": method, "options": options,
+                                                   "budget": budget, "seed": distill_seed},
+                                     {"representations": rkey})
+            for arch in run["archs"]:
+                row_config = {**base, "method": method, "method_options": options,
+                              "budget": budget, "distill_seed": distill_seed, "arch": arch,
+                              "pretrain": cfg["pretrain"], "teacher_config": cfg["teacher"]}
+                cells = cells_for({"distilled": dkey, "arch": arch, "pretrain": cfg["pretrain"]},
+                                  seed)
+                if not cells:
+                    continue
+                distill_units[dkey] = DistillUnit(dkey, method, options, budget, distill_seed,
+                                                  run["dataset"], rkey)
+                eval_units.append(EvalUnit(method, arch, seed, budget, run["dataset"], dkey,
+                                           cfg["pretrain"], cells, row_config))
+    if run["teacher_row"]:
+        n_teacher = cfg["teacher"]["train_images"] or len(dataset.train_images)
+        for seed in run["seeds"]:
+            cells = cells_for({"teacher": tkey}, seed)
+            if cells:
+                eval_units.append(EvalUnit(TEACHER_ROW, cfg["teacher"]["arch"], seed,
+                                           n_teacher, run["dataset"], tkey, {}, cells,
+                                           {**base, "teacher_config": cfg["teacher"]}))
+    return Plan(list(distill_units.values()), eval_units, cell_keys, budget)
+
+
+def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
+             executor: Executor | None = None) -> pd.DataFrame:
+    """Run every missing cell of the grid and return all of the grid's rows."""
+    executor = executor or InProcessExecutor()
+    if env.torch_device.type == "cpu":
+        set_deterministic(True)
+    plan = plan_grid(cfg, env, store)
+    progress = Progress(env.progress)
+    errors: dict[str, str] = {}
+    bar = progress.bar(len(plan.distill_units), "distill")
+    for key, error in executor.map(run_distill, plan.distill_units, env):
+        if error:
+            errors[key] = error
+            progress.write(f"distillation {key} failed: {error}")
+        bar.update(1)
+    bar.close()
+    units = [replace(u, upstream_error=errors.get(u.source_key)) for u in plan.eval_units]
+    bar = progress.bar(sum(len(u.cells) for u in units), "evaluate")
+    for rows in executor.map(run_eval, units, env):
+        store.add(rows)
+        for r in rows:
+            if r.status != "ok":
+                progress.write(f"cell {r.method}/{r.arch}/{r.task}@{r.fraction:g} seed {r.seed} "
+                               f"failed: {r.error}")
+        bar.update(len(rows))
+    bar.close()
+    return store.frame(cell_key=plan.cell_keys)

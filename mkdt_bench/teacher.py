@@ -1,0 +1,210 @@
+"""SSL teacher and its target representations (spec ``mkdt.md`` §1).
+
+The teacher is trained on the unlabelled training split with lightly's Barlow Twins
+(default) or SimCLR: lightly's loss, projection head and view transforms. Alternatively
+a released checkpoint is loaded (:func:`load_teacher_checkpoint`).
+
+Target representations are the teacher's pooled embedding (``features``) of every
+training image: eval mode, no augmentation, no projector, no L2 normalisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightly.loss import BarlowTwinsLoss, NTXentLoss
+from lightly.models.modules import BarlowTwinsProjectionHead, SimCLRProjectionHead
+from lightly.transforms import (
+    BYOLTransform,
+    BYOLView1Transform,
+    BYOLView2Transform,
+    SimCLRTransform,
+)
+from PIL import Image
+from torch import Tensor, nn
+
+from mkdt_bench.cache import atomic_torch_save
+from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.errors import UserError
+from mkdt_bench.models import Encoder, create_model
+from mkdt_bench.progress import Progress
+from mkdt_bench.seeding import rng_state, seed_everything, set_rng_state
+
+#: Teacher options (``[teacher]`` in presets, ``--set teacher.KEY=VALUE``).
+TEACHER_DEFAULTS: dict[str, Any] = {
+    "arch": "resnet18",
+    "ssl": "barlow_twins",
+    "epochs": 200,
+    "batch_size": 256,
+    "lr": 0.06,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "proj_dim": 2048,
+    "bt_lambda": 5e-3,
+    "temperature": 0.5,
+    "min_scale": 0.08,
+    "cj_strength": 0.5,
+    "gaussian_blur": 0.0,
+    "hf_prob": 0.5,
+    "train_images": 0,
+    "seed": 0,
+    "checkpoint": "",
+}
+TEACHER_CHOICES: dict[str, Any] = {"ssl": ("barlow_twins", "simclr")}
+
+
+def build_teacher(arch: str, dataset: ImageDataset) -> Encoder:
+    """A teacher encoder for ``dataset``; its regression head is unused and removed."""
+    model = create_model(arch, in_channels=dataset.channels, image_size=dataset.image_size,
+                         out_dim=1)
+    model.head = nn.Identity()
+    return model
+
+
+class _UnlabelledViews(torch.utils.data.Dataset):
+    """The training images as PIL images, each returned as a pair of SSL views."""
+
+    def __init__(self, images: Tensor, transform: Any) -> None:
+        mode = "L" if images.shape[1] == 1 else "RGB"
+        arrays = images.permute(0, 2, 3, 1).numpy()
+        self.images = [Image.fromarray(a.squeeze(-1) if mode == "L" else a, mode) for a in arrays]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        v1, v2 = self.transform(self.images[i])
+        return v1, v2
+
+
+def _ssl_parts(cfg: dict[str, Any], dataset: ImageDataset, feature_dim: int):
+    norm = {"mean": list(dataset.mean), "std": list(dataset.std)}
+    size = dataset.image_size
+    common = dict(input_size=size, cj_strength=cfg["cj_strength"], min_scale=cfg["min_scale"],
+                  gaussian_blur=cfg["gaussian_blur"], hf_prob=cfg["hf_prob"], normalize=norm)
+    if cfg["ssl"] == "barlow_twins":
+        transform = BYOLTransform(view_1_transform=BYOLView1Transform(**common),
+                                  view_2_transform=BYOLView2Transform(**common))
+        head = BarlowTwinsProjectionHead(feature_dim, cfg["proj_dim"], cfg["proj_dim"])
+        loss = BarlowTwinsLoss(lambda_param=cfg["bt_lambda"])
+    else:
+        transform = SimCLRTransform(**common)
+        head = SimCLRProjectionHead(feature_dim, cfg["proj_dim"], 128)
+        loss = NTXentLoss(temperature=cfg["temperature"])
+    return transform, head, loss
+
+
+def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
+                  device: torch.device, progress: Progress | None = None) -> Encoder:
+    """Train an SSL teacher on the unlabelled training images.
+
+    A snapshot (model, head, optimiser, scheduler, RNG states) is written to ``scratch``
+    after every epoch; a rerun resumes from it and ends with identical weights on CPU.
+    ``cfg["train_images"] > 0`` trains on the first that many training images only.
+    """
+    progress = progress or Progress(False)
+    seed_everything(cfg["seed"])
+    images = dataset.train_images
+    if cfg["train_images"] > 0:
+        images = images[: cfg["train_images"]]
+    if len(images) < cfg["batch_size"]:
+        raise UserError(f"teacher.batch_size={cfg['batch_size']} is larger than the "
+                        f"{len(images)} training images; lower it")
+    model = build_teacher(cfg["arch"], dataset).to(device)
+    transform, head, criterion = _ssl_parts(cfg, dataset, model.feature_dim)
+    head = head.to(device)
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    loader = torch.utils.data.DataLoader(_UnlabelledViews(images, transform),
+                                         batch_size=cfg["batch_size"], shuffle=True,
+                                         drop_last=True, generator=generator)
+    start_epoch = 0
+    snap = scratch / "teacher_state.pt"
+    if snap.is_file():
+        state = torch.load(snap, weights_only=False)
+        model.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+    bar = progress.bar(cfg["epochs"], "teacher", initial=start_epoch)
+    for epoch in range(start_epoch, cfg["epochs"]):
+        model.train()
+        head.train()
+        total = 0.0
+        for v1, v2 in loader:
+            z1 = head(model.features(v1.to(device)))
+            z2 = head(model.features(v2.to(device)))
+            loss = criterion(z1, z2)
+            if not torch.isfinite(loss):
+                raise UserError(f"teacher loss became {loss.item()} at epoch {epoch}; "
+                                f"lower teacher.lr (now {cfg['lr']})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        sched.step()
+        atomic_torch_save({"model": model.state_dict(), "head": head.state_dict(),
+                           "opt": opt.state_dict(), "sched": sched.state_dict(),
+                           "generator": generator.get_state(), "rng": rng_state(),
+                           "epoch": epoch + 1}, snap)
+        bar.set_postfix(loss=f"{total / max(len(loader), 1):.3f}")
+        bar.update(1)
+    bar.close()
+    return model.eval()
+
+
+def load_teacher_checkpoint(path: str | Path, arch: str, dataset: ImageDataset) -> Encoder:
+    """Load a teacher's backbone weights.
+
+    Expected layout: a torchvision ResNet state dict (``conv1.weight``, ``bn1.*``,
+    ``layer1.0.conv1.weight``, ...), optionally nested under ``"state_dict"`` and/or with a
+    ``module.`` prefix; ``fc.*`` keys are dropped. This is the layout of KRR-ST's released
+    ``barlow_twins_resnet18_*.pt`` files, which load with ``arch="resnet18-teacher"``
+    (3x3 stride-1 padding-2 stem, no max-pool).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"teacher checkpoint {str(p)!r} does not exist")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UserError(f"teacher checkpoint {str(p)!r} is not a readable torch file "
+                        f"({type(e).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"teacher checkpoint {str(p)!r} holds no state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model = build_teacher(arch, dataset)
+    if not hasattr(model, "load_backbone_state_dict"):
+        raise UserError(f"teacher.arch={arch!r} cannot load a checkpoint; use resnet18-teacher "
+                        "or resnet18")
+    model.load_backbone_state_dict(state)
+    return model.eval()
+
+
+@torch.no_grad()
+def encode(model: nn.Module, images: Tensor, device: torch.device,
+           batch_size: int = 512) -> Tensor:
+    """``model.features`` of every image, eval mode, no augmentation, on CPU as float32."""
+    was_training = model.training
+    model.eval()
+    out = [model.features(images[i:i + batch_size].to(device)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, getattr(model, "feature_dim", 0))
+    return torch.cat(out)
+
+
+__all__ = ["TEACHER_CHOICES", "TEACHER_DEFAULTS", "build_teacher", "encode",
+           "load_teacher_checkpoint", "train_teacher"]

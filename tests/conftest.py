@@ -1,0 +1,40 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mkdt_bench.cache import default_cache_dir
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_dir() -> Path:
+    """The CIFAR-10 JPEG copy (``train/`` and ``test/``) unpacked outside the repository.
+
+    Unpacked once from ``../shared/data/cifar10-jpeg.tar.gz`` into
+    ``<default cache>/data/cifar10-jpeg`` and reused; skips where the archive is absent.
+    """
+    archive = SHARED_DATA / "cifar10-jpeg.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"CIFAR-10 JPEG copy not found at {archive}")
+    target = default_cache_dir() / "data" / "cifar10-jpeg"
+    if not (target / "train").is_dir() or not (target / "test").is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".cifar10-jpeg."))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+            tmp.rename(target)
+        except OSError:
+            if not (target / "train").is_dir():  # not a concurrent unpack that won the race
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

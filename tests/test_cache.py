@@ -1,0 +1,82 @@
+"""Artifact cache: stable keys, one computation, atomic writes, corruption handling."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mkdt_bench.cache import ArtifactCache, config_hash
+from mkdt_bench.errors import UserError
+
+
+def test_key_is_stable_and_sensitive():
+    k1 = ArtifactCache.key("s", {"a": 1, "b": [1, 2]}, {"x": "k"})
+    assert k1 == ArtifactCache.key("s", {"b": [1, 2], "a": 1}, {"x": "k"})
+    assert k1 != ArtifactCache.key("s", {"a": 2, "b": [1, 2]}, {"x": "k"})
+    assert k1 != ArtifactCache.key("s", {"a": 1, "b": [1, 2]}, {"x": "other"})
+    assert config_hash({"a": 1}) == config_hash({"a": 1})
+
+
+def test_get_or_create_computes_once(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    calls = []
+
+    def produce(d):
+        calls.append(d)
+        (d / "x.txt").write_text("hello")
+        return {"note": 1}
+
+    p1 = cache.get_or_create("stage", "k", produce, config={"c": 1})
+    p2 = cache.get_or_create("stage", "k", produce)
+    assert p1 == p2 and len(calls) == 1
+    assert (p1 / "x.txt").read_text() == "hello"
+    manifest = cache.manifest("stage", "k")
+    assert manifest["note"] == 1 and set(manifest["files"]) == {"x.txt"}
+
+
+def test_failed_producer_leaves_nothing(tmp_path):
+    cache = ArtifactCache(tmp_path)
+
+    def produce(d):
+        (d / "half.txt").write_text("partial")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_create("stage", "k", produce)
+    assert not cache.exists("stage", "k")
+    assert not [p for p in (tmp_path / "artifacts" / "stage").iterdir() if p.is_dir()]
+
+
+def test_corrupt_artifact_is_moved_aside_and_recomputed(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    count = []
+
+    def produce(d):
+        count.append(1)
+        (d / "data.bin").write_bytes(b"0123456789")
+
+    path = cache.get_or_create("stage", "k", produce)
+    (path / "data.bin").write_bytes(b"01234")  # truncated
+    assert cache.verify("stage", "k") == ["data.bin"]
+    with pytest.warns(UserWarning, match="corrupt artifact"):
+        cache.get_or_create("stage", "k", produce)
+    assert len(count) == 2
+    assert (path / "data.bin").read_bytes() == b"0123456789"
+    assert list((tmp_path / "artifacts" / "stage").glob("k.corrupt-*"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_cache_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(UserError, match="not writable"):
+        ArtifactCache(ro / "cache")
+
+
+def test_cache_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UserError, match="not writable"):
+        ArtifactCache(f)

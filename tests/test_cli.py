@@ -1,0 +1,82 @@
+"""The command line, through a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FAST = ["--set", "teacher.arch=convnet", "--set", "teacher.epochs=1", "--set",
+        "teacher.proj_dim=64", "--set", "teacher.batch_size=128", "--set", "pretrain.epochs=2",
+        "--no-progress"]
+
+
+def cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if cache is not None:
+        env["MKDT_BENCH_CACHE"] = str(cache)
+    return subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def artifacts(cache: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in (cache / "artifacts").rglob("manifest.json")}
+
+
+@pytest.mark.slow
+def test_run_table_and_cache_hit(tmp_path):
+    cache = tmp_path / "cache"
+    args = ("run", "--methods", "random,none", "--seeds", "0,1", *FAST)
+    first = cli(*args, cache=cache)
+    assert first.returncode == 0, first.stderr
+    lines = [ln for ln in first.stdout.splitlines() if ln.startswith("|")]
+    assert lines[0].split("|")[2].strip() == "digits @ 1%"
+    assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["teacher", "random", "none"]
+    assert "±" in first.stdout
+    before = artifacts(cache)
+    assert len(before) == 1 + 1 + 3 + 3  # teacher, representations, 3 sets, 3 encoders
+    second = cli(*args, cache=cache)
+    assert second.returncode == 0 and second.stdout == first.stdout
+    assert artifacts(cache) == before  # nothing recomputed
+    table = cli("table", "--format", "csv", cache=cache)
+    assert table.returncode == 0 and "teacher" in table.stdout and "random" in table.stdout
+
+
+def test_list():
+    out = cli("list")
+    assert out.returncode == 0
+    assert "methods:" in out.stdout and "random" in out.stdout and "quick" in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("run", "--methods", "random,nosuch"), "unknown method 'nosuch'"),
+    (("run", "--dataset", "imagefolder:/no/such/dir", "--methods", "random"), "/no/such/dir"),
+    (("run", "--dataset", "digits", "--budget", "5000"), "larger than the training set"),
+    (("run", "--budget", "0"), "budget '0'"),
+    (("run", "--fractions", "0.01,1.5"), "(0, 1]"),
+    (("run", "--seeds", "a,b"), "comma-separated list of int"),
+    (("run", "--seeds", ","), "--seeds is empty"),
+    (("run", "--archs", "nosuch"), "unknown model 'nosuch'"),
+    (("run", "--preset", "nosuch"), "unknown preset 'nosuch'"),
+    (("run", "--set", "teacher.epochs=x"), "must be of type int"),
+    (("run", "--teacher-checkpoint", "/no/such.pt"), "/no/such.pt"),
+    (("table", "--results-db", "/no/such.sqlite"), "does not exist"),
+    (("run", "--bogus"), "unrecognized arguments"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    out = cli(*args, *(["--no-progress"] if args[0] == "run" else []), cache=tmp_path)
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.strip()
+    assert "\n" not in err and err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_results_db_that_is_not_sqlite(tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"garbage" * 200)
+    out = cli("run", "--results-db", str(bad), "--no-progress", cache=tmp_path / "c")
+    assert out.returncode == 2 and "cannot be used" in out.stderr
+    assert bad.read_bytes() == b"garbage" * 200

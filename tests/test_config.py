@@ -1,0 +1,72 @@
+"""Presets, flags and --set overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from mkdt_bench.config import build_config, list_presets, parse_budget, resolve_budget
+from mkdt_bench.errors import UserError
+
+
+def test_presets_ship_and_resolve():
+    assert {"quick", "cifar10-paper"} <= set(list_presets())
+    for name in list_presets():
+        cfg = build_config(name)
+        assert cfg["run"]["methods"] and cfg["teacher"]["arch"]
+    quick = build_config("quick")
+    assert quick["run"]["dataset"] == "digits"
+    assert quick["run"]["fractions"] == [0.01, 0.05]
+
+
+def test_paper_preset_numbers():
+    cfg = build_config("cifar10-paper")
+    assert cfg["run"]["budget"] == "2%"
+    assert cfg["pretrain"] == {"epochs": 20, "lr": 0.1, "use_learned_lr": True,
+                               "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 256}
+    assert cfg["evaluators"]["linear"]["steps"] == 20
+
+
+def test_precedence_and_overrides():
+    cfg = build_config("quick", {"seeds": [5]}, ["teacher.epochs=3", "run.seeds=[7, 8]",
+                                                 "pretrain.lr=0.5"])
+    assert cfg["run"]["seeds"] == [7, 8]
+    assert cfg["teacher"]["epochs"] == 3 and cfg["pretrain"]["lr"] == 0.5
+    cfg = build_config("quick", {"seeds": [5]})
+    assert cfg["run"]["seeds"] == [5]
+    assert build_config("quick", overrides=["evaluators.linear.steps=3"])[
+        "evaluators"]["linear"]["steps"] == 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("teacher.nope=1", "unknown option 'nope'"),
+    ("teacher.epochs=abc", "must be of type int"),
+    ("teacher.ssl=byol", "not allowed"),
+    ("bogus.x=1", "key must start with"),
+    ("teacher.epochs", "must look like"),
+    ("methods.nosuch.x=1", "unknown method 'nosuch'"),
+    ("run.fractions=[0.5, 2.0]", "must be a number in (0, 1]"),
+    ("run.seeds=[]", "run.seeds is empty"),
+    ("run.seeds=[-1]", "non-negative integer"),
+    ("run.device='tpu'", "must be cpu"),
+    ("run.evaluators=['nope']", "unknown evaluator 'nope'"),
+])
+def test_bad_overrides(override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_config("quick", overrides=[override])
+
+
+def test_unknown_preset():
+    with pytest.raises(UserError, match="unknown preset 'nope'; known: .*quick"):
+        build_config("nope")
+
+
+def test_budget():
+    assert parse_budget("2%") == ("fraction", 0.02)
+    assert parse_budget(1000) == ("count", 1000)
+    assert resolve_budget("10%", 1437) == 143
+    assert resolve_budget("50", 1437) == 50
+    for bad in ("0", "-3", "0%", "150%", "abc"):
+        with pytest.raises(UserError, match="budget"):
+            parse_budget(bad)
+    with pytest.raises(UserError, match="larger than the training set"):
+        resolve_budget(2000, 1437)

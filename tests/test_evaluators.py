@@ -1,0 +1,106 @@
+"""Pre-training and the L-BFGS linear probe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.distilled import DistilledSet
+from mkdt_bench.errors import UserError
+from mkdt_bench.evaluators import EVALUATORS, create_evaluator
+from mkdt_bench.evaluators.base import labelled_subset
+from mkdt_bench.evaluators.pretrain import PRETRAIN_DEFAULTS, pretrain_encoder
+
+CPU = torch.device("cpu")
+
+
+class Flatten(nn.Module):
+    """An 'encoder' whose features are the raw pixels."""
+
+    def features(self, x):
+        return x.flatten(1)
+
+
+def blobs(n_train=400, n_test=200, separable=True, seed=0):
+    """Two-class 1x2x2 'images': class means far apart, or pure noise."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        labels = torch.randint(0, 2, (n,), generator=g)
+        shift = (labels * 120 + 60) if separable else torch.full((n,), 128)
+        noise = torch.randint(-20, 21, (n, 1, 2, 2), generator=g)
+        return (shift.view(-1, 1, 1, 1) + noise).clamp(0, 255).to(torch.uint8), labels
+
+    xtr, ytr = split(n_train)
+    xte, yte = split(n_test)
+    return ImageDataset("blobs", xtr, ytr, xte, yte, ["a", "b"], (0.5,), (0.25,))
+
+
+def test_linear_registered():
+    assert "linear" in EVALUATORS.names()
+
+
+def test_linear_probe_separable_and_random():
+    probe = create_evaluator("linear")
+    good = probe.evaluate(Flatten(), blobs(), 0.1, 0, CPU)
+    assert good["accuracy"] > 95 and good["labelled"] == 40
+    chance = probe.evaluate(Flatten(), blobs(separable=False), 0.1, 0, CPU)
+    assert 30 < chance["accuracy"] < 70
+
+
+def test_linear_probe_deterministic():
+    probe = create_evaluator("linear", steps=5)
+    task = blobs(separable=False)
+    assert probe.evaluate(Flatten(), task, 0.2, 3, CPU) == probe.evaluate(Flatten(), task, 0.2,
+                                                                          3, CPU)
+
+
+def test_labelled_subset():
+    a = labelled_subset(1000, 0.05, seed=0)
+    assert len(a) == 50 and len(set(a)) == 50
+    assert a == labelled_subset(1000, 0.05, seed=0) != labelled_subset(1000, 0.05, seed=1)
+    with pytest.raises(UserError, match="must be in"):
+        labelled_subset(1000, 1.5, 0)
+    with pytest.raises(UserError, match="selects no image"):
+        labelled_subset(10, 0.01, 0)
+
+
+def _distilled(n=64, lr=None):
+    """Targets that are a fixed linear function of the images, so an encoder can fit them."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 1, 8, 8, generator=g)
+    targets = images.flatten(1) @ torch.randn(64, 16, generator=g) / 8
+    return DistilledSet(images, targets, lr, "digits", (0.3,), (0.4,), "random")
+
+
+def test_pretrain_fits_targets_and_is_seeded():
+    ds = _distilled()
+    cfg = dict(PRETRAIN_DEFAULTS, epochs=30, batch_size=32)
+    model, steps = pretrain_encoder(ds, "convnet", cfg, seed=0, device=CPU)
+    assert steps == 30 * 2
+    start, _ = pretrain_encoder(ds, "convnet", dict(cfg, epochs=0), seed=0, device=CPU)
+    with torch.no_grad():
+        before = nn.functional.mse_loss(start(ds.images), ds.targets)
+        after = nn.functional.mse_loss(model(ds.images), ds.targets)
+    assert after < 0.8 * before
+    again, _ = pretrain_encoder(ds, "convnet", cfg, seed=0, device=CPU)
+    for p, q in zip(model.parameters(), again.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_pretrain_uses_learned_lr():
+    cfg = dict(PRETRAIN_DEFAULTS, epochs=1)
+    ds = _distilled(lr=1e6)  # absurd learned lr: diverges, proving it is used
+    with pytest.raises(UserError, match="lower pretrain.lr"):
+        pretrain_encoder(ds, "convnet", dict(cfg, epochs=5), seed=0, device=CPU)
+    model, steps = pretrain_encoder(ds, "convnet", dict(cfg, use_learned_lr=False), 0, CPU)
+    assert steps == 1
+
+
+def test_pretrain_empty_set_is_random_init():
+    ds = _distilled(n=0)
+    model, steps = pretrain_encoder(ds, "convnet", PRETRAIN_DEFAULTS, seed=0, device=CPU)
+    assert steps == 0
+    assert model.features(torch.randn(2, 1, 8, 8)).shape == (2, model.feature_dim)

@@ -1,0 +1,98 @@
+"""SSL teacher: training, resumption, representations, checkpoint loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from mkdt_bench.data import load_dataset
+from mkdt_bench.errors import UserError
+from mkdt_bench.teacher import TEACHER_DEFAULTS, encode, load_teacher_checkpoint, train_teacher
+
+CPU = torch.device("cpu")
+SMALL = dict(TEACHER_DEFAULTS, arch="convnet", epochs=2, batch_size=128, proj_dim=64,
+             train_images=384)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return load_dataset("digits", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def weights(model):
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+@pytest.mark.parametrize("ssl", ["barlow_twins", "simclr"])
+def test_teacher_trains_and_encodes_deterministically(digits, tmp_path, ssl):
+    cfg = dict(SMALL, ssl=ssl)
+    a = train_teacher(digits, cfg, tmp_path / "a", CPU)
+    b = train_teacher(digits, cfg, tmp_path / "b", CPU)
+    images = digits.normalized("train")
+    reps = encode(a, images, CPU)
+    assert reps.shape == (len(images), a.feature_dim)
+    assert torch.isfinite(reps).all()
+    assert torch.equal(reps, encode(b, images, CPU))
+    assert torch.equal(reps, encode(a, images, CPU))  # eval mode: no augmentation, no noise
+
+
+def test_teacher_resumes_to_identical_weights(digits, tmp_path, monkeypatch):
+    """Interrupted after its first epoch's snapshot, a rerun ends with the same weights."""
+    import mkdt_bench.teacher as teacher_mod
+
+    full = train_teacher(digits, SMALL, tmp_path / "full", CPU)
+
+    class Interrupt(Exception):
+        pass
+
+    original = teacher_mod.atomic_torch_save
+
+    def save_then_interrupt(obj, path):
+        original(obj, path)
+        raise Interrupt
+
+    monkeypatch.setattr(teacher_mod, "atomic_torch_save", save_then_interrupt)
+    with pytest.raises(Interrupt):
+        train_teacher(digits, SMALL, tmp_path / "cut", CPU)
+    monkeypatch.setattr(teacher_mod, "atomic_torch_save", original)
+    assert torch.load(tmp_path / "cut" / "teacher_state.pt", weights_only=False)["epoch"] == 1
+    resumed = train_teacher(digits, SMALL, tmp_path / "cut", CPU)
+    assert all(torch.equal(p, q) for p, q in zip(weights(resumed), weights(full)))
+
+
+def test_batch_larger_than_data(digits, tmp_path):
+    with pytest.raises(UserError, match="teacher.batch_size"):
+        train_teacher(digits, dict(SMALL, batch_size=1000), tmp_path, CPU)
+
+
+def _krrst_style_resnet18(in_channels: int = 3) -> nn.Module:
+    net = torchvision.models.resnet18()
+    net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 2, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+def test_load_krrst_checkpoint_layout(tmp_path, digits):
+    net = _krrst_style_resnet18(in_channels=1)
+    path = tmp_path / "bt.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+    model = load_teacher_checkpoint(path, "resnet18-teacher", digits)
+    x = digits.normalized("train")[:4]
+    net.fc = nn.Identity()
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.features(x), net(x), atol=1e-5)
+
+
+def test_checkpoint_of_another_architecture(tmp_path, digits):
+    path = tmp_path / "r50.pt"
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    with pytest.raises(UserError, match="does not fit"):
+        load_teacher_checkpoint(path, "resnet18-teacher", digits)
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match="not a readable torch file"):
+        load_teacher_checkpoint(tmp_path / "junk.pt", "resnet18-teacher", digits)
+    with pytest.raises(UserError, match="does not exist"):
+        load_teacher_checkpoint(tmp_path / "missing.pt", "resnet18-teacher", digits)
