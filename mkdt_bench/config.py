@@ -121,8 +121,10 @@ def build_config(preset: str | None = None, flags: dict[str, Any] | None = None,
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check every section against its defaults; returns the typed config."""
+    from mkdt_bench.data import DATASETS
     from mkdt_bench.evaluators import EVALUATORS
     from mkdt_bench.methods import METHODS
+    from mkdt_bench.models import MODELS
 
     cfg["run"] = resolve_options("run", cfg["run"], RUN_DEFAULTS)
     cfg["teacher"] = resolve_options("teacher", cfg["teacher"], TEACHER_DEFAULTS, TEACHER_CHOICES)
@@ -135,6 +137,10 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         METHODS.get(name)
     for name in run["evaluators"]:
         EVALUATORS.get(name)
+    for name in [*run["archs"], cfg["teacher"]["arch"]]:
+        MODELS.get(name)
+    for name in [run["dataset"], *run["tasks"]]:
+        DATASETS.get(name)
     for f in run["fractions"]:
         if not isinstance(f, (int, float)) or not 0 < f <= 1:
             raise UserError(f"label fraction {f!r} must be a number in (0, 1]")

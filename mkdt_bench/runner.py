@@ -366,7 +366,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                 eval_units.append(EvalUnit(method, arch, seed, budget, run["dataset"], dkey,
                                            cfg["pretrain"], cells, row_config))
     if run["teacher_row"]:
-        n_teacher = cfg["teacher"]["train_images"] or len(dataset.train_images)
+        n_teacher = min(cfg["teacher"]["train_images"] or len(dataset.train_images),
+                        len(dataset.train_images))
         for seed in run["seeds"]:
             cells = cells_for({"teacher": tkey}, seed)
             if cells:

@@ -103,13 +103,14 @@ def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
 
     A snapshot (model, head, optimiser, scheduler, RNG states) is written to ``scratch``
     after every epoch; a rerun resumes from it and ends with identical weights on CPU.
-    ``cfg["train_images"] > 0`` trains on the first that many training images only.
+    ``cfg["train_images"] > 0`` trains on a seeded random subset of that many images.
     """
     progress = progress or Progress(False)
     seed_everything(cfg["seed"])
     images = dataset.train_images
-    if cfg["train_images"] > 0:
-        images = images[: cfg["train_images"]]
+    if 0 < cfg["train_images"] < len(images):  # a seeded random subset (folders are class-sorted)
+        subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg["seed"]))
+        images = images[subset[: cfg["train_images"]]]
     if len(images) < cfg["batch_size"]:
         raise UserError(f"teacher.batch_size={cfg['batch_size']} is larger than the "
                         f"{len(images)} training images; lower it")

@@ -70,3 +70,14 @@ def test_budget():
             parse_budget(bad)
     with pytest.raises(UserError, match="larger than the training set"):
         resolve_budget(2000, 1437)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run.archs=['nosuch']", "unknown model 'nosuch'"),
+    ("teacher.arch='nosuch'", "unknown model 'nosuch'"),
+    ("run.dataset='nosuch'", "unknown dataset 'nosuch'"),
+    ("run.tasks=['digits', 'nosuch']", "unknown dataset 'nosuch'"),
+])
+def test_names_are_checked_before_any_work(override, message):
+    with pytest.raises(UserError, match=message):
+        build_config("quick", overrides=[override])
