@@ -1,0 +1,270 @@
+"""MKDT: dataset distillation via knowledge distillation (Joshi, Ni, Mirzasoleiman, ICLR 2025,
+arXiv 2410.02116), and its high-loss-subset ablation baseline. Spec: ``mkdt.md``.
+
+- ``highloss``: the top-``budget`` real images by KD loss under the experts' epoch-1
+  snapshots (§3), with their teacher targets; no learned lr (§5 baseline 3).
+- ``mkdt``: MTT-style trajectory matching onto those experts (§4), learning the images,
+  their target representations and the pre-training lr. ``init="random"`` is the
+  "MKDT (random init)" row (§3, §5 item 6).
+
+Both build the same cached experts (§2) for the same expert options, whatever the seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mkdt_bench.cache import atomic_torch_save
+from mkdt_bench.distilled import DistilledSet
+from mkdt_bench.errors import UserError
+from mkdt_bench.methods import register_method
+from mkdt_bench.methods._trajectories import (
+    EXPERT_DEFAULTS,
+    ExpertCycle,
+    FlatNet,
+    build_student,
+    check_expert_config,
+    ensure_experts,
+    expert_config,
+    high_loss_indices,
+    high_loss_scores,
+    load_trajectories,
+    matching_loss,
+    select_high_loss,
+    syn_batches,
+    unroll,
+)
+from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.seeding import rng_state, set_rng_state
+
+SNAPSHOT_FILE = "mkdt_state.pt"
+
+
+@register_method("highloss")
+class HighLossSubset(Method):
+    """The §3 high-loss real subset with teacher targets and lr ``None`` (§5 baseline 3).
+
+    Options (the expert options of ``mkdt``, same names and defaults, so both share the
+    cached experts): ``student``, ``width``, ``num_experts``, ``train_epochs``,
+    ``expert_lr``, ``expert_momentum``, ``expert_wd``, ``expert_batch`` (see :class:`MKDT`).
+    The selection does not depend on the seed.
+    """
+
+    defaults = dict(EXPERT_DEFAULTS)
+    seeded = False
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        check_expert_config(f"method {self.name!r}", self.config)
+
+    def distill(self, ctx: MethodContext) -> DistilledSet:
+        idx = select_high_loss(ctx, self.config)
+        return self.make_set(ctx, ctx.images[idx], ctx.targets[idx], indices=idx.tolist())
+
+
+@dataclass
+class _State:
+    """Everything a resumed run needs to continue bit-identically (§4, snapshots)."""
+
+    images: Tensor
+    targets: Tensor
+    lr: Tensor
+    optimizers: list[torch.optim.SGD]
+    generator: torch.Generator
+    cycle: ExpertCycle
+    iteration: int
+    losses: list[float]
+    indices: list[int]
+
+    def save(self, path: Path) -> None:
+        atomic_torch_save({
+            "images": self.images.detach(), "targets": self.targets.detach(),
+            "lr": self.lr.detach(), "optimizers": [o.state_dict() for o in self.optimizers],
+            "generator": self.generator.get_state(), "cycle": self.cycle.state_dict(),
+            "iteration": self.iteration, "losses": self.losses, "indices": self.indices,
+            "rng": rng_state(),
+        }, path)
+
+
+@register_method("mkdt")
+class MKDT(Method):
+    """MKDT trajectory matching (spec ``mkdt.md`` §2-§4); defaults = the CIFAR10 2% column of §8.
+
+    Experts (§2; shared with ``highloss``, one cache artifact per expert, seeded from its
+    index and these options, not from the run seed):
+        student ("convnet"): model name of the student and the inner-loop network;
+            the convnet is depth 3 up to 32 px, depth 4 above (ConvNet-D3 / D4, §2, §8).
+        width (128): student width (0 = do not pass a width to the model).
+        num_experts (100): K.  train_epochs (20): E; each trajectory has E + 1 snapshots.
+        expert_lr (0.1), expert_momentum (0.9), expert_wd (1e-4), expert_batch (256).
+
+    Initialisation (§3):
+        init ("high_loss"): top-budget images by KD loss under the epoch-1 snapshots,
+            averaged over the experts; "random": a uniform subset drawn from the run seed
+            (the same subset as the ``random`` method with that seed).
+        lr_teacher (0.1): initial learnable lr η̃.
+
+    Distillation (§4, §8):
+        iterations (5000): outer updates. The paper evaluates ``images_5000`` (state after
+            4,999 updates, bug 8), also for Tiny's 10,000-iteration runs; 5000 updates
+            stand for both.
+        syn_steps (40): N inner plain-SGD steps.  expert_epochs (2): M, target θ_{t+M}.
+        max_start_epoch (2): t ~ Uniform{0, ..., max_start_epoch - 1}.
+        batch_syn (256): inner mini-batch size (chunks of a fresh permutation, §4 step 2).
+        lr_img (1000), lr_labels (1), lr_lr (1e-4): SGD lrs of X̃, Ỹ and η̃,
+            each with momentum (0.5).
+        eval_it (1000): snapshot interval (resumable state in ``ctx.scratch``) and the
+            window of the reported loss curve.
+        single_expert (False): bug-compatibility with [J] HEAD (bug 5, §9.1): match the
+            first expert drawn in every iteration instead of cycling through all K.
+
+    A non-finite loss, image, target or lr (or a non-positive lr) raises a UserError naming
+    the iteration and the learning rates to lower; the last good snapshot stays on disk.
+    """
+
+    defaults = {
+        **EXPERT_DEFAULTS,
+        "init": "high_loss",
+        "lr_teacher": 0.1,
+        "iterations": 5000,
+        "syn_steps": 40,
+        "expert_epochs": 2,
+        "max_start_epoch": 2,
+        "batch_syn": 256,
+        "lr_img": 1000.0,
+        "lr_labels": 1.0,
+        "lr_lr": 1e-4,
+        "momentum": 0.5,
+        "eval_it": 1000,
+        "single_expert": False,
+    }
+    choices = {"init": ("high_loss", "random")}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        cfg, where = self.config, f"method {self.name!r}"
+        check_expert_config(where, cfg)
+        for key in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn",
+                    "eval_it"):
+            if cfg[key] < 1:
+                raise UserError(f"{where}: {key}={cfg[key]} must be at least 1")
+        last = cfg["max_start_epoch"] - 1 + cfg["expert_epochs"]
+        if last > cfg["train_epochs"]:
+            raise UserError(f"{where}: max_start_epoch - 1 + expert_epochs = {last} needs "
+                            f"snapshots beyond train_epochs={cfg['train_epochs']}; lower "
+                            "max_start_epoch or expert_epochs, or raise train_epochs")
+        if not cfg["lr_teacher"] > 0:
+            raise UserError(f"{where}: lr_teacher={cfg['lr_teacher']} must be positive")
+
+    def distill(self, ctx: MethodContext) -> DistilledSet:
+        cfg = self.config
+        experts = expert_config(cfg)
+        trajectories = load_trajectories(ensure_experts(ctx, experts))
+        net = FlatNet(build_student(experts, ctx.images, int(ctx.targets.shape[1]), 0)
+                      .to(ctx.device))
+        path = ctx.scratch / SNAPSHOT_FILE
+        if path.is_file():
+            state = self._resume(ctx, path)
+        else:
+            state = self._initial_state(ctx, experts, trajectories)
+            state.save(path)
+        bar = ctx.progress.bar(cfg["iterations"], "mkdt", initial=state.iteration)
+        while state.iteration < cfg["iterations"]:
+            loss = self._step(ctx, net, trajectories, state)
+            state.losses.append(loss)
+            state.iteration += 1
+            if state.iteration % cfg["eval_it"] == 0 or state.iteration == cfg["iterations"]:
+                state.save(path)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.lr.item():.4f}")
+            bar.update(1)
+        bar.close()
+        every = cfg["eval_it"]
+        curve = [sum(state.losses[i:i + every]) / len(state.losses[i:i + every])
+                 for i in range(0, len(state.losses), every)]
+        return self.make_set(ctx, state.images, state.targets, lr=float(state.lr.item()),
+                             indices=state.indices, init=cfg["init"],
+                             iterations=state.iteration, loss_curve=curve,
+                             loss_curve_every=every)
+
+    def _optimizers(self, images: Tensor, targets: Tensor, lr: Tensor) -> list[torch.optim.SGD]:
+        """SGD with momentum for X̃, Ỹ and η̃ (§4 step 4)."""
+        cfg = self.config
+        return [torch.optim.SGD([p], lr=cfg[key], momentum=cfg["momentum"])
+                for p, key in ((images, "lr_img"), (targets, "lr_labels"), (lr, "lr_lr"))]
+
+    def _state(self, images: Tensor, targets: Tensor, lr: Tensor, generator: torch.Generator,
+               indices: list[int]) -> _State:
+        images, targets, lr = (t.detach().clone().requires_grad_(True)
+                               for t in (images, targets, lr))
+        cycle = ExpertCycle(self.config["num_experts"], generator, self.config["single_expert"])
+        return _State(images, targets, lr, self._optimizers(images, targets, lr), generator,
+                      cycle, 0, [], indices)
+
+    def _initial_state(self, ctx: MethodContext, experts: dict[str, Any],
+                       trajectories: list[Tensor]) -> _State:
+        """X̃, Ỹ = the chosen real images and their teacher targets, η̃ = lr_teacher (§3)."""
+        generator = torch.Generator().manual_seed(ctx.seed)
+        if self.config["init"] == "high_loss":
+            idx = high_loss_indices(high_loss_scores(ctx, experts, trajectories), ctx.budget)
+        else:
+            idx = torch.randperm(len(ctx.images), generator=generator)[: ctx.budget]
+        lr = torch.tensor(self.config["lr_teacher"], device=ctx.device)
+        return self._state(ctx.images[idx].to(ctx.device), ctx.targets[idx].to(ctx.device), lr,
+                           generator, idx.tolist())
+
+    def _resume(self, ctx: MethodContext, path: Path) -> _State:
+        snap = torch.load(path, map_location=ctx.device, weights_only=False)
+        generator = torch.Generator()
+        generator.set_state(snap["generator"])
+        state = self._state(snap["images"], snap["targets"], snap["lr"], generator,
+                            snap["indices"])
+        for opt, opt_state in zip(state.optimizers, snap["optimizers"]):
+            opt.load_state_dict(opt_state)
+        state.cycle.load_state_dict(snap["cycle"])
+        state.iteration, state.losses = snap["iteration"], snap["losses"]
+        set_rng_state(snap["rng"])
+        return state
+
+    def _step(self, ctx: MethodContext, net: FlatNet, trajectories: list[Tensor],
+              state: _State) -> float:
+        """One outer iteration (§4 steps 1-4); returns the matching loss before the update."""
+        cfg = self.config
+        trajectory = trajectories[state.cycle.next()]
+        t = int(torch.randint(cfg["max_start_epoch"], (1,), generator=state.generator))
+        start = trajectory[t].to(ctx.device)
+        target = trajectory[t + cfg["expert_epochs"]].to(ctx.device)
+        batches = syn_batches(len(state.images), cfg["batch_syn"], cfg["syn_steps"],
+                              state.generator)
+        theta = unroll(net, start, state.images, state.targets, state.lr, batches)
+        loss = matching_loss(theta, start, target)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise self._diverged(ctx, state, f"the matching loss is {value}")
+        for opt in state.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in state.optimizers:
+            opt.step()
+        with torch.no_grad():
+            for name, tensor in (("the images", state.images), ("the targets", state.targets)):
+                if not torch.isfinite(tensor).all():
+                    raise self._diverged(ctx, state, f"{name} are not finite")
+            lr = state.lr.item()
+            if not (math.isfinite(lr) and lr > 0):
+                raise self._diverged(ctx, state, f"the learned lr is {lr}")
+        return value
+
+    def _diverged(self, ctx: MethodContext, state: _State, what: str) -> UserError:
+        cfg = self.config
+        last = (state.iteration // cfg["eval_it"]) * cfg["eval_it"]
+        return UserError(
+            f"mkdt diverged at iteration {state.iteration + 1}: {what}; lower lr_img "
+            f"(now {cfg['lr_img']:g}), lr_lr ({cfg['lr_lr']:g}) or lr_labels "
+            f"({cfg['lr_labels']:g}); the last good snapshot (iteration {last}) is kept in "
+            f"{ctx.scratch / SNAPSHOT_FILE}")
