@@ -134,6 +134,13 @@ def _mean_std(values: pd.Series) -> str:
     return f"{v.mean():.2f} ± {v.std(ddof=0):.2f}"  # population std, as the paper
 
 
+def short_task_name(task: str) -> str:
+    """``imagefolder:/long/path/cifar10-jpeg`` -> ``imagefolder:cifar10-jpeg`` for headers."""
+    if task.startswith("imagefolder:"):
+        return "imagefolder:" + Path(task.split(":", 1)[1]).name
+    return task
+
+
 def comparison_table(frame: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
     """Methods as rows, (task, label fraction) as columns, ``mean ± std`` over seeds.
 
@@ -144,9 +151,10 @@ def comparison_table(frame: pd.DataFrame, method_order: list[str] | None = None)
         return pd.DataFrame()
     df = frame.copy()
     df["labels"] = df["fraction"].map(lambda f: f"{f * 100:g}%")
-    df["column"] = df["evaluator"] + " " + df["task"] + " @ " + df["labels"]
+    task = df["task"].map(short_task_name)
+    df["column"] = df["evaluator"] + " " + task + " @ " + df["labels"]
     if df["evaluator"].nunique() == 1:
-        df["column"] = df["task"] + " @ " + df["labels"]
+        df["column"] = task + " @ " + df["labels"]
     label = df["method"].astype(str)
     methods_only = df["method"] != TEACHER_ROW
     if df.loc[methods_only, "budget"].nunique() > 1:
