@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="SECTION.KEY=VALUE", help="override any option, repeatable")
     run.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+    run.add_argument("--paired", metavar="BASELINE", help="also print each method's "
+                     "difference from BASELINE (e.g. random) with a paired t-test over seeds")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     table = sub.add_parser("table", help="render stored results as a table")
@@ -69,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--dataset", help="only this source data set")
     table.add_argument("--methods", type=_csv(), help="only these methods")
     table.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+    table.add_argument("--paired", metavar="BASELINE", help="also print each method's "
+                       "difference from BASELINE (e.g. random) with a paired t-test over seeds")
 
     lst = sub.add_parser("list", help="show registered methods, models, data sets, "
                                       "evaluators and presets")
@@ -84,10 +88,21 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
     return cache, db
 
 
+def print_tables(frame: Any, methods: list[str] | None, fmt: str, paired: str | None) -> None:
+    """The comparison table and, with ``paired``, the paired differences from a baseline."""
+    from mkdt_bench.results import comparison_table, paired_table, render
+
+    print(render(comparison_table(frame, method_order=methods), fmt))
+    if paired:
+        print(f"\nDifference from {paired} in points, mean over shared seeds "
+              "(paired t-test):\n")
+        print(render(paired_table(frame, paired, method_order=methods), fmt))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from mkdt_bench.cache import ArtifactCache
     from mkdt_bench.config import build_config
-    from mkdt_bench.results import ResultStore, comparison_table, render
+    from mkdt_bench.results import ResultStore
     from mkdt_bench.runner import Env, run_grid
 
     preset = args.preset or (QUICK if args.dataset is None else None)
@@ -109,8 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               device=cfg["run"]["device"], progress=not args.no_progress)
     start = time.perf_counter()
     frame = run_grid(cfg, env, store)
-    table = comparison_table(frame, method_order=cfg["run"]["methods"])
-    print(render(table, args.format))
+    print_tables(frame, cfg["run"]["methods"], args.format, args.paired)
     failed = int((frame["status"] != "ok").sum()) if not frame.empty else 0
     print(f"\n{len(frame)} cells ({failed} failed) in {time.perf_counter() - start:.1f} s; "
           f"results in {db}", file=sys.stderr)
@@ -118,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from mkdt_bench.results import ResultStore, comparison_table, render
+    from mkdt_bench.results import ResultStore
 
     _, db = _paths(args)
     if not db.is_file():
@@ -130,7 +144,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         frame = frame[frame["method"].isin(args.methods + ["teacher"])]
     for dataset, group in frame.groupby("dataset", sort=False):
         print(f"## {dataset}\n")
-        print(render(comparison_table(group, method_order=args.methods), args.format))
+        print_tables(group, args.methods, args.format, args.paired)
         print()
     if frame.empty:
         print("(no results)")

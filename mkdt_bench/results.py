@@ -141,20 +141,15 @@ def short_task_name(task: str) -> str:
     return task
 
 
-def comparison_table(frame: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
-    """Methods as rows, (task, label fraction) as columns, ``mean ± std`` over seeds.
-
-    The teacher row comes first and the ``none`` row last; budget and architecture are
-    part of the row label when a frame mixes several of them.
-    """
-    if frame.empty:
-        return pd.DataFrame()
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with a ``row`` label (method, plus budget/arch when mixed) and a ``column``
+    label (task @ label fraction, plus evaluator when mixed)."""
     df = frame.copy()
-    df["labels"] = df["fraction"].map(lambda f: f"{f * 100:g}%")
+    labels = df["fraction"].map(lambda f: f"{f * 100:g}%")
     task = df["task"].map(short_task_name)
-    df["column"] = df["evaluator"] + " " + task + " @ " + df["labels"]
+    df["column"] = df["evaluator"] + " " + task + " @ " + labels
     if df["evaluator"].nunique() == 1:
-        df["column"] = task + " @ " + df["labels"]
+        df["column"] = task + " @ " + labels
     label = df["method"].astype(str)
     methods_only = df["method"] != TEACHER_ROW
     if df.loc[methods_only, "budget"].nunique() > 1:
@@ -162,9 +157,11 @@ def comparison_table(frame: pd.DataFrame, method_order: list[str] | None = None)
     if df.loc[methods_only, "arch"].nunique() > 1:
         label = label + " [" + df["arch"] + "]"
     df["row"] = label
-    cells = df.groupby(["row", "column"], sort=False)["accuracy"].agg(_mean_std)
-    table = cells.unstack("column")
-    order = method_order or list(dict.fromkeys(df["method"]))
+    return df
+
+
+def _arrange(table: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Teacher first, methods in ``order``, ``none`` last; columns by task then fraction."""
 
     def rank(row_label: str) -> tuple[int, int, str]:
         method = row_label.split(" ")[0]
@@ -182,6 +179,56 @@ def comparison_table(frame: pd.DataFrame, method_order: list[str] | None = None)
     return table
 
 
+def comparison_table(frame: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
+    """Methods as rows, (task, label fraction) as columns, ``mean ± std`` over seeds.
+
+    The teacher row comes first and the ``none`` row last; budget and architecture are
+    part of the row label when a frame mixes several of them.
+    """
+    if frame.empty:
+        return pd.DataFrame()
+    df = _labelled(frame)
+    cells = df.groupby(["row", "column"], sort=False)["accuracy"].agg(_mean_std)
+    return _arrange(cells.unstack("column"), method_order or list(dict.fromkeys(df["method"])))
+
+
+def paired_table(frame: pd.DataFrame, baseline: str = "random",
+                 method_order: list[str] | None = None) -> pd.DataFrame:
+    """Each method's accuracy minus ``baseline``'s on the same seeds, with a paired t-test.
+
+    A cell reads ``+3.21 (p=0.041, n=3)``: the mean over the seeds both rows have (same
+    budget, architecture, task, fraction and evaluator) of the per-seed difference in
+    points, and the two-sided p-value of ``scipy.stats.ttest_rel`` on those pairs
+    (``p=n/a`` with fewer than two pairs or identical differences).
+    """
+    from scipy.stats import ttest_rel
+
+    df = _labelled(frame[frame["status"] == "ok"])
+    if baseline not in set(df["method"]):
+        raise UserError(f"no results for the paired baseline {baseline!r}; methods stored: "
+                        f"{', '.join(sorted(set(df['method'])))}")
+    keys = ["budget", "arch", "column", "seed"]
+    base = df[df["method"] == baseline].set_index(keys)["accuracy"]
+    cells = {}
+    others = df[~df["method"].isin([baseline, TEACHER_ROW])]
+    for (row, column), group in others.groupby(["row", "column"], sort=False):
+        values = group.set_index(keys)["accuracy"]
+        common = values.index.intersection(base.index)
+        if len(common) == 0:
+            cells[(row, column)] = "n/a (no shared seeds)"
+            continue
+        a, b = values.loc[common].to_numpy(float), base.loc[common].to_numpy(float)
+        diff = a - b
+        p = "n/a"
+        if len(diff) >= 2 and diff.std() > 0:
+            p = f"{ttest_rel(a, b).pvalue:.3f}"
+        cells[(row, column)] = f"{diff.mean():+.2f} (p={p}, n={len(diff)})"
+    if not cells:
+        return pd.DataFrame()
+    table = pd.Series(cells).unstack()
+    return _arrange(table, method_order or list(dict.fromkeys(df["method"])))
+
+
 def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
     """A table as ``markdown``, ``csv`` or ``latex`` text."""
     if table.empty:
@@ -195,4 +242,4 @@ def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
     raise UserError(f"table format {fmt!r} is not known; choose markdown, csv or latex")
 
 
-__all__ = ["ResultRow", "ResultStore", "comparison_table", "render"]
+__all__ = ["ResultRow", "ResultStore", "comparison_table", "paired_table", "render"]

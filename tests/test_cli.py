@@ -44,6 +44,9 @@ def test_run_table_and_cache_hit(tmp_path):
     assert artifacts(cache) == before  # nothing recomputed
     table = cli("table", "--format", "csv", cache=cache)
     assert table.returncode == 0 and "teacher" in table.stdout and "random" in table.stdout
+    paired = cli("table", "--paired", "random", cache=cache)
+    assert paired.returncode == 0 and "Difference from random" in paired.stdout
+    assert "(p=" in paired.stdout and ", n=2)" in paired.stdout
 
 
 def test_list():

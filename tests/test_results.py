@@ -74,3 +74,27 @@ def test_wal_mode(tmp_path):
     ResultStore(tmp_path / "r.sqlite").close()
     mode = sqlite3.connect(tmp_path / "r.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+def test_paired_table_against_scipy(tmp_path):
+    from scipy.stats import ttest_rel
+
+    from mkdt_bench.results import paired_table
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.add(rows())
+    table = paired_table(store.frame(), "random", method_order=["random", "mkdt", "none"])
+    assert list(table.index) == ["mkdt", "none"]  # no teacher, no baseline row
+    p = ttest_rel([60, 61, 62], [50, 52, 57]).pvalue
+    assert table.loc["mkdt", "digits @ 1%"] == f"+8.00 (p={p:.3f}, n=3)"
+    with pytest.raises(UserError, match="paired baseline 'kmeans'"):
+        paired_table(store.frame(), "kmeans")
+
+
+def test_paired_table_needs_shared_seeds(tmp_path):
+    from mkdt_bench.results import paired_table
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.add([r for r in rows() if not (r.method == "none" and r.seed > 0)])
+    table = paired_table(store.frame(), "random")
+    assert table.loc["none", "digits @ 1%"] == "-40.00 (p=n/a, n=1)"
