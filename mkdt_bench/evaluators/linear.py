@@ -9,11 +9,10 @@ reference numbers ([J]); 100 is [O]'s count.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.evaluators import register_evaluator
+from mkdt_bench.evaluators._lbfgs import accuracy, fit_linear_lbfgs
 from mkdt_bench.evaluators.base import Evaluator, extract_features, labelled_subset
 from mkdt_bench.models import Encoder
 
@@ -24,25 +23,10 @@ class LinearProbe(Evaluator):
 
     def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
                  device: torch.device) -> dict[str, float]:
+        cfg = self.config
         idx = torch.tensor(labelled_subset(len(task.train_labels), fraction, seed))
         x_train = extract_features(encoder, task.normalized("train")[idx], device)
-        y_train = task.train_labels[idx]
         x_test = extract_features(encoder, task.normalized("test"), device)
-        torch.manual_seed(seed)
-        clf = nn.Linear(x_train.shape[1], task.num_classes)
-        opt = torch.optim.LBFGS(clf.parameters(), lr=self.config["lr"],
-                                max_iter=self.config["max_iter"])
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(clf(x_train), y_train)
-            loss = loss + self.config["l2"] * clf.weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        for _ in range(self.config["steps"]):
-            opt.step(closure)
-        with torch.no_grad():
-            pred = clf(x_test).argmax(1)
-        accuracy = (pred == task.test_labels).float().mean().item() * 100
-        return {"accuracy": accuracy, "labelled": float(len(idx))}
+        clf = fit_linear_lbfgs(x_train, task.train_labels[idx], task.num_classes, cfg["l2"],
+                               cfg["steps"], seed, lr=cfg["lr"], max_iter=cfg["max_iter"])
+        return {"accuracy": accuracy(clf, x_test, task.test_labels), "labelled": float(len(idx))}
