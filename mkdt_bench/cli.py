@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--paired", metavar="BASELINE", help="also print each method's "
                      "difference from BASELINE (e.g. random) with a paired t-test over seeds")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"],
+                     help="where units run: this process (default) or Ray tasks "
+                          "(pip install 'mkdt-bench[ray]')")
+    run.add_argument("--ray-address", help="Ray cluster to join (e.g. auto or HOST:6379; "
+                                           "default: start a local instance)")
+    run.add_argument("--retries", type=int, default=2, metavar="N",
+                     help="Ray: reruns of a task whose worker or node died (default 2)")
+    run.add_argument("--threads", type=int, default=0, metavar="N",
+                     help="torch CPU threads per unit (default 0: torch's choice)")
 
     table = sub.add_parser("table", help="render stored results as a table")
     _common(table)
@@ -99,6 +108,20 @@ def print_tables(frame: Any, methods: list[str] | None, fmt: str, paired: str | 
         print(render(paired_table(frame, paired, method_order=methods), fmt))
 
 
+def make_executor(args: argparse.Namespace, device: str) -> Any:
+    """The executor ``--executor`` names; Ray tasks ask for one GPU when CUDA is used."""
+    from mkdt_bench.executors import InProcessExecutor, RayExecutor
+
+    if args.executor == "inprocess":
+        if args.ray_address:
+            raise UserError("--ray-address needs --executor ray")
+        return InProcessExecutor()
+    if args.retries < 0:
+        raise UserError(f"--retries {args.retries} must be 0 or more")
+    return RayExecutor(address=args.ray_address, retries=args.retries,
+                       gpus_per_task=1 if device.startswith("cuda") else 0)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from mkdt_bench.cache import ArtifactCache
     from mkdt_bench.config import build_config
@@ -116,14 +139,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name in ("methods", "archs", "fractions", "seeds", "tasks", "evaluators"):
         if flags[name] == []:
             raise UserError(f"--{name} is empty; give at least one value")
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads} must be 0 or more")
     cfg = build_config(preset, flags, overrides)
     cache_dir, db = _paths(args)
     ArtifactCache(cache_dir)  # fails early on an unusable cache directory
     store = ResultStore(db)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
-              device=cfg["run"]["device"], progress=not args.no_progress)
+              device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads)
+    executor = make_executor(args, env.torch_device.type)
     start = time.perf_counter()
-    frame = run_grid(cfg, env, store)
+    frame = run_grid(cfg, env, store, executor)
     print_tables(frame, cfg["run"]["methods"], args.format, args.paired)
     failed = int((frame["status"] != "ok").sum()) if not frame.empty else 0
     print(f"\n{len(frame)} cells ({failed} failed) in {time.perf_counter() - start:.1f} s; "

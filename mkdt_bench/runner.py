@@ -2,7 +2,9 @@
 
 Work is cut into self-contained units whose inputs are named by cache keys and whose
 outputs are cache artifacts or result rows, so an :class:`Executor` can run them
-anywhere that sees the cache directory. :class:`InProcessExecutor` runs them here.
+anywhere that sees the cache directory (see :mod:`mkdt_bench.executors`). Three phases:
+methods' sub-units (e.g. expert trajectories), distillations, then evaluation units; only
+this process writes result rows.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import functools
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import pandas as pd
 import torch
@@ -27,15 +28,14 @@ from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import create_evaluator
 from mkdt_bench.evaluators.pretrain import pretrain_encoder
+from mkdt_bench.executors import Executor, InProcessExecutor
 from mkdt_bench.methods import METHODS, MethodContext, create_method
+from mkdt_bench.methods.base import SubUnit
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.progress import Progress
 from mkdt_bench.results import TEACHER_ROW, ResultRow, ResultStore
 from mkdt_bench.seeding import set_deterministic
 from mkdt_bench.teacher import build_teacher, encode, load_teacher_checkpoint, train_teacher
-
-U = TypeVar("U")
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Env:
     data_root: str = ""
     device: str = "cpu"
     progress: bool = True
+    threads: int = 0  # torch CPU threads per unit; 0 = torch's default
 
     @property
     def torch_device(self) -> torch.device:
@@ -57,18 +58,18 @@ class Env:
         return torch.device(self.device)
 
 
-class Executor(Protocol):
-    """Runs ``fn(unit, env)`` for every unit and yields the results as they finish."""
+def prepare_process(env: Env) -> None:
+    """Torch settings every unit applies first (workers are separate processes)."""
+    if env.threads > 0:
+        torch.set_num_threads(env.threads)
+    if env.torch_device.type == "cpu":
+        set_deterministic(True)
 
-    def map(self, fn: Callable[[U, Env], R], units: Iterable[U], env: Env) -> Iterator[R]: ...
 
-
-class InProcessExecutor:
-    """The default executor: one unit after another in this process."""
-
-    def map(self, fn: Callable[[U, Env], R], units: Iterable[U], env: Env) -> Iterator[R]:
-        for unit in units:
-            yield fn(unit, env)
+def error_text(error: BaseException) -> str:
+    """``Type: message`` on one line, for a failed row."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 # --------------------------------------------------------------------------- data
@@ -140,6 +141,34 @@ def load_teacher(env: Env, tkey: str, arch: str, dataset: ImageDataset) -> Encod
 # --------------------------------------------------------------------------- units
 
 
+def _method_context(env: Env, dataset_name: str, representations_key: str, budget: int,
+                    seed: int, scratch: Path) -> MethodContext:
+    cache = ArtifactCache(env.cache_dir)
+    dataset = _dataset(dataset_name, env.data_root, env.cache_dir)
+    reps = torch.load(cache.path("representations", representations_key) / "representations.pt")
+    return MethodContext(
+        source=dataset.name, images=_normalized_train(dataset_name, env.data_root, env.cache_dir),
+        targets=reps, mean=dataset.mean, std=dataset.std, budget=budget, seed=seed,
+        device=env.torch_device, cache=cache, inputs_key=representations_key, scratch=scratch,
+        progress=Progress(env.progress))
+
+
+@dataclass(frozen=True)
+class MethodSubUnit:
+    """A method's sub-unit (e.g. one expert trajectory) on the teacher's representations."""
+
+    sub: SubUnit
+    dataset: str
+    representations_key: str
+
+
+def run_sub_unit(unit: MethodSubUnit, env: Env) -> None:
+    """Produce the sub-unit's artifact in the cache."""
+    prepare_process(env)
+    scratch = ArtifactCache(env.cache_dir).scratch(unit.sub.stage, unit.sub.key)
+    unit.sub.run(_method_context(env, unit.dataset, unit.representations_key, 0, 0, scratch))
+
+
 @dataclass(frozen=True)
 class DistillUnit:
     """One method run: (method, options, budget, seed) on the teacher's representations."""
@@ -153,37 +182,26 @@ class DistillUnit:
     representations_key: str
 
 
-def run_distill(unit: DistillUnit, env: Env) -> tuple[str, str | None]:
-    """Produce the unit's DistilledSet in the cache; returns (key, error or None)."""
+def run_distill(unit: DistillUnit, env: Env) -> None:
+    """Produce the unit's DistilledSet in the cache."""
+    prepare_process(env)
     cache = ArtifactCache(env.cache_dir)
     if cache.exists("distilled", unit.key):
-        return unit.key, None
-    try:
-        dataset = _dataset(unit.dataset, env.data_root, env.cache_dir)
-        reps = torch.load(cache.path("representations", unit.representations_key)
-                          / "representations.pt")
-        method = create_method(unit.method, **unit.options)
-        ctx = MethodContext(
-            source=dataset.name, images=_normalized_train(unit.dataset, env.data_root,
-                                                          env.cache_dir),
-            targets=reps, mean=dataset.mean, std=dataset.std, budget=unit.budget,
-            seed=unit.seed, device=env.torch_device, cache=cache,
-            inputs_key=unit.representations_key, scratch=cache.scratch("distilled", unit.key),
-            progress=Progress(env.progress))
+        return
+    method = create_method(unit.method, **unit.options)
+    ctx = _method_context(env, unit.dataset, unit.representations_key, unit.budget, unit.seed,
+                          cache.scratch("distilled", unit.key))
 
-        def produce(tmp: Path) -> dict[str, Any]:
-            distilled = method.distill(ctx)
-            distilled.config_hash = unit.key
-            distilled.save(tmp)
-            return {"num_images": len(distilled), "method": unit.method}
+    def produce(tmp: Path) -> dict[str, Any]:
+        distilled = method.distill(ctx)
+        distilled.config_hash = unit.key
+        distilled.save(tmp)
+        return {"num_images": len(distilled), "method": unit.method}
 
-        cache.get_or_create("distilled", unit.key, produce,
-                            config={"method": unit.method, "options": unit.options,
-                                    "budget": unit.budget, "seed": unit.seed},
-                            inputs={"representations": unit.representations_key})
-        return unit.key, None
-    except (UserError, RuntimeError, ValueError) as e:
-        return unit.key, f"{type(e).__name__}: {e}"
+    cache.get_or_create("distilled", unit.key, produce,
+                        config={"method": unit.method, "options": unit.options,
+                                "budget": unit.budget, "seed": unit.seed},
+                        inputs={"representations": unit.representations_key})
 
 
 @dataclass(frozen=True)
@@ -243,6 +261,7 @@ def _pretrained_encoder(unit: EvalUnit, env: Env) -> tuple[Encoder, dict[str, fl
 
 def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
     """The unit's result rows; a failure becomes failed rows carrying the error."""
+    prepare_process(env)
     rows: list[ResultRow] = []
     versions = package_versions()
 
@@ -275,7 +294,7 @@ def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
             rows.append(row(cell, metrics.pop("accuracy"), cell_timings, metrics))
     except (UserError, RuntimeError, ValueError) as e:
         done = {r.cell_key for r in rows}
-        rows += [row(c, None, {}, {}, f"{type(e).__name__}: {e}") for c in unit.cells
+        rows += [row(c, None, {}, {}, error_text(e)) for c in unit.cells
                  if c.key not in done]
     return rows
 
@@ -308,6 +327,7 @@ def _git_revision() -> str:
 class Plan:
     """The resolved grid: units still to run and the keys of every cell it covers."""
 
+    sub_units: list[MethodSubUnit]
     distill_units: list[DistillUnit]
     eval_units: list[EvalUnit]
     cell_keys: list[str]
@@ -315,7 +335,8 @@ class Plan:
 
 
 def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
-    """Train/load the teacher, then list the distillations and cells not yet stored."""
+    """Train/load the teacher, then list the sub-units, distillations and cells not yet
+    computed."""
     run = cfg["run"]
     dataset = _dataset(run["dataset"], env.data_root, env.cache_dir)
     budget = resolve_budget(run["budget"], len(dataset.train_images))
@@ -374,28 +395,48 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                 eval_units.append(EvalUnit(TEACHER_ROW, cfg["teacher"]["arch"], seed,
                                            n_teacher, run["dataset"], tkey, {}, cells,
                                            {**base, "teacher_config": cfg["teacher"]}))
-    return Plan(list(distill_units.values()), eval_units, cell_keys, budget)
+    cache = ArtifactCache(env.cache_dir)
+    sub_units: dict[tuple[str, str], MethodSubUnit] = {}
+    for unit in distill_units.values():
+        if cache.exists("distilled", unit.key):
+            continue
+        for sub in create_method(unit.method, **unit.options).sub_units(rkey):
+            if not cache.exists(sub.stage, sub.key):
+                sub_units[sub.stage, sub.key] = MethodSubUnit(sub, run["dataset"], rkey)
+    return Plan(list(sub_units.values()), list(distill_units.values()), eval_units, cell_keys,
+                budget)
 
 
 def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
              executor: Executor | None = None) -> pd.DataFrame:
-    """Run every missing cell of the grid and return all of the grid's rows."""
+    """Run every missing cell of the grid and return all of the grid's rows.
+
+    A failed unit does not stop the grid: a failed distillation fails the cells that
+    need it, a failed evaluation unit its own cells; a rerun computes only what is missing.
+    """
     executor = executor or InProcessExecutor()
-    if env.torch_device.type == "cpu":
-        set_deterministic(True)
+    prepare_process(env)
     plan = plan_grid(cfg, env, store)
     progress = Progress(env.progress)
+    bar = progress.bar(len(plan.sub_units), "sub-units")
+    for sub, result in executor.map(run_sub_unit, plan.sub_units, env):
+        if isinstance(result, Exception):
+            progress.write(f"{sub.sub.stage} {sub.sub.key} failed: {error_text(result)}")
+        bar.update(1)
+    bar.close()
     errors: dict[str, str] = {}
     bar = progress.bar(len(plan.distill_units), "distill")
-    for key, error in executor.map(run_distill, plan.distill_units, env):
-        if error:
-            errors[key] = error
-            progress.write(f"distillation {key} failed: {error}")
+    for unit, result in executor.map(run_distill, plan.distill_units, env):
+        if isinstance(result, Exception):
+            errors[unit.key] = error_text(result)
+            progress.write(f"distillation {unit.key} failed: {errors[unit.key]}")
         bar.update(1)
     bar.close()
     units = [replace(u, upstream_error=errors.get(u.source_key)) for u in plan.eval_units]
     bar = progress.bar(sum(len(u.cells) for u in units), "evaluate")
-    for rows in executor.map(run_eval, units, env):
+    for unit, rows in executor.map(run_eval, units, env):
+        if isinstance(rows, Exception):
+            rows = run_eval(replace(unit, upstream_error=error_text(rows)), env)
         store.add(rows)
         for r in rows:
             if r.status != "ok":

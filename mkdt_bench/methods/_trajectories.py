@@ -3,7 +3,8 @@
 - :func:`ensure_experts` trains K students by knowledge distillation (MSE onto the teacher
   representations, §2) and stores each one's parameters at epochs 0..E as one cache
   artifact, so a killed run resumes at the next expert and every method and seed sharing
-  the expert options shares the experts.
+  the expert options shares the experts. :func:`expert_units` offers the same K trainings
+  to an executor as independent units (same cache keys).
 - :func:`high_loss_scores` scores every training image by its KD loss under the epoch-1
   snapshots, averaged over the experts (§3); cached as well.
 - :class:`FlatNet`, :func:`unroll` and :func:`matching_loss` are the differentiable inner
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
-from mkdt_bench.cache import config_hash
+from mkdt_bench.cache import ArtifactCache, config_hash
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods.base import MethodContext
 from mkdt_bench.models import Encoder, create_model
@@ -226,25 +228,53 @@ def _inputs(ctx: MethodContext) -> dict[str, str]:
     return {"representations": ctx.inputs_key}
 
 
+def expert_key(cfg: dict[str, Any], index: int, inputs_key: str) -> str:
+    """Cache key of expert ``index`` trained on the inputs named ``inputs_key``."""
+    return ArtifactCache.key("expert", {**cfg, "index": index}, {"representations": inputs_key})
+
+
+def ensure_expert(ctx: MethodContext, cfg: dict[str, Any], index: int) -> Path:
+    """The trajectory file of expert ``index``, trained first if not cached (§2)."""
+    config = {**cfg, "index": index}
+
+    def produce(tmp: Path) -> dict[str, Any]:
+        trajectory = train_expert(cfg, index, ctx.images, ctx.targets, ctx.device)
+        torch.save(trajectory, tmp / TRAJECTORY_FILE)
+        return {"snapshots": len(trajectory), "num_params": int(trajectory.shape[1])}
+
+    path = ctx.cache.get_or_create("expert", expert_key(cfg, index, ctx.inputs_key), produce,
+                                   config=config, inputs=_inputs(ctx))
+    return path / TRAJECTORY_FILE
+
+
 def ensure_experts(ctx: MethodContext, cfg: dict[str, Any]) -> list[Path]:
     """The trajectory files of the K experts, training those not cached yet (§2)."""
     paths = []
     bar = ctx.progress.bar(cfg["num_experts"], "experts")
     for index in range(cfg["num_experts"]):
-        config = {**cfg, "index": index}
-        key = ctx.cache.key("expert", config, _inputs(ctx))
-
-        def produce(tmp: Path, index: int = index) -> dict[str, Any]:
-            trajectory = train_expert(cfg, index, ctx.images, ctx.targets, ctx.device)
-            torch.save(trajectory, tmp / TRAJECTORY_FILE)
-            return {"snapshots": len(trajectory), "num_params": int(trajectory.shape[1])}
-
-        path = ctx.cache.get_or_create("expert", key, produce, config=config,
-                                       inputs=_inputs(ctx))
-        paths.append(path / TRAJECTORY_FILE)
+        paths.append(ensure_expert(ctx, cfg, index))
         bar.update(1)
     bar.close()
     return paths
+
+
+@dataclass(frozen=True)
+class ExpertUnit:
+    """Training of one expert as a method sub-unit (see :meth:`Method.sub_units`)."""
+
+    key: str
+    cfg: dict[str, Any]
+    index: int
+    stage: str = "expert"
+
+    def run(self, ctx: MethodContext) -> None:
+        ensure_expert(ctx, self.cfg, self.index)
+
+
+def expert_units(cfg: dict[str, Any], inputs_key: str) -> list[ExpertUnit]:
+    """One unit per expert, so an executor can train the K experts in parallel."""
+    return [ExpertUnit(expert_key(cfg, index, inputs_key), cfg, index)
+            for index in range(cfg["num_experts"])]
 
 
 def load_trajectories(paths: Sequence[Path]) -> list[Tensor]:

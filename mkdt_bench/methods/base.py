@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -47,6 +47,20 @@ class MethodContext:
     progress: Progress = field(default_factory=Progress)
 
 
+class SubUnit(Protocol):
+    """A precomputable part of a method's work (e.g. one expert trajectory).
+
+    ``run(ctx)`` produces the cache artifact ``(stage, key)`` that ``distill`` would
+    otherwise compute itself; units must be picklable. ``ctx`` has budget 0 and seed 0:
+    a sub-unit depends only on the inputs (``ctx.inputs_key``) and its own fields.
+    """
+
+    stage: str
+    key: str
+
+    def run(self, ctx: MethodContext) -> None: ...
+
+
 class Method:
     """Base class of distillation methods (sub-class, set ``defaults``, implement distill).
 
@@ -66,6 +80,11 @@ class Method:
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         raise NotImplementedError
+
+    def sub_units(self, inputs_key: str) -> list[SubUnit]:
+        """Independent sub-stages of ``distill`` on the inputs ``inputs_key`` that an
+        executor may run first, in parallel (default: none)."""
+        return []
 
     def make_set(self, ctx: MethodContext, images: Tensor, targets: Tensor,
                  lr: float | None = None, **extra: Any) -> DistilledSet:

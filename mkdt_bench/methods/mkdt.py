@@ -32,6 +32,7 @@ from mkdt_bench.methods._trajectories import (
     check_expert_config,
     ensure_experts,
     expert_config,
+    expert_units,
     high_loss_indices,
     high_loss_scores,
     load_trajectories,
@@ -40,7 +41,7 @@ from mkdt_bench.methods._trajectories import (
     syn_batches,
     unroll,
 )
-from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.methods.base import Method, MethodContext, SubUnit
 from mkdt_bench.seeding import rng_state, set_rng_state
 
 SNAPSHOT_FILE = "mkdt_state.pt"
@@ -62,6 +63,10 @@ class HighLossSubset(Method):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         check_expert_config(f"method {self.name!r}", self.config)
+
+    def sub_units(self, inputs_key: str) -> list[SubUnit]:
+        """One unit per expert (§2)."""
+        return expert_units(expert_config(self.config), inputs_key)
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         idx = select_high_loss(ctx, self.config)
@@ -161,6 +166,10 @@ class MKDT(Method):
                             "max_start_epoch or expert_epochs, or raise train_epochs")
         if not cfg["lr_teacher"] > 0:
             raise UserError(f"{where}: lr_teacher={cfg['lr_teacher']} must be positive")
+
+    def sub_units(self, inputs_key: str) -> list[SubUnit]:
+        """One unit per expert (§2)."""
+        return expert_units(expert_config(self.config), inputs_key)
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         cfg = self.config

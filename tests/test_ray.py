@@ -1,0 +1,171 @@
+"""The Ray executor on a local two-CPU instance: same rows as in-process, retries, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mkdt_bench.config import build_config
+from mkdt_bench.errors import UserError
+from mkdt_bench.executors import RAY_HINT, InProcessExecutor, RayExecutor
+from mkdt_bench.results import ResultStore
+from mkdt_bench.runner import Env, EvalUnit, run_eval, run_grid
+
+ray = pytest.importorskip("ray")
+
+TESTS = str(Path(__file__).resolve().parent)
+OVERRIDES = ["teacher.arch=convnet", "teacher.epochs=1", "teacher.proj_dim=64",
+             "teacher.batch_size=128", "pretrain.epochs=2", "methods.mkdt.iterations=3",
+             "methods.mkdt.num_experts=3", "methods.mkdt.train_epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # Workers import this module by name to run the test-only unit functions below.
+    ray.init(num_cpus=2, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": TESTS, "OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def die_once(marker: str, env: Env) -> str:
+    """Kills its own worker process the first time (``marker`` does not exist yet)."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+def double_or_raise(x: int, env: Env) -> int:
+    if x == 3:
+        raise ValueError("three is not allowed")
+    return 2 * x
+
+
+def fail_none_method(unit: object, env: Env) -> object:
+    """run_eval, except that the evaluation units of the ``none`` method raise."""
+    if isinstance(unit, EvalUnit) and unit.method == "none":
+        raise KeyError("injected failure")
+    return run_eval(unit, env)
+
+
+class FailingNone:
+    """Wraps an executor so that ``fail_none_method`` runs instead of run_eval."""
+
+    def __init__(self, inner: RayExecutor) -> None:
+        self.inner = inner
+
+    def map(self, fn, units, env):
+        return self.inner.map(fail_none_method if fn is run_eval else fn, units, env)
+
+
+def manifests(cache: Path, stage: str) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text())
+            for p in (cache / "artifacts" / stage).glob("*/manifest.json")}
+
+
+def accuracies(frame) -> dict[str, float]:
+    return dict(zip(frame["cell_key"], frame["accuracy"]))
+
+
+@pytest.fixture(scope="module")
+def grids(local_ray, tmp_path_factory):
+    """The tiny quick grid in-process (cache A) and on Ray (cache B)."""
+    root = tmp_path_factory.mktemp("grids")
+    cfg = build_config("quick", flags={"methods": ["random", "mkdt", "none"], "seeds": [0, 1]},
+                       overrides=OVERRIDES)
+    out = {"cfg": cfg, "root": root}
+    for name, executor in (("A", InProcessExecutor()), ("B", RayExecutor(num_cpus=2))):
+        env = Env(cache_dir=str(root / name), threads=1, progress=False)
+        out[name] = run_grid(cfg, env, ResultStore(root / f"{name}.sqlite"), executor)
+    return out
+
+
+@pytest.mark.slow
+def test_ray_grid_matches_in_process(grids):
+    a, b = grids["A"], grids["B"]
+    assert len(a) == len(b) > 0
+    assert set(a["status"]) == set(b["status"]) == {"ok"}
+    assert accuracies(a) == accuracies(b)
+    experts = manifests(grids["root"] / "B", "expert")
+    assert len(experts) == 3  # the mkdt experts, shared by both seeds
+    assert sorted(m["config"]["index"] for m in experts.values()) == [0, 1, 2]
+    assert experts.keys() == manifests(grids["root"] / "A", "expert").keys()  # same cache keys
+    # Trained by the sub-unit phase, before any distillation started.
+    distilled = manifests(grids["root"] / "B", "distilled").values()
+    assert max(m["created"] for m in experts.values()) < min(
+        m["created"] - m["seconds"] for m in distilled)
+
+
+@pytest.mark.slow
+def test_failed_eval_unit_becomes_failed_rows(grids):
+    cfg, root = grids["cfg"], grids["root"]
+    env = Env(cache_dir=str(root / "B"), threads=1, progress=False)
+    store = ResultStore(root / "failing.sqlite")
+    frame = run_grid(cfg, env, store, FailingNone(RayExecutor()))
+    failed = frame[frame["status"] == "failed"]
+    assert set(failed["method"]) == {"none"} and len(failed) > 0
+    assert set(failed["error"]) == {"KeyError: 'injected failure'"}
+    ok = frame[frame["status"] == "ok"]
+    assert len(ok) == len(frame) - len(failed) and accuracies(ok).items() <= accuracies(
+        grids["B"]).items()
+    # A rerun computes only the missing (failed) cells.
+    rerun = run_grid(cfg, env, store, RayExecutor())
+    assert set(rerun["status"]) == {"ok"} and accuracies(rerun) == accuracies(grids["B"])
+
+
+def test_killed_worker_is_retried(local_ray, tmp_path):
+    marker = str(tmp_path / "marker")
+    env = Env(cache_dir=str(tmp_path))
+    results = list(RayExecutor(retries=2).map(die_once, [marker], env))
+    assert results == [(marker, "survived")]
+    assert Path(marker).read_text() == "died"
+
+
+def test_killed_worker_without_retries_is_a_failure(local_ray, tmp_path):
+    marker = str(tmp_path / "marker")
+    [(unit, result)] = RayExecutor(retries=0).map(die_once, [marker], Env(str(tmp_path)))
+    assert unit == marker and isinstance(result, ray.exceptions.RayError)
+
+
+def test_raising_unit_is_a_result_and_the_others_finish(local_ray, tmp_path):
+    results = dict(RayExecutor().map(double_or_raise, [1, 2, 3, 4], Env(str(tmp_path))))
+    assert {k: v for k, v in results.items() if k != 3} == {1: 2, 2: 4, 4: 8}
+    assert isinstance(results[3], ValueError) and "three is not allowed" in str(results[3])
+
+
+def test_in_process_executor_returns_exceptions(tmp_path):
+    results = dict(InProcessExecutor().map(double_or_raise, [2, 3], Env(str(tmp_path))))
+    assert results[2] == 4 and isinstance(results[3], ValueError)
+
+
+def test_without_ray_the_hint_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UserError) as info:
+        RayExecutor()
+    assert str(info.value) == RAY_HINT and "\n" not in RAY_HINT
+    assert "pip install 'mkdt-bench[ray]'" in RAY_HINT
+
+
+def test_cli_without_ray(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None; from mkdt_bench.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", code, "run", "--executor", "ray",
+                          "--cache-dir", str(tmp_path), "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: {RAY_HINT}"
+
+
+def test_cli_unknown_executor(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "run", "--executor", "nosuch",
+                          "--cache-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "invalid choice: 'nosuch'" in out.stderr
