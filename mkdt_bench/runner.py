@@ -2,9 +2,9 @@
 
 Work is cut into self-contained units whose inputs are named by cache keys and whose
 outputs are cache artifacts or result rows, so an :class:`Executor` can run them
-anywhere that sees the cache directory (see :mod:`mkdt_bench.executors`). Three phases:
-methods' sub-units (e.g. expert trajectories), distillations, then evaluation units; only
-this process writes result rows.
+anywhere that sees the cache directory (see :mod:`mkdt_bench.executors`). Dependencies
+follow the cache keys: a distillation waits for its method's sub-units (e.g. expert
+trajectories), an evaluation unit for its distilled set; only this process writes rows.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import create_evaluator
 from mkdt_bench.evaluators.pretrain import pretrain_encoder
-from mkdt_bench.executors import Executor, InProcessExecutor
+from mkdt_bench.executors import Executor, InProcessExecutor, Task
 from mkdt_bench.methods import METHODS, MethodContext, create_method
 from mkdt_bench.methods.base import SubUnit
 from mkdt_bench.models import Encoder, create_model
@@ -329,6 +329,7 @@ class Plan:
 
     sub_units: list[MethodSubUnit]
     distill_units: list[DistillUnit]
+    distill_after: dict[str, tuple[tuple[str, str], ...]]  # distilled key -> its sub-units
     eval_units: list[EvalUnit]
     cell_keys: list[str]
     budget: int
@@ -397,14 +398,31 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                                            {**base, "teacher_config": cfg["teacher"]}))
     cache = ArtifactCache(env.cache_dir)
     sub_units: dict[tuple[str, str], MethodSubUnit] = {}
+    distill_after: dict[str, tuple[tuple[str, str], ...]] = {}
     for unit in distill_units.values():
         if cache.exists("distilled", unit.key):
             continue
-        for sub in create_method(unit.method, **unit.options).sub_units(rkey):
-            if not cache.exists(sub.stage, sub.key):
-                sub_units[sub.stage, sub.key] = MethodSubUnit(sub, run["dataset"], rkey)
-    return Plan(list(sub_units.values()), list(distill_units.values()), eval_units, cell_keys,
-                budget)
+        needed = [sub for sub in create_method(unit.method, **unit.options).sub_units(rkey)
+                  if not cache.exists(sub.stage, sub.key)]
+        for sub in needed:
+            sub_units[sub.stage, sub.key] = MethodSubUnit(sub, run["dataset"], rkey)
+        distill_after[unit.key] = tuple((sub.stage, sub.key) for sub in needed)
+    return Plan(list(sub_units.values()), list(distill_units.values()), distill_after,
+                eval_units, cell_keys, budget)
+
+
+def grid_tasks(plan: Plan) -> list[Task]:
+    """The plan as tasks whose dependencies follow the cache keys: a distillation starts
+    once its method's sub-units exist, an evaluation unit once its distilled set exists."""
+    tasks = [Task(f"{u.sub.stage}:{u.sub.key}", run_sub_unit, u) for u in plan.sub_units]
+    distilled = {u.key for u in plan.distill_units}
+    tasks += [Task(f"distilled:{u.key}", run_distill, u,
+                   tuple(f"{stage}:{key}" for stage, key in plan.distill_after.get(u.key, ())))
+              for u in plan.distill_units]
+    tasks += [Task(f"evaluate:{i}", run_eval, u,
+                   (f"distilled:{u.source_key}",) if u.source_key in distilled else ())
+              for i, u in enumerate(plan.eval_units)]
+    return tasks
 
 
 def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
@@ -413,35 +431,26 @@ def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
 
     A failed unit does not stop the grid: a failed distillation fails the cells that
     need it, a failed evaluation unit its own cells; a rerun computes only what is missing.
+    The driver alone writes the database.
     """
     executor = executor or InProcessExecutor()
     prepare_process(env)
     plan = plan_grid(cfg, env, store)
     progress = Progress(env.progress)
-    bar = progress.bar(len(plan.sub_units), "sub-units")
-    for sub, result in executor.map(run_sub_unit, plan.sub_units, env):
-        if isinstance(result, Exception):
-            progress.write(f"{sub.sub.stage} {sub.sub.key} failed: {error_text(result)}")
+    tasks = grid_tasks(plan)
+    bar = progress.bar(len(tasks), "grid")
+    for task, result in executor.run(tasks, env):
+        if isinstance(task.unit, EvalUnit):
+            rows = result
+            if isinstance(result, Exception):
+                rows = run_eval(replace(task.unit, upstream_error=error_text(result)), env)
+            store.add(rows)
+            for r in rows:
+                if r.status != "ok":
+                    progress.write(f"cell {r.method}/{r.arch}/{r.task}@{r.fraction:g} seed "
+                                   f"{r.seed} failed: {r.error}")
+        elif isinstance(result, Exception):
+            progress.write(f"{task.key} failed: {error_text(result)}")
         bar.update(1)
-    bar.close()
-    errors: dict[str, str] = {}
-    bar = progress.bar(len(plan.distill_units), "distill")
-    for unit, result in executor.map(run_distill, plan.distill_units, env):
-        if isinstance(result, Exception):
-            errors[unit.key] = error_text(result)
-            progress.write(f"distillation {unit.key} failed: {errors[unit.key]}")
-        bar.update(1)
-    bar.close()
-    units = [replace(u, upstream_error=errors.get(u.source_key)) for u in plan.eval_units]
-    bar = progress.bar(sum(len(u.cells) for u in units), "evaluate")
-    for unit, rows in executor.map(run_eval, units, env):
-        if isinstance(rows, Exception):
-            rows = run_eval(replace(unit, upstream_error=error_text(rows)), env)
-        store.add(rows)
-        for r in rows:
-            if r.status != "ok":
-                progress.write(f"cell {r.method}/{r.arch}/{r.task}@{r.fraction:g} seed {r.seed} "
-                               f"failed: {r.error}")
-        bar.update(len(rows))
     bar.close()
     return store.frame(cell_key=plan.cell_keys)

@@ -7,13 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from mkdt_bench.config import build_config
 from mkdt_bench.errors import UserError
-from mkdt_bench.executors import RAY_HINT, InProcessExecutor, RayExecutor
+from mkdt_bench.executors import RAY_HINT, InProcessExecutor, RayExecutor, Task, map_units
 from mkdt_bench.results import ResultStore
 from mkdt_bench.runner import Env, EvalUnit, run_eval, run_grid
 
@@ -62,8 +64,9 @@ class FailingNone:
     def __init__(self, inner: RayExecutor) -> None:
         self.inner = inner
 
-    def map(self, fn, units, env):
-        return self.inner.map(fail_none_method if fn is run_eval else fn, units, env)
+    def run(self, tasks, env):
+        tasks = [replace(t, fn=fail_none_method) if t.fn is run_eval else t for t in tasks]
+        return self.inner.run(tasks, env)
 
 
 def manifests(cache: Path, stage: str) -> dict[str, dict]:
@@ -98,8 +101,10 @@ def test_ray_grid_matches_in_process(grids):
     assert len(experts) == 3  # the mkdt experts, shared by both seeds
     assert sorted(m["config"]["index"] for m in experts.values()) == [0, 1, 2]
     assert experts.keys() == manifests(grids["root"] / "A", "expert").keys()  # same cache keys
-    # Trained by the sub-unit phase, before any distillation started.
-    distilled = manifests(grids["root"] / "B", "distilled").values()
+    # Trained as their own tasks, before any mkdt distillation started.
+    distilled = [m for m in manifests(grids["root"] / "B", "distilled").values()
+                 if m["config"]["method"] == "mkdt"]
+    assert distilled
     assert max(m["created"] for m in experts.values()) < min(
         m["created"] - m["seconds"] for m in distilled)
 
@@ -124,25 +129,27 @@ def test_failed_eval_unit_becomes_failed_rows(grids):
 def test_killed_worker_is_retried(local_ray, tmp_path):
     marker = str(tmp_path / "marker")
     env = Env(cache_dir=str(tmp_path))
-    results = list(RayExecutor(retries=2).map(die_once, [marker], env))
+    results = list(map_units(RayExecutor(retries=2), die_once, [marker], env))
     assert results == [(marker, "survived")]
     assert Path(marker).read_text() == "died"
 
 
 def test_killed_worker_without_retries_is_a_failure(local_ray, tmp_path):
     marker = str(tmp_path / "marker")
-    [(unit, result)] = RayExecutor(retries=0).map(die_once, [marker], Env(str(tmp_path)))
+    [(unit, result)] = map_units(RayExecutor(retries=0), die_once, [marker],
+                                 Env(str(tmp_path)))
     assert unit == marker and isinstance(result, ray.exceptions.RayError)
 
 
 def test_raising_unit_is_a_result_and_the_others_finish(local_ray, tmp_path):
-    results = dict(RayExecutor().map(double_or_raise, [1, 2, 3, 4], Env(str(tmp_path))))
+    results = dict(map_units(RayExecutor(), double_or_raise, [1, 2, 3, 4],
+                             Env(str(tmp_path))))
     assert {k: v for k, v in results.items() if k != 3} == {1: 2, 2: 4, 4: 8}
     assert isinstance(results[3], ValueError) and "three is not allowed" in str(results[3])
 
 
 def test_in_process_executor_returns_exceptions(tmp_path):
-    results = dict(InProcessExecutor().map(double_or_raise, [2, 3], Env(str(tmp_path))))
+    results = dict(map_units(InProcessExecutor(), double_or_raise, [2, 3], Env(str(tmp_path))))
     assert results[2] == 4 and isinstance(results[3], ValueError)
 
 
@@ -169,3 +176,36 @@ def test_cli_unknown_executor(tmp_path):
                           "--cache-dir", str(tmp_path)], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2 and "invalid choice: 'nosuch'" in out.stderr
+
+
+def sleep_then(seconds: float, env: Env) -> float:
+    time.sleep(seconds)
+    return time.time()
+
+
+def finish_time(_: object, env: Env) -> float:
+    return time.time()
+
+
+def test_task_starts_when_its_inputs_exist(local_ray, tmp_path):
+    """A dependant of a fast task finishes while an unrelated slow task still runs."""
+    tasks = [Task("slow", sleep_then, 4.0), Task("fast", sleep_then, 0.1),
+             Task("after-fast", finish_time, None, after=("fast",))]
+    done = {t.key: r for t, r in RayExecutor().run(tasks, Env(str(tmp_path)))}
+    assert done["fast"] <= done["after-fast"] < done["slow"]
+
+
+def test_dependants_of_a_failed_task_are_not_run(tmp_path):
+    tasks = [Task("bad", double_or_raise, 3), Task("child", double_or_raise, 1, after=("bad",)),
+             Task("free", double_or_raise, 2)]
+    done = {t.key: r for t, r in InProcessExecutor().run(tasks, Env(str(tmp_path)))}
+    assert isinstance(done["bad"], ValueError) and done["child"] is done["bad"]
+    assert done["free"] == 4
+
+
+def test_ray_dependants_of_a_failed_task_get_its_error(local_ray, tmp_path):
+    tasks = [Task("bad", double_or_raise, 3), Task("child", double_or_raise, 1, after=("bad",)),
+             Task("free", double_or_raise, 2)]
+    done = {t.key: r for t, r in RayExecutor().run(tasks, Env(str(tmp_path)))}
+    assert isinstance(done["child"], ValueError) and "three" in str(done["child"])
+    assert done["free"] == 4
