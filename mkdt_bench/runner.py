@@ -259,6 +259,12 @@ def _pretrained_encoder(unit: EvalUnit, env: Env) -> tuple[Encoder, dict[str, fl
     return model.to(env.torch_device).eval(), timings
 
 
+def run_pretrain(unit: EvalUnit, env: Env) -> None:
+    """Produce the unit's pre-trained encoder in the cache (its cells then load it)."""
+    prepare_process(env)
+    _pretrained_encoder(unit, env)
+
+
 def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
     """The unit's result rows; a failure becomes failed rows carrying the error."""
     prepare_process(env)
@@ -411,17 +417,27 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                 eval_units, cell_keys, budget)
 
 
+#: Key prefix of the tasks whose results are result rows.
+EVALUATE = "evaluate:"
+
+
 def grid_tasks(plan: Plan) -> list[Task]:
     """The plan as tasks whose dependencies follow the cache keys: a distillation starts
-    once its method's sub-units exist, an evaluation unit once its distilled set exists."""
+    once its method's sub-units exist, a pre-training once its distilled set exists, and
+    each evaluation cell once its encoder exists."""
     tasks = [Task(f"{u.sub.stage}:{u.sub.key}", run_sub_unit, u) for u in plan.sub_units]
     distilled = {u.key for u in plan.distill_units}
     tasks += [Task(f"distilled:{u.key}", run_distill, u,
                    tuple(f"{stage}:{key}" for stage, key in plan.distill_after.get(u.key, ())))
               for u in plan.distill_units]
-    tasks += [Task(f"evaluate:{i}", run_eval, u,
-                   (f"distilled:{u.source_key}",) if u.source_key in distilled else ())
-              for i, u in enumerate(plan.eval_units)]
+    for i, unit in enumerate(plan.eval_units):
+        after: tuple[str, ...] = ()
+        if unit.method != TEACHER_ROW:
+            upstream = (f"distilled:{unit.source_key}",) if unit.source_key in distilled else ()
+            tasks.append(Task(f"encoder:{i}", run_pretrain, unit, upstream))
+            after = (f"encoder:{i}",)
+        tasks += [Task(f"{EVALUATE}{i}:{j}", run_eval, replace(unit, cells=(cell,)), after)
+                  for j, cell in enumerate(unit.cells)]
     return tasks
 
 
@@ -440,7 +456,7 @@ def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
     tasks = grid_tasks(plan)
     bar = progress.bar(len(tasks), "grid")
     for task, result in executor.run(tasks, env):
-        if isinstance(task.unit, EvalUnit):
+        if task.key.startswith(EVALUATE):
             rows = result
             if isinstance(result, Exception):
                 rows = run_eval(replace(task.unit, upstream_error=error_text(result)), env)
