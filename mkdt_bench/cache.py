@@ -125,6 +125,11 @@ class ArtifactCache:
                 bad.append(name)
         return bad
 
+    def artifacts(self) -> list[tuple[str, str]]:
+        """``(stage, key)`` of every published artifact."""
+        return sorted((m.parent.parent.name, m.parent.name)
+                      for m in (self.root / "artifacts").glob(f"*/*/{MANIFEST}"))
+
     def get_or_create(
         self,
         stage: str,

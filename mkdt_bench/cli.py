@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--paired", metavar="BASELINE", help="also print each method's "
                        "difference from BASELINE (e.g. random) with a paired t-test over seeds")
 
+    cache = sub.add_parser("cache", help="check the artifact cache")
+    cache.add_argument("action", choices=["verify"], help="verify: check every artifact's "
+                       "sha256 against its manifest")
+    _common(cache)
+
     lst = sub.add_parser("list", help="show registered methods, models, data sets, "
                                       "evaluators and presets")
     lst.add_argument("--debug", action="store_true")
@@ -177,6 +182,29 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``cache verify``: one line per corrupt artifact; exit 1 when there is one."""
+    from mkdt_bench.cache import ArtifactCache
+
+    cache_dir, _ = _paths(args)
+    if not (cache_dir / "artifacts").is_dir():
+        raise UserError(f"cache directory {str(cache_dir)!r} holds no artifacts")
+    cache = ArtifactCache(cache_dir)
+    artifacts = cache.artifacts()
+    corrupt = 0
+    for stage, key in artifacts:
+        try:
+            bad = cache.verify(stage, key)
+        except (OSError, ValueError, KeyError):
+            bad = ["manifest.json"]
+        if bad:
+            corrupt += 1
+            print(f"corrupt: {cache.path(stage, key)} ({', '.join(bad)})")
+    print(f"{len(artifacts)} artifacts checked, {corrupt} corrupt (the next run that needs "
+          "one moves it aside and recomputes it)")
+    return 1 if corrupt else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from mkdt_bench.config import list_presets
     from mkdt_bench.data import DATASETS
@@ -198,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": cmd_run, "table": cmd_table, "list": cmd_list}[args.command]
+    handler = {"run": cmd_run, "table": cmd_table, "cache": cmd_cache,
+               "list": cmd_list}[args.command]
     try:
         return handler(args)
     except UserError as e:

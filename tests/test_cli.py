@@ -44,6 +44,12 @@ def test_run_table_and_cache_hit(tmp_path):
     assert artifacts(cache) == before  # nothing recomputed
     table = cli("table", "--format", "csv", cache=cache)
     assert table.returncode == 0 and "teacher" in table.stdout and "random" in table.stdout
+    verify = cli("cache", "verify", cache=cache)
+    assert verify.returncode == 0 and f"{len(before)} artifacts checked, 0 corrupt" in verify.stdout
+    encoder = next((cache / "artifacts" / "encoder").glob("*/encoder.pt"))
+    encoder.write_bytes(encoder.read_bytes()[:-10])  # truncated
+    verify = cli("cache", "verify", cache=cache)
+    assert verify.returncode == 1 and f"corrupt: {encoder.parent}" in verify.stdout
     paired = cli("table", "--paired", "random", cache=cache)
     assert paired.returncode == 0 and "Difference from random" in paired.stdout
     assert "(p=" in paired.stdout and ", n=2)" in paired.stdout
