@@ -59,34 +59,3 @@ def test_list():
     out = cli("list")
     assert out.returncode == 0
     assert "methods:" in out.stdout and "random" in out.stdout and "quick" in out.stdout
-
-
-@pytest.mark.parametrize("args, message", [
-    (("run", "--methods", "random,nosuch"), "unknown method 'nosuch'"),
-    (("run", "--dataset", "imagefolder:/no/such/dir", "--methods", "random"), "/no/such/dir"),
-    (("run", "--dataset", "digits", "--budget", "5000"), "larger than the training set"),
-    (("run", "--budget", "0"), "budget '0'"),
-    (("run", "--fractions", "0.01,1.5"), "(0, 1]"),
-    (("run", "--seeds", "a,b"), "comma-separated list of int"),
-    (("run", "--seeds", ","), "--seeds is empty"),
-    (("run", "--archs", "nosuch"), "unknown model 'nosuch'"),
-    (("run", "--preset", "nosuch"), "unknown preset 'nosuch'"),
-    (("run", "--set", "teacher.epochs=x"), "must be of type int"),
-    (("run", "--teacher-checkpoint", "/no/such.pt"), "/no/such.pt"),
-    (("table", "--results-db", "/no/such.sqlite"), "does not exist"),
-    (("run", "--bogus"), "unrecognized arguments"),
-])
-def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
-    out = cli(*args, *(["--no-progress"] if args[0] == "run" else []), cache=tmp_path)
-    assert out.returncode == 2, out.stderr
-    err = out.stderr.strip()
-    assert "\n" not in err and err.startswith("error: ") and message in err
-    assert "Traceback" not in err
-
-
-def test_results_db_that_is_not_sqlite(tmp_path):
-    bad = tmp_path / "bad.sqlite"
-    bad.write_bytes(b"garbage" * 200)
-    out = cli("run", "--results-db", str(bad), "--no-progress", cache=tmp_path / "c")
-    assert out.returncode == 2 and "cannot be used" in out.stderr
-    assert bad.read_bytes() == b"garbage" * 200

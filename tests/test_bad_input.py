@@ -1,0 +1,140 @@
+"""The bad-input catalogue: every case is answered by one line ``error: ...`` that names the
+bad value, exit code 2, no traceback, and nothing half-written in the cache or database."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+RUN = ("run", "--no-progress", "--seeds", "0", "--methods", "random", "--set",
+       "teacher.epochs=1", "--set", "teacher.arch=convnet")
+
+
+def image_tree(root: Path, *, classes=("a", "b"), splits=("train", "test")) -> Path:
+    for split in splits:
+        (root / split).mkdir(parents=True)
+        for c in classes:
+            (root / split / c).mkdir()
+            for i in range(3):
+                Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def corrupt_jpeg(root: Path) -> Path:
+    image_tree(root)
+    (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    return root
+
+
+def text_only_class(root: Path) -> Path:
+    image_tree(root, classes=("a", "b", "c"))
+    for png in (root / "train" / "c").iterdir():
+        png.unlink()
+    (root / "train" / "c" / "notes.txt").write_text("no images here")
+    return root
+
+
+def other_arch_checkpoint(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.resnet50().state_dict(), root / "r50.pt")
+    return root / "r50.pt"
+
+
+def not_sqlite(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "bad.sqlite").write_bytes(b"garbage" * 100)
+    return root / "bad.sqlite"
+
+
+def a_file(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "file").write_text("x")
+    return root / "file"
+
+
+# (case id, argument builder given a scratch folder, text the one-line error must contain)
+CATALOGUE = [
+    ("unknown method", lambda d: ["--methods", "random,nosuch"], "'nosuch'"),
+    ("unknown architecture", lambda d: ["--archs", "nosuch"], "'nosuch'"),
+    ("unknown dataset", lambda d: ["--dataset", "nosuch"], "'nosuch'"),
+    ("unknown evaluator", lambda d: ["--evaluators", "nosuch"], "'nosuch'"),
+    ("unknown preset", lambda d: ["--preset", "nosuch"], "'nosuch'"),
+    ("unknown teacher arch", lambda d: ["--set", "teacher.arch='nosuch'"], "'nosuch'"),
+    ("--set unknown key", lambda d: ["--set", "teacher.nope=1"], "'nope'"),
+    ("--set wrong type", lambda d: ["--set", "teacher.epochs=abc"], "'abc'"),
+    ("--set without value", lambda d: ["--set", "teacher.epochs"], "'teacher.epochs'"),
+    ("--set unknown section", lambda d: ["--set", "bogus.x=1"], "'bogus.x=1'"),
+    ("--set bad choice", lambda d: ["--set", "teacher.ssl='byol'"], "'byol'"),
+    ("budget zero", lambda d: ["--budget", "0"], "'0'"),
+    ("budget negative", lambda d: ["--budget=-5"], "'-5'"),
+    ("budget not a number", lambda d: ["--budget", "lots"], "'lots'"),
+    ("budget over 100 %", lambda d: ["--budget", "150%"], "'150%'"),
+    ("budget larger than the data", lambda d: ["--budget", "5000"], "'5000'"),
+    ("label fraction zero", lambda d: ["--fractions", "0"], "0.0"),
+    ("label fraction above one", lambda d: ["--fractions", "0.01,1.5"], "1.5"),
+    ("label fraction not a number", lambda d: ["--fractions", "half"], "'half'"),
+    ("empty seed list", lambda d: ["--seeds", ","], "--seeds"),
+    ("negative seed", lambda d: ["--seeds=-1"], "-1"),
+    ("unknown device", lambda d: ["--device", "tpu"], "'tpu'"),
+    ("data root missing", lambda d: ["--dataset", "tinyimagenet", "--data-root",
+                                     str(d / "nowhere")], "nowhere"),
+    ("image folder missing", lambda d: ["--dataset", f"imagefolder:{d / 'nowhere'}"],
+     "nowhere"),
+    ("image folder without classes", lambda d: [
+        "--dataset", f"imagefolder:{image_tree(d / 'f', classes=())}"], "has no class folders"),
+    ("image folder with non-image files", lambda d: [
+        "--dataset", f"imagefolder:{text_only_class(d / 'f')}"], "train/c has no image files"),
+    ("image folder with a corrupt JPEG", lambda d: [
+        "--dataset", f"imagefolder:{corrupt_jpeg(d / 'f')}"], "broken.jpg"),
+    ("image folder without test split", lambda d: [
+        "--dataset", f"imagefolder:{image_tree(d / 'f', splits=('train',))}"], "test"),
+    ("teacher checkpoint missing", lambda d: ["--teacher-checkpoint", str(d / "none.pt")],
+     "none.pt"),
+    ("teacher checkpoint of another architecture", lambda d: [
+        "--teacher-checkpoint", str(other_arch_checkpoint(d / "ck")), "--set",
+        "teacher.arch='resnet18-teacher'"], "resnet18"),
+    ("results database not SQLite", lambda d: ["--results-db", str(not_sqlite(d / "db"))],
+     "bad.sqlite"),
+    ("cache directory not writable", lambda d: ["--cache-dir", str(a_file(d / "c"))], "file"),
+    ("--ray-address without ray", lambda d: ["--ray-address", "auto"], "--ray-address"),
+    ("unknown executor", lambda d: ["--executor", "nosuch"], "'nosuch'"),
+]
+
+
+@pytest.mark.parametrize("case, build, expected", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input(tmp_path, case, build, expected):
+    cache = tmp_path / "cache"
+    env = dict(os.environ, MKDT_BENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *RUN, *build(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    err = out.stderr.strip()
+    assert out.returncode == 2, (case, out.returncode, err)
+    assert "\n" not in err and err.startswith("error: "), err
+    assert expected in err, (expected, err)
+    assert "Traceback" not in err
+    # Nothing half-written: no published artifact, no temporary left, no result row.
+    assert not list(cache.glob("artifacts/*/*/manifest.json")), "an artifact was published"
+    assert not list(cache.rglob("*.tmp")), "a temporary file was left behind"
+    db = cache / "results.sqlite"
+    if db.exists():
+        assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+
+
+def test_catalogue_size():
+    assert len(CATALOGUE) >= 25
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    env = dict(os.environ, MKDT_BENCH_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "run", "--debug",
+                          "--methods", "nosuch"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode != 0 and "Traceback" in out.stderr
