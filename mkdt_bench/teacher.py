@@ -31,6 +31,7 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.progress import Progress
 from mkdt_bench.seeding import rng_state, seed_everything, set_rng_state
+from mkdt_bench.training import checked_step
 
 #: Teacher options (``[teacher]`` in presets, ``--set teacher.KEY=VALUE``).
 TEACHER_DEFAULTS: dict[str, Any] = {
@@ -144,14 +145,8 @@ def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
         for v1, v2 in loader:
             z1 = head(model.features(v1.to(device)))
             z2 = head(model.features(v2.to(device)))
-            loss = criterion(z1, z2)
-            if not torch.isfinite(loss):
-                raise UserError(f"teacher loss became {loss.item()} at epoch {epoch}; "
-                                f"lower teacher.lr (now {cfg['lr']})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
+            total += checked_step(opt, criterion(z1, z2), f"teacher training at epoch {epoch}",
+                                  f"lower teacher.lr (now {cfg['lr']:g})")
         sched.step()
         atomic_torch_save({"model": model.state_dict(), "head": head.state_dict(),
                            "opt": opt.state_dict(), "sched": sched.state_dict(),

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder, create_model
+from mkdt_bench.training import checked_step
 
 #: ``[pretrain]`` options.
 PRETRAIN_DEFAULTS: dict[str, Any] = {
@@ -54,12 +54,7 @@ def pretrain_encoder(distilled: DistilledSet, arch: str, cfg: dict[str, Any], se
         for batch in torch.randperm(len(images), generator=generator).split(cfg["batch_size"]):
             batch = batch.to(device)
             loss = F.mse_loss(model(images[batch]), targets[batch])
-            if not torch.isfinite(loss):
-                raise UserError(f"pre-training loss became {loss.item()} at epoch {epoch} "
-                                f"(lr {lr:g}); lower pretrain.lr or disable "
-                                "pretrain.use_learned_lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            checked_step(opt, loss, f"pre-training at epoch {epoch} (lr {lr:g})",
+                         "lower pretrain.lr or disable pretrain.use_learned_lr")
             steps += 1
     return model.eval(), steps

@@ -30,6 +30,7 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.methods.base import MethodContext
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.seeding import derive_seed
+from mkdt_bench.training import checked_step
 
 #: Options that define the experts (§2), shared by ``mkdt`` and ``highloss``.
 EXPERT_DEFAULTS: dict[str, Any] = {
@@ -214,12 +215,8 @@ def train_expert(cfg: dict[str, Any], index: int, images: Tensor, targets: Tenso
     for epoch in range(cfg["train_epochs"]):
         for idx in torch.randperm(len(images), generator=generator).split(cfg["expert_batch"]):
             loss = F.mse_loss(model(images[idx].to(device)), targets[idx].to(device))
-            if not torch.isfinite(loss):
-                raise UserError(f"expert {index} diverged at epoch {epoch + 1} (loss "
-                                f"{loss.item()}); lower expert_lr (now {cfg['expert_lr']:g})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            checked_step(opt, loss, f"expert {index} at epoch {epoch + 1}",
+                         f"lower expert_lr (now {cfg['expert_lr']:g})")
         snapshots.append(FlatNet.flatten(model).cpu())
     return torch.stack(snapshots)
 
