@@ -117,12 +117,12 @@ def make_executor(args: argparse.Namespace, device: str) -> Any:
     """The executor ``--executor`` names; Ray tasks ask for one GPU when CUDA is used."""
     from mkdt_bench.executors import InProcessExecutor, RayExecutor
 
+    if args.retries < 0:
+        raise UserError(f"--retries {args.retries} must be 0 or more")
     if args.executor == "inprocess":
         if args.ray_address:
             raise UserError("--ray-address needs --executor ray")
         return InProcessExecutor()
-    if args.retries < 0:
-        raise UserError(f"--retries {args.retries} must be 0 or more")
     return RayExecutor(address=args.ray_address, retries=args.retries,
                        gpus_per_task=1 if device.startswith("cuda") else 0)
 

@@ -183,16 +183,15 @@ class DistillUnit:
 
 
 def run_distill(unit: DistillUnit, env: Env) -> None:
-    """Produce the unit's DistilledSet in the cache."""
+    """Produce the unit's DistilledSet in the cache (an intact one is kept; a corrupt one is
+    moved aside and recomputed before any evaluation loads it)."""
     prepare_process(env)
     cache = ArtifactCache(env.cache_dir)
-    if cache.exists("distilled", unit.key):
-        return
-    method = create_method(unit.method, **unit.options)
-    ctx = _method_context(env, unit.dataset, unit.representations_key, unit.budget, unit.seed,
-                          cache.scratch("distilled", unit.key))
 
     def produce(tmp: Path) -> dict[str, Any]:
+        method = create_method(unit.method, **unit.options)
+        ctx = _method_context(env, unit.dataset, unit.representations_key, unit.budget,
+                              unit.seed, cache.scratch("distilled", unit.key))
         distilled = method.distill(ctx)
         distilled.config_hash = unit.key
         distilled.save(tmp)

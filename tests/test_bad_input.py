@@ -106,6 +106,8 @@ CATALOGUE = [
     ("cache directory not writable", lambda d: ["--cache-dir", str(a_file(d / "c"))], "file"),
     ("--ray-address without ray", lambda d: ["--ray-address", "auto"], "--ray-address"),
     ("unknown executor", lambda d: ["--executor", "nosuch"], "'nosuch'"),
+    ("negative retries", lambda d: ["--retries=-1"], "--retries -1"),
+    ("negative threads", lambda d: ["--threads=-2"], "--threads -2"),
 ]
 
 

@@ -50,6 +50,14 @@ def test_run_table_and_cache_hit(tmp_path):
     encoder.write_bytes(encoder.read_bytes()[:-10])  # truncated
     verify = cli("cache", "verify", cache=cache)
     assert verify.returncode == 1 and f"corrupt: {encoder.parent}" in verify.stdout
+    distilled = next((cache / "artifacts" / "distilled").glob("*/images.pt"))
+    distilled.write_bytes(distilled.read_bytes()[:-10])  # truncated
+    for db in cache.glob("results.sqlite*"):  # every cell is computed again
+        db.unlink()
+    third = cli(*args, cache=cache)
+    assert third.returncode == 0 and third.stdout == first.stdout, third.stderr
+    assert "corrupt artifact" in third.stderr
+    assert list(distilled.parent.parent.glob(f"{distilled.parent.name}.corrupt-*"))
     paired = cli("table", "--paired", "random", cache=cache)
     assert paired.returncode == 0 and "Difference from random" in paired.stdout
     assert "(p=" in paired.stdout and ", n=2)" in paired.stdout
