@@ -29,6 +29,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "data_root": "",
     "methods": ["random", "none"],
     "budget": "10%",
+    "train_pool": 0,
     "archs": ["convnet"],
     "fractions": [0.01, 0.05],
     "seeds": [0, 1, 2],
@@ -158,6 +159,9 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
                 raise UserError(f"{section}.{name} must be a table of options")
             cfg[section][name] = registry.get(name)(**options).config
     parse_budget(run["budget"])
+    if run["train_pool"] < 0:
+        raise UserError(f"run.train_pool={run['train_pool']} must be 0 (every training image) "
+                        "or a positive image count")
     return cfg
 
 

@@ -141,16 +141,56 @@ def load_teacher(env: Env, tkey: str, arch: str, dataset: ImageDataset) -> Encod
 # --------------------------------------------------------------------------- units
 
 
-def _method_context(env: Env, dataset_name: str, representations_key: str, budget: int,
-                    seed: int, scratch: Path) -> MethodContext:
+#: Seed of the training-pool subset (``run.train_pool``); fixed so that every method of a
+#: grid, whatever its seed, distils from the same pool.
+POOL_SEED = 0
+
+
+def pool_indices(n_train: int, pool: int) -> torch.Tensor | None:
+    """The ``run.train_pool`` subset: ``pool`` seeded random training indices, sorted
+    (``None``: the whole training set)."""
+    if pool <= 0 or pool >= n_train:
+        return None
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(POOL_SEED))
+    return perm[:pool].sort().values
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """What a method distils from: the teacher's representations of the training set
+    (or of its ``pool``-image subset) and the teacher that made them."""
+
+    dataset: str
+    representations_key: str
+    teacher_key: str
+    teacher_arch: str
+    pool: int = 0
+
+    @property
+    def key(self) -> str:
+        """Cache key of (images, targets); sub-stage and distilled-set keys build on it."""
+        if self.pool <= 0:
+            return self.representations_key
+        return ArtifactCache.key("pool", {"images": self.pool, "seed": POOL_SEED},
+                                 {"representations": self.representations_key})
+
+
+def _method_context(env: Env, inputs: MethodInputs, budget: int, seed: int,
+                    scratch: Path) -> MethodContext:
     cache = ArtifactCache(env.cache_dir)
-    dataset = _dataset(dataset_name, env.data_root, env.cache_dir)
-    reps = torch.load(cache.path("representations", representations_key) / "representations.pt")
+    dataset = _dataset(inputs.dataset, env.data_root, env.cache_dir)
+    images = _normalized_train(inputs.dataset, env.data_root, env.cache_dir)
+    reps = torch.load(cache.path("representations", inputs.representations_key)
+                      / "representations.pt")
+    idx = pool_indices(len(images), inputs.pool)
+    if idx is not None:
+        images, reps = images[idx], reps[idx]
     return MethodContext(
-        source=dataset.name, images=_normalized_train(dataset_name, env.data_root, env.cache_dir),
-        targets=reps, mean=dataset.mean, std=dataset.std, budget=budget, seed=seed,
-        device=env.torch_device, cache=cache, inputs_key=representations_key, scratch=scratch,
-        progress=Progress(env.progress))
+        source=dataset.name, images=images, targets=reps, mean=dataset.mean, std=dataset.std,
+        budget=budget, seed=seed, device=env.torch_device, cache=cache, inputs_key=inputs.key,
+        scratch=scratch, progress=Progress(env.progress),
+        load_teacher=functools.partial(load_teacher, env, inputs.teacher_key,
+                                       inputs.teacher_arch, dataset))
 
 
 @dataclass(frozen=True)
@@ -158,15 +198,14 @@ class MethodSubUnit:
     """A method's sub-unit (e.g. one expert trajectory) on the teacher's representations."""
 
     sub: SubUnit
-    dataset: str
-    representations_key: str
+    inputs: MethodInputs
 
 
 def run_sub_unit(unit: MethodSubUnit, env: Env) -> None:
     """Produce the sub-unit's artifact in the cache."""
     prepare_process(env)
     scratch = ArtifactCache(env.cache_dir).scratch(unit.sub.stage, unit.sub.key)
-    unit.sub.run(_method_context(env, unit.dataset, unit.representations_key, 0, 0, scratch))
+    unit.sub.run(_method_context(env, unit.inputs, 0, 0, scratch))
 
 
 @dataclass(frozen=True)
@@ -178,8 +217,7 @@ class DistillUnit:
     options: dict[str, Any]
     budget: int
     seed: int
-    dataset: str
-    representations_key: str
+    inputs: MethodInputs
 
 
 def run_distill(unit: DistillUnit, env: Env) -> None:
@@ -190,8 +228,8 @@ def run_distill(unit: DistillUnit, env: Env) -> None:
 
     def produce(tmp: Path) -> dict[str, Any]:
         method = create_method(unit.method, **unit.options)
-        ctx = _method_context(env, unit.dataset, unit.representations_key, unit.budget,
-                              unit.seed, cache.scratch("distilled", unit.key))
+        ctx = _method_context(env, unit.inputs, unit.budget, unit.seed,
+                              cache.scratch("distilled", unit.key))
         distilled = method.distill(ctx)
         distilled.config_hash = unit.key
         distilled.save(tmp)
@@ -200,7 +238,7 @@ def run_distill(unit: DistillUnit, env: Env) -> None:
     cache.get_or_create("distilled", unit.key, produce,
                         config={"method": unit.method, "options": unit.options,
                                 "budget": unit.budget, "seed": unit.seed},
-                        inputs={"representations": unit.representations_key})
+                        inputs={"images": unit.inputs.key})
 
 
 @dataclass(frozen=True)
@@ -345,7 +383,9 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
     computed."""
     run = cfg["run"]
     dataset = _dataset(run["dataset"], env.data_root, env.cache_dir)
-    budget = resolve_budget(run["budget"], len(dataset.train_images))
+    n_train = len(dataset.train_images)
+    n_source = run["train_pool"] if 0 < run["train_pool"] < n_train else n_train
+    budget = resolve_budget(run["budget"], n_source)
     tasks = run["tasks"] or [run["dataset"]]
     for name in tasks:
         task = _dataset(name, env.data_root, env.cache_dir)
@@ -354,6 +394,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                             f"{run['dataset']!r} has {dataset.channels}; pick tasks with the "
                             "same number of channels")
     tkey, rkey = ensure_teacher(cfg, env, dataset)
+    inputs = MethodInputs(run["dataset"], rkey, tkey, cfg["teacher"]["arch"],
+                          n_source if n_source < n_train else 0)
     base = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint, "teacher": tkey}
     distill_units: dict[str, DistillUnit] = {}
     eval_units: list[EvalUnit] = []
@@ -379,17 +421,18 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
             distill_seed = seed if seeded else 0
             dkey = ArtifactCache.key("distilled", {"method": method, "options": options,
                                                    "budget": budget, "seed": distill_seed},
-                                     {"representations": rkey})
+                                     {"images": inputs.key})
             for arch in run["archs"]:
                 row_config = {**base, "method": method, "method_options": options,
-                              "budget": budget, "distill_seed": distill_seed, "arch": arch,
+                              "budget": budget, "train_pool": inputs.pool,
+                              "distill_seed": distill_seed, "arch": arch,
                               "pretrain": cfg["pretrain"], "teacher_config": cfg["teacher"]}
                 cells = cells_for({"distilled": dkey, "arch": arch, "pretrain": cfg["pretrain"]},
                                   seed)
                 if not cells:
                     continue
                 distill_units[dkey] = DistillUnit(dkey, method, options, budget, distill_seed,
-                                                  run["dataset"], rkey)
+                                                  inputs)
                 eval_units.append(EvalUnit(method, arch, seed, budget, run["dataset"], dkey,
                                            cfg["pretrain"], cells, row_config))
     if run["teacher_row"]:
@@ -407,10 +450,10 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
     for unit in distill_units.values():
         if cache.exists("distilled", unit.key):
             continue
-        needed = [sub for sub in create_method(unit.method, **unit.options).sub_units(rkey)
+        needed = [sub for sub in create_method(unit.method, **unit.options).sub_units(inputs.key)
                   if not cache.exists(sub.stage, sub.key)]
         for sub in needed:
-            sub_units[sub.stage, sub.key] = MethodSubUnit(sub, run["dataset"], rkey)
+            sub_units[sub.stage, sub.key] = MethodSubUnit(sub, inputs)
         distill_after[unit.key] = tuple((sub.stage, sub.key) for sub in needed)
     return Plan(list(sub_units.values()), list(distill_units.values()), distill_after,
                 eval_units, cell_keys, budget)

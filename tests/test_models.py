@@ -172,3 +172,16 @@ def test_image_too_small_for_depth() -> None:
         create_model("convnet-d4", in_channels=3, image_size=8, out_dim=4)
     with pytest.raises(UserError, match="depth 6.*image_size 32"):
         create_model("convnet", in_channels=3, image_size=32, out_dim=4, depth=6)
+
+
+def test_convnet_options_prefix():
+    m = create_model("convnet:width=16,norm=batchnorm,depth=2", in_channels=3, image_size=32,
+                     out_dim=5)
+    assert m.feature_dim == 16 * 8 * 8 and isinstance(m.body[1], torch.nn.BatchNorm2d)
+    assert create_model("convnet:", in_channels=3, image_size=32, out_dim=5).feature_dim == 2048
+    with pytest.raises(UserError, match=r"bad ConvNet option 'size=3'.*width, depth, norm"):
+        create_model("convnet:size=3", in_channels=3, image_size=32, out_dim=5)
+    with pytest.raises(UserError, match=r"width='wide' must be an integer"):
+        create_model("convnet:width=wide", in_channels=3, image_size=32, out_dim=5)
+    with pytest.raises(UserError, match="unknown ConvNet norm 'layer'"):
+        create_model("convnet:norm=layer", in_channels=3, image_size=32, out_dim=5)

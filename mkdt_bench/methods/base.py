@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.distilled import DistilledSet
@@ -31,6 +32,9 @@ class MethodContext:
         inputs_key: cache key naming (images, targets); sub-stage keys build on it.
         scratch: a directory that survives interruption, for resumable snapshots.
         progress: progress reporter.
+        load_teacher: returns the frozen teacher (eval mode, on ``device``), for methods
+            that need targets of new inputs (KRR-ST's augmented real batches); ``None``
+            where no teacher is at hand.
     """
 
     source: str
@@ -45,6 +49,7 @@ class MethodContext:
     inputs_key: str
     scratch: Path
     progress: Progress = field(default_factory=Progress)
+    load_teacher: Callable[[], nn.Module] | None = None
 
 
 class SubUnit(Protocol):

@@ -10,6 +10,8 @@ with double backward (trajectory matching, mkdt.md §4).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from mkdt_bench.errors import UserError
@@ -101,3 +103,27 @@ def convnet_d4(
         depth=4,
         norm=norm,
     )
+
+
+_OPTIONS = {"width": int, "depth": int, "norm": str}
+
+
+@MODELS.register_prefix("convnet")
+def convnet_options(argument: str) -> Callable[..., ConvNet]:
+    """``convnet:width=32,depth=3,norm=batchnorm``: a ConvNet with those options (any subset)."""
+    options: dict[str, object] = {}
+    for item in filter(None, argument.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in _OPTIONS:
+            raise UserError(f"bad ConvNet option {item!r} in 'convnet:{argument}'; use "
+                            "key=value with key in width, depth, norm")
+        try:
+            options[key] = _OPTIONS[key](value)
+        except ValueError:
+            raise UserError(f"ConvNet option {key}={value!r} must be an integer") from None
+
+    def factory(*, in_channels: int, image_size: int, out_dim: int) -> ConvNet:
+        return ConvNet(in_channels=in_channels, image_size=image_size, out_dim=out_dim,
+                       **options)  # type: ignore[arg-type]
+
+    return factory

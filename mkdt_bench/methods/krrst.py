@@ -1,0 +1,386 @@
+"""KRR-ST: self-supervised dataset distillation by kernel ridge regression against a pool of
+online-trained models (Lee et al., ICLR 2024, arXiv 2310.06511). Spec: ``krrst.md``.
+
+Per outer step (§2.9): one pool model's features Φ = [f(·), 1] of the learned images X_s and
+of an augmented real batch give the closed-form ridge prediction
+Ŷ_t = K_ts (K_ss + λI)⁻¹ Y_s (§2.2); the loss mean((Ŷ_t − g*(x̃_t))²) (§2.3) trains X_s and
+Y_s with Adam (§2.6); then the sampled model takes one full-batch SGD step on the updated set
+and is re-initialised after ``online_iterations`` steps (§2.5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mkdt_bench.cache import atomic_torch_save
+from mkdt_bench.distilled import DistilledSet
+from mkdt_bench.errors import UserError
+from mkdt_bench.methods import register_method
+from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.models import Encoder, create_model
+from mkdt_bench.seeding import rng_state, set_rng_state
+
+SNAPSHOT_FILE = "krrst_state.pt"
+
+
+def krr_predict(phi_s: Tensor, phi_t: Tensor, y_s: Tensor, ridge: float) -> Tensor:
+    """Ŷ_t = K_ts (K_ss + λI)⁻¹ Y_s with λ = ridge · tr(K_ss), detached (§2.2).
+
+    ``phi_s``, ``phi_t`` already hold the constant-1 bias column. Solved with
+    ``torch.linalg.solve`` (no explicit inverse).
+    """
+    k_ss = phi_s @ phi_s.T
+    k_ts = phi_t @ phi_s.T
+    lam = ridge * torch.trace(k_ss).detach()
+    eye = torch.eye(len(k_ss), dtype=k_ss.dtype, device=k_ss.device)
+    return k_ts @ torch.linalg.solve(k_ss + lam * eye, y_s)
+
+
+def with_bias(features: Tensor) -> Tensor:
+    """Φ = [f(x), 1] (§2.2)."""
+    return torch.cat([features, features.new_ones(len(features), 1)], dim=1)
+
+
+def crop_flip(images: Tensor, mean: Tensor, std: Tensor, padding: int,
+              generator: torch.Generator) -> Tensor:
+    """RandomCrop(H, padding) then RandomHorizontalFlip(0.5) per image, on normalised images.
+
+    The reference pads raw pixels with 0 and normalises afterwards (§2.4), so the padding
+    here is 0 in raw space, i.e. ``-mean/std`` in normalised space.
+    """
+    n, _, h, w = images.shape
+    raw = images * std + mean
+    padded = F.pad(raw, (padding,) * 4)
+    offsets = torch.randint(2 * padding + 1, (n, 2), generator=generator).tolist()
+    flips = (torch.rand(n, generator=generator) < 0.5).tolist()
+    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    out = torch.where(torch.tensor(flips, device=out.device).view(n, 1, 1, 1),
+                      out.flip(-1), out)
+    return (out - mean) / std
+
+
+class ModelPool:
+    """The §2.5 pool: ``size`` models, each with its SGD optimiser and step counter.
+
+    ``reference_counter=False`` (default, §8.1): a re-initialised model's counter restarts at
+    0, so it is trained again. ``True`` reproduces the reference code (§6.1): the counter is
+    never reset, so after its first re-initialisation a model is re-created, untrained, every
+    time it is sampled. ``since_init`` counts the SGD steps each model has taken since its last
+    (re-)initialisation, in both modes.
+    """
+
+    def __init__(self, build: Any, cfg: dict[str, Any], generator: torch.Generator) -> None:
+        self.build, self.cfg, self.generator = build, cfg, generator
+        self.models: list[Encoder] = []
+        self.optimizers: list[torch.optim.SGD] = []
+        self.counters: list[int] = []
+        self.since_init: list[int] = []
+        for _ in range(cfg["pool_size"]):
+            model, opt = self._fresh()
+            self.models.append(model)
+            self.optimizers.append(opt)
+            self.counters.append(0)
+            self.since_init.append(0)
+
+    def _fresh(self) -> tuple[Encoder, torch.optim.SGD]:
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
+        model = self.build(seed)
+        opt = torch.optim.SGD(model.parameters(), lr=self.cfg["pool_lr"],
+                              momentum=self.cfg["pool_momentum"],
+                              weight_decay=self.cfg["pool_wd"])
+        return model, opt
+
+    def warm_up(self, images: Tensor, targets: Tensor) -> None:
+        """Model i takes t_i ~ Uniform{1, ..., T-1} full-batch steps (§2.5, ``randint(1, T)``)."""
+        for i in range(len(self.models)):
+            steps = int(torch.randint(1, self.cfg["online_iterations"], (1,),
+                                      generator=self.generator))
+            for _ in range(steps):
+                self._sgd_step(i, images, targets)
+            self.counters[i] = steps
+
+    def sample(self) -> int:
+        return int(torch.randint(len(self.models), (1,), generator=self.generator))
+
+    def _sgd_step(self, i: int, images: Tensor, targets: Tensor) -> None:
+        model, opt = self.models[i], self.optimizers[i]
+        model.train()
+        loss = F.mse_loss(model(images), targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        self.since_init[i] += 1
+
+    def update(self, i: int, images: Tensor, targets: Tensor) -> None:
+        """After an outer step: one SGD step on the (detached) set, or re-initialisation."""
+        if self.counters[i] < self.cfg["online_iterations"]:
+            self.counters[i] += 1
+            self._sgd_step(i, images, targets)
+            return
+        self.models[i], self.optimizers[i] = self._fresh()
+        self.since_init[i] = 0
+        if not self.cfg["reference_counter"]:
+            self.counters[i] = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"models": [m.state_dict() for m in self.models],
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "counters": list(self.counters), "since_init": list(self.since_init)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for model, opt, m_state, o_state in zip(self.models, self.optimizers, state["models"],
+                                                state["optimizers"]):
+            model.load_state_dict(m_state)
+            opt.load_state_dict(o_state)
+        self.counters, self.since_init = list(state["counters"]), list(state["since_init"])
+
+
+class RealBatches:
+    """Batches of a fresh permutation of the training set, recycled forever; the last,
+    smaller batch of a pass is kept (``DataLoader(shuffle=True)`` over the set, §2.4)."""
+
+    def __init__(self, n: int, batch: int, generator: torch.Generator) -> None:
+        self.n, self.batch, self.generator = n, batch, generator
+        self.perm = torch.randperm(n, generator=generator)
+        self.position = 0
+
+    def next(self) -> Tensor:
+        if self.position >= self.n:
+            self.perm, self.position = torch.randperm(self.n, generator=self.generator), 0
+        idx = self.perm[self.position:self.position + self.batch]
+        self.position += len(idx)
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"perm": self.perm, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.perm, self.position = state["perm"], state["position"]
+
+
+@dataclass
+class _State:
+    images: Tensor
+    targets: Tensor
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    pool: ModelPool
+    batches: RealBatches
+    step: int
+    losses: list[float]
+    untrained_steps: int
+    indices: list[int]
+
+    def save(self, path: Path) -> None:
+        atomic_torch_save({
+            "images": self.images.detach(), "targets": self.targets.detach(),
+            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+            "pool": self.pool.state_dict(), "batches": self.batches.state_dict(),
+            "step": self.step, "losses": self.losses, "untrained_steps": self.untrained_steps,
+            "indices": self.indices, "rng": rng_state(),
+        }, path)
+
+
+@register_method("krrst")
+class KRRST(Method):
+    """KRR-ST (spec ``krrst.md``); defaults = the CIFAR100 column of §7.
+
+    Pool (§2.5, §7):
+        model ("convnet"), width (128), norm ("batchnorm"): the pool's feature network
+            (ConvNet-D3 at 32 px, D4 above; BatchNorm as the reference, §8.3). ``width`` /
+            ``norm`` are passed to the model unless 0 / "".
+        pool_size (10), online_iterations (T = 1000): steps before a re-initialisation.
+        pool_lr (0.1), pool_momentum (0.9), pool_wd (1e-3): the pool's full-batch SGD.
+        reference_counter (False): reproduce the reference's never-reset counter (§6.1).
+    Outer loop (§2.3-§2.6):
+        outer_steps (160000), outer_lr (1e-4; 1e-5 for Tiny / ImageNet-64),
+        final_lr_factor (1e-3): linear decay to ``outer_lr · final_lr_factor``.
+        outer_optimizer ("adam"): Adam (β 0.9/0.999, no weight decay) on X_s and Y_s;
+            "sgd": SGD with momentum 0.5, the reference's option.
+        real_batch (1024), augment (True): crop (padding 4) + flip on the real batch only.
+        ridge (1e-6): λ = ridge · tr(K_ss).
+        reference_input_space (False): store X_s in raw pixel space and feed it raw while
+            real images are normalised, as the reference does (§6.2, §8.2); the set then
+            declares mean 0 / std 1 and is pre-trained on as stored.
+        snapshot_every (1000): resumable state interval (``ctx.scratch``).
+    """
+
+    defaults = {
+        "model": "convnet",
+        "width": 128,
+        "norm": "batchnorm",
+        "pool_size": 10,
+        "online_iterations": 1000,
+        "pool_lr": 0.1,
+        "pool_momentum": 0.9,
+        "pool_wd": 1e-3,
+        "reference_counter": False,
+        "outer_steps": 160_000,
+        "outer_lr": 1e-4,
+        "final_lr_factor": 1e-3,
+        "outer_optimizer": "adam",
+        "real_batch": 1024,
+        "augment": True,
+        "ridge": 1e-6,
+        "reference_input_space": False,
+        "snapshot_every": 1000,
+    }
+    choices = {"outer_optimizer": ("adam", "sgd")}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        cfg, where = self.config, f"method {self.name!r}"
+        for key in ("pool_size", "outer_steps", "real_batch", "snapshot_every"):
+            if cfg[key] < 1:
+                raise UserError(f"{where}: {key}={cfg[key]} must be at least 1")
+        if cfg["online_iterations"] < 2:
+            raise UserError(f"{where}: online_iterations={cfg['online_iterations']} must be at "
+                            "least 2 (pool models start after Uniform{1..T-1} steps)")
+        for key in ("outer_lr", "ridge", "pool_lr"):
+            if not cfg[key] > 0:
+                raise UserError(f"{where}: {key}={cfg[key]} must be positive")
+        if not 0 < cfg["final_lr_factor"] <= 1:
+            raise UserError(f"{where}: final_lr_factor={cfg['final_lr_factor']} must be in "
+                            "(0, 1]")
+
+    def distill(self, ctx: MethodContext) -> DistilledSet:
+        cfg = self.config
+        if cfg["real_batch"] > len(ctx.images):
+            raise UserError(f"method 'krrst': real_batch={cfg['real_batch']} is larger than the "
+                            f"{len(ctx.images)} training images; lower it")
+        if ctx.load_teacher is None:
+            raise UserError("method 'krrst' needs the teacher (targets of augmented real "
+                            "batches) but the context has none")
+        teacher = ctx.load_teacher()
+        path = ctx.scratch / SNAPSHOT_FILE
+        state = self._resume(ctx, path) if path.is_file() else self._initial_state(ctx)
+        if not path.is_file():
+            state.save(path)
+        mean, std = (torch.tensor(v, device=ctx.device).view(1, -1, 1, 1)
+                     for v in (ctx.mean, ctx.std))
+        bar = ctx.progress.bar(cfg["outer_steps"], "krrst", initial=state.step)
+        while state.step < cfg["outer_steps"]:
+            loss = self._step(ctx, teacher, state, mean, std)
+            state.losses.append(loss)
+            state.step += 1
+            if state.step % cfg["snapshot_every"] == 0 or state.step == cfg["outer_steps"]:
+                state.save(path)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            bar.update(1)
+        bar.close()
+        every = cfg["snapshot_every"]
+        curve = [sum(state.losses[i:i + every]) / len(state.losses[i:i + every])
+                 for i in range(0, len(state.losses), every)]
+        space = "raw" if cfg["reference_input_space"] else "normalized"
+        distilled = self.make_set(
+            ctx, state.images, state.targets, indices=state.indices, input_space=space,
+            steps=state.step, loss_curve=curve, loss_curve_every=every,
+            untrained_step_fraction=state.untrained_steps / max(state.step, 1))
+        if cfg["reference_input_space"]:
+            distilled.mean = (0.0,) * distilled.channels
+            distilled.std = (1.0,) * distilled.channels
+        return distilled
+
+    # ------------------------------------------------------------------ state
+
+    def _build(self, ctx: MethodContext, seed: int) -> Encoder:
+        cfg = self.config
+        kwargs: dict[str, Any] = {}
+        if cfg["width"]:
+            kwargs["width"] = cfg["width"]
+        if cfg["norm"]:
+            kwargs["norm"] = cfg["norm"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = create_model(cfg["model"], in_channels=int(ctx.images.shape[1]),
+                                 image_size=int(ctx.images.shape[-1]),
+                                 out_dim=int(ctx.targets.shape[1]), **kwargs)
+        return model.to(ctx.device)
+
+    def _state(self, ctx: MethodContext, images: Tensor, targets: Tensor,
+               generator: torch.Generator, indices: list[int]) -> _State:
+        cfg = self.config
+        images, targets = (t.detach().clone().to(ctx.device).requires_grad_(True)
+                           for t in (images, targets))
+        if cfg["outer_optimizer"] == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam([images, targets], lr=cfg["outer_lr"])
+        else:
+            opt = torch.optim.SGD([images, targets], lr=cfg["outer_lr"], momentum=0.5)
+        pool = ModelPool(lambda seed: self._build(ctx, seed), cfg, generator)
+        batches = RealBatches(len(ctx.images), cfg["real_batch"], generator)
+        return _State(images, targets, opt, generator, pool, batches, 0, [], 0, indices)
+
+    def _initial_state(self, ctx: MethodContext) -> _State:
+        """X_s = the ``random`` method's subset for this seed, Y_s = its teacher targets
+        (§2.7); then the pool's warm-up (§2.5)."""
+        generator = torch.Generator().manual_seed(ctx.seed)
+        idx = torch.randperm(len(ctx.images), generator=generator)[: ctx.budget]
+        images = ctx.images[idx]
+        if self.config["reference_input_space"]:
+            mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ctx.mean, ctx.std))
+            images = images * std + mean
+        state = self._state(ctx, images, ctx.targets[idx], generator, idx.tolist())
+        state.pool.warm_up(state.images.detach(), state.targets.detach())
+        return state
+
+    def _resume(self, ctx: MethodContext, path: Path) -> _State:
+        snap = torch.load(path, map_location=ctx.device, weights_only=False)
+        generator = torch.Generator()
+        generator.set_state(snap["generator"])
+        state = self._state(ctx, snap["images"], snap["targets"], generator, snap["indices"])
+        state.optimizer.load_state_dict(snap["optimizer"])
+        state.pool.load_state_dict(snap["pool"])
+        state.batches.load_state_dict(snap["batches"])
+        state.step, state.losses = snap["step"], snap["losses"]
+        state.untrained_steps = snap["untrained_steps"]
+        generator.set_state(snap["generator"])  # building the pool above drew from it
+        set_rng_state(snap["rng"])
+        return state
+
+    # ------------------------------------------------------------------ one outer step
+
+    def _step(self, ctx: MethodContext, teacher: nn.Module, state: _State, mean: Tensor,
+              std: Tensor) -> float:
+        """§2.9, one iteration; returns the outer loss before the update."""
+        cfg = self.config
+        i = state.pool.sample()
+        model = state.pool.models[i]
+        model.eval()
+        real = ctx.images[state.batches.next()].to(ctx.device)
+        if cfg["augment"]:
+            real = crop_flip(real, mean, std, 4, state.generator)
+        with torch.no_grad():
+            y_t = teacher.features(real)
+            phi_t = with_bias(model.features(real))
+        phi_s = with_bias(model.features(state.images))
+        y_hat = krr_predict(phi_s, phi_t, state.targets, cfg["ridge"])
+        loss = F.mse_loss(y_hat, y_t)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise self._diverged(ctx, state, f"the outer loss is {value}")
+        grads = torch.autograd.grad(loss, [state.images, state.targets])
+        state.images.grad, state.targets.grad = grads
+        progress = state.step / cfg["outer_steps"]
+        for group in state.optimizer.param_groups:  # LinearLR(1 -> final_lr_factor), §2.6
+            group["lr"] = cfg["outer_lr"] * (1 - (1 - cfg["final_lr_factor"]) * progress)
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        if not (torch.isfinite(state.images).all() and torch.isfinite(state.targets).all()):
+            raise self._diverged(ctx, state, "the images or targets are not finite")
+        state.untrained_steps += state.pool.since_init[i] == 0
+        state.pool.update(i, state.images.detach(), state.targets.detach())
+        return value
+
+    def _diverged(self, ctx: MethodContext, state: _State, what: str) -> UserError:
+        every = self.config["snapshot_every"]
+        return UserError(
+            f"krrst diverged at outer step {state.step + 1}: {what}; lower outer_lr (now "
+            f"{self.config['outer_lr']:g}); the last good snapshot (step "
+            f"{state.step // every * every}) is kept in {ctx.scratch / SNAPSHOT_FILE}")
