@@ -130,6 +130,24 @@ class ArtifactCache:
         return sorted((m.parent.parent.name, m.parent.name)
                       for m in (self.root / "artifacts").glob(f"*/*/{MANIFEST}"))
 
+    def prune(self, keep: set[str], apply: bool = False) -> list[tuple[Path, int]]:
+        """Artifacts whose ``stage/key`` is not in ``keep``, moved-aside corrupt copies and
+        abandoned temporary directories, with their sizes in bytes; ``apply`` deletes them
+        (and their scratch directories). Nothing is deleted without ``apply``."""
+        doomed = [self.path(stage, key) for stage, key in self.artifacts()
+                  if f"{stage}/{key}" not in keep]
+        for stage_dir in (self.root / "artifacts").iterdir():
+            if stage_dir.is_dir():
+                doomed += [p for p in stage_dir.iterdir() if p.is_dir() and (
+                    ".corrupt-" in p.name or (p.name.startswith(".") and p.name.endswith(".tmp")))]
+        out = [(p, sum(f.stat().st_size for f in p.rglob("*") if f.is_file())) for p in doomed]
+        if apply:
+            for path, _ in out:
+                shutil.rmtree(path, ignore_errors=True)
+                shutil.rmtree(self.root / "scratch" / path.parent.name / path.name,
+                              ignore_errors=True)
+        return out
+
     def get_or_create(
         self,
         stage: str,

@@ -75,6 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=0, metavar="N",
                      help="torch CPU threads per unit (default 0: torch's choice)")
 
+    ev = sub.add_parser("eval", help="evaluate a stored DistilledSet directory (no teacher, "
+                                     "no distillation) and print its table")
+    _common(ev)
+    ev.add_argument("--distilled", required=True, metavar="DIR",
+                    help="directory with images.pt, targets.pt, distilled.json [, lr.pt]")
+    ev.add_argument("--name", help="method name in the tables (default: import:<DIR name>)")
+    ev.add_argument("--dataset", help="the data the set was distilled from (default: the "
+                                      "set's own source)")
+    ev.add_argument("--data-root", help="where downloadable data sets live")
+    ev.add_argument("--archs", type=_csv(), help="encoders to pre-train (default convnet)")
+    ev.add_argument("--fractions", type=_csv(float), help="label fractions, e.g. 0.01,0.05")
+    ev.add_argument("--seeds", type=_csv(int), help="seeds, e.g. 0,1,2")
+    ev.add_argument("--tasks", type=_csv(), help="downstream data sets (default: the source)")
+    ev.add_argument("--evaluators", type=_csv(), help="downstream protocols (default: linear)")
+    ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    ev.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="SECTION.KEY=VALUE", help="override pretrain/evaluator options")
+    ev.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+    ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ev.add_argument("--threads", type=int, default=0, metavar="N",
+                    help="torch CPU threads (default 0: torch's choice)")
+
     table = sub.add_parser("table", help="render stored results as a table")
     _common(table)
     table.add_argument("--dataset", help="only this source data set")
@@ -83,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--paired", metavar="BASELINE", help="also print each method's "
                        "difference from BASELINE (e.g. random) with a paired t-test over seeds")
 
-    cache = sub.add_parser("cache", help="check the artifact cache")
-    cache.add_argument("action", choices=["verify"], help="verify: check every artifact's "
-                       "sha256 against its manifest")
+    cache = sub.add_parser("cache", help="check or prune the artifact cache")
+    cache.add_argument("action", choices=["verify", "prune"], help="verify: check every "
+                       "artifact's sha256 against its manifest; prune: list (with --apply, "
+                       "delete) the artifacts no row of the results database uses")
+    cache.add_argument("--apply", action="store_true", help="prune: really delete")
     _common(cache)
 
     lst = sub.add_parser("list", help="show registered methods, models, data sets, "
@@ -162,6 +186,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Pre-train and evaluate encoders on a stored DistilledSet, like a method's output."""
+    from mkdt_bench.cache import ArtifactCache
+    from mkdt_bench.config import build_config
+    from mkdt_bench.distilled import DistilledSet
+    from mkdt_bench.results import ResultStore
+    from mkdt_bench.runner import Env, plan_external, run_plan
+
+    directory = Path(args.distilled).expanduser()
+    if not directory.is_dir():
+        raise UserError(f"distilled set directory {str(directory)!r} does not exist")
+    for name in ("archs", "fractions", "seeds", "tasks", "evaluators"):
+        if getattr(args, name) == []:
+            raise UserError(f"--{name} is empty; give at least one value")
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads} must be 0 or more")
+    dataset = args.dataset or DistilledSet.load(directory).source
+    flags = {"dataset": dataset, "archs": args.archs, "fractions": args.fractions,
+             "seeds": args.seeds, "tasks": args.tasks, "evaluators": args.evaluators,
+             "device": args.device, "data_root": args.data_root, "teacher_row": False}
+    cfg = build_config(None, flags, list(args.overrides))
+    cache_dir, db = _paths(args)
+    ArtifactCache(cache_dir)
+    store = ResultStore(db)
+    env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
+              device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads)
+    name = args.name or f"import:{directory.resolve().name}"
+    start = time.perf_counter()
+    frame = run_plan(plan_external(cfg, env, store, directory, name), env, store)
+    print_tables(frame, [name], args.format, None)
+    failed = int((frame["status"] != "ok").sum()) if not frame.empty else 0
+    print(f"\n{len(frame)} cells ({failed} failed) in {time.perf_counter() - start:.1f} s; "
+          f"results in {db}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from mkdt_bench.results import ResultStore
 
@@ -183,13 +243,16 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    """``cache verify``: one line per corrupt artifact; exit 1 when there is one."""
+    """``cache verify``: one line per corrupt artifact; exit 1 when there is one.
+    ``cache prune``: the artifacts no result row uses; deleted only with ``--apply``."""
     from mkdt_bench.cache import ArtifactCache
 
-    cache_dir, _ = _paths(args)
+    cache_dir, db = _paths(args)
     if not (cache_dir / "artifacts").is_dir():
         raise UserError(f"cache directory {str(cache_dir)!r} holds no artifacts")
     cache = ArtifactCache(cache_dir)
+    if args.action == "prune":
+        return _prune(cache, db, args.apply)
     artifacts = cache.artifacts()
     corrupt = 0
     for stage, key in artifacts:
@@ -203,6 +266,34 @@ def cmd_cache(args: argparse.Namespace) -> int:
     print(f"{len(artifacts)} artifacts checked, {corrupt} corrupt (the next run that needs "
           "one moves it aside and recomputes it)")
     return 1 if corrupt else 0
+
+
+def _prune(cache: Any, db: Path, apply: bool) -> int:
+    import json
+
+    from mkdt_bench.results import ResultStore
+
+    if not db.is_file():
+        raise UserError(f"results database {str(db)!r} does not exist; prune keeps what its "
+                        "rows use, so give the database with --results-db")
+    frame = ResultStore(db).frame()
+    keep: set[str] = set()
+    for config in frame["config"]:
+        used = json.loads(config).get("artifacts")
+        if used is None:
+            raise UserError(f"results database {str(db)!r} has rows written before mkdt-bench "
+                            "recorded the artifacts each row uses; prune cannot tell what "
+                            "they need (rerun the grids into a new database first)")
+        keep.update(used)
+    checked = len(cache.artifacts())
+    doomed = cache.prune(keep, apply=apply)
+    for path, size in doomed:
+        print(f"{'removed' if apply else 'would remove'}: {path} ({size / 2**20:.1f} MiB)")
+    total = sum(size for _, size in doomed) / 2**20
+    print(f"{len(doomed)} unused of {checked} artifacts checked against "
+          f"{len(frame)} result rows of {db}: {total:.1f} MiB "
+          f"{'freed' if apply else 'to free (dry run; --apply deletes)'}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -226,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": cmd_run, "table": cmd_table, "cache": cmd_cache,
+    handler = {"run": cmd_run, "eval": cmd_eval, "table": cmd_table, "cache": cmd_cache,
                "list": cmd_list}[args.command]
     try:
         return handler(args)

@@ -113,3 +113,25 @@ class DistilledSet:
             config_hash=meta.get("config_hash", ""),
             extra=meta.get("extra", {}),
         )
+
+
+def check_compatible(distilled: DistilledSet, channels: int, image_size: int,
+                     mean: tuple[float, ...], std: tuple[float, ...], data_name: str,
+                     where: str) -> None:
+    """UserError unless ``distilled`` has the data's image shape and normalisation."""
+    have = f"{distilled.channels}x{distilled.image_size}x{distilled.image_size}"
+    want = f"{channels}x{image_size}x{image_size}"
+    if have != want:
+        raise UserError(f"{where} holds {have} images but {data_name!r} has {want}; distil "
+                        "(or resize) at the evaluation data's size")
+    same = (len(distilled.mean) == len(mean)
+            and torch.allclose(torch.tensor(distilled.mean), torch.tensor(mean), atol=1e-3)
+            and torch.allclose(torch.tensor(distilled.std), torch.tensor(std), atol=1e-3))
+    if not same:
+        def fmt(v: tuple[float, ...]) -> str:
+            return "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
+
+        raise UserError(f"{where} is normalised with mean {fmt(distilled.mean)}, std "
+                        f"{fmt(distilled.std)} but {data_name!r} uses mean {fmt(mean)}, std "
+                        f"{fmt(std)}; convert the images to the evaluation data's "
+                        "normalisation")

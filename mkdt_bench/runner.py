@@ -21,10 +21,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mkdt_bench.cache import ArtifactCache, atomic_torch_save, config_hash
+from mkdt_bench.cache import ArtifactCache, atomic_torch_save, config_hash, file_sha256
 from mkdt_bench.config import resolve_budget
 from mkdt_bench.data import ImageDataset, load_dataset
-from mkdt_bench.distilled import DistilledSet
+from mkdt_bench.distilled import DistilledSet, check_compatible
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import create_evaluator
 from mkdt_bench.evaluators.pretrain import pretrain_encoder
@@ -89,8 +89,6 @@ def _normalized_train(name: str, data_root: str, cache_dir: str) -> torch.Tensor
 
 
 def teacher_key(cfg: dict[str, Any], dataset: ImageDataset) -> str:
-    from mkdt_bench.cache import file_sha256
-
     tcfg = dict(cfg["teacher"])
     if tcfg["checkpoint"]:
         path = Path(tcfg["checkpoint"]).expanduser()
@@ -268,11 +266,15 @@ class EvalUnit:
     upstream_error: str | None = None
 
 
+def encoder_key(arch: str, pretrain: dict[str, Any], seed: int, distilled_key: str) -> str:
+    return ArtifactCache.key("encoder", {"arch": arch, "pretrain": pretrain, "seed": seed},
+                             {"distilled": distilled_key})
+
+
 def _pretrained_encoder(unit: EvalUnit, env: Env) -> tuple[Encoder, dict[str, float]]:
     cache = ArtifactCache(env.cache_dir)
     distilled = DistilledSet.load(cache.path("distilled", unit.source_key))
-    key = ArtifactCache.key("encoder", {"arch": unit.arch, "pretrain": unit.pretrain,
-                                        "seed": unit.seed}, {"distilled": unit.source_key})
+    key = encoder_key(unit.arch, unit.pretrain, unit.seed, unit.source_key)
 
     def produce(tmp: Path) -> dict[str, Any]:
         model, steps = pretrain_encoder(distilled, unit.arch, unit.pretrain, unit.seed,
@@ -417,6 +419,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
     for method in run["methods"]:
         options = cfg["methods"][method]
         seeded = METHODS.get(method).seeded and not run["shared_distillation"]
+        sub_keys = [f"{sub.stage}/{sub.key}"
+                    for sub in create_method(method, **options).sub_units(inputs.key)]
         for seed in run["seeds"]:
             distill_seed = seed if seeded else 0
             dkey = ArtifactCache.key("distilled", {"method": method, "options": options,
@@ -426,7 +430,10 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                 row_config = {**base, "method": method, "method_options": options,
                               "budget": budget, "train_pool": inputs.pool,
                               "distill_seed": distill_seed, "arch": arch,
-                              "pretrain": cfg["pretrain"], "teacher_config": cfg["teacher"]}
+                              "pretrain": cfg["pretrain"], "teacher_config": cfg["teacher"],
+                              "artifacts": [f"teacher/{tkey}", f"representations/{rkey}",
+                                            *sub_keys, f"distilled/{dkey}", "encoder/"
+                                            + encoder_key(arch, cfg["pretrain"], seed, dkey)]}
                 cells = cells_for({"distilled": dkey, "arch": arch, "pretrain": cfg["pretrain"]},
                                   seed)
                 if not cells:
@@ -443,7 +450,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
             if cells:
                 eval_units.append(EvalUnit(TEACHER_ROW, cfg["teacher"]["arch"], seed,
                                            n_teacher, run["dataset"], tkey, {}, cells,
-                                           {**base, "teacher_config": cfg["teacher"]}))
+                                           {**base, "teacher_config": cfg["teacher"],
+                                            "artifacts": [f"teacher/{tkey}"]}))
     cache = ArtifactCache(env.cache_dir)
     sub_units: dict[tuple[str, str], MethodSubUnit] = {}
     distill_after: dict[str, tuple[tuple[str, str], ...]] = {}
@@ -491,9 +499,15 @@ def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
     need it, a failed evaluation unit its own cells; a rerun computes only what is missing.
     The driver alone writes the database.
     """
+    prepare_process(env)
+    return run_plan(plan_grid(cfg, env, store), env, store, executor)
+
+
+def run_plan(plan: Plan, env: Env, store: ResultStore,
+             executor: Executor | None = None) -> pd.DataFrame:
+    """Execute a plan's tasks, write their rows, and return all of the plan's rows."""
     executor = executor or InProcessExecutor()
     prepare_process(env)
-    plan = plan_grid(cfg, env, store)
     progress = Progress(env.progress)
     tasks = grid_tasks(plan)
     bar = progress.bar(len(tasks), "grid")
@@ -512,3 +526,57 @@ def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
         bar.update(1)
     bar.close()
     return store.frame(cell_key=plan.cell_keys)
+
+
+# --------------------------------------------------------------------------- external sets
+
+
+def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: str | Path,
+                  name: str) -> Plan:
+    """Evaluate a DistilledSet directory (no teacher, no method): its copy becomes a
+    ``distilled`` artifact keyed by its content, then the usual encoders and cells."""
+    run = cfg["run"]
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise UserError(f"distilled set directory {str(directory)!r} does not exist")
+    distilled = DistilledSet.load(directory)
+    dataset = _dataset(run["dataset"], env.data_root, env.cache_dir)
+    for data_name in [run["dataset"], *run["tasks"]]:
+        data = _dataset(data_name, env.data_root, env.cache_dir)
+        check_compatible(distilled, data.channels, data.image_size, data.mean, data.std,
+                         data_name, f"distilled set {str(directory)!r}")
+    content = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
+    dkey = ArtifactCache.key("distilled", {"import": content})
+    cache = ArtifactCache(env.cache_dir)
+
+    def produce(tmp: Path) -> dict[str, Any]:
+        distilled.save(tmp)
+        return {"num_images": len(distilled), "method": name, "imported_from": str(directory)}
+
+    cache.get_or_create("distilled", dkey, produce, config={"import": content})
+    tasks = run["tasks"] or [run["dataset"]]
+    eval_units, cell_keys = [], []
+    for seed in run["seeds"]:
+        for arch in run["archs"]:
+            ekey = encoder_key(arch, cfg["pretrain"], seed, dkey)
+            cells = []
+            for evaluator in run["evaluators"]:
+                options = cfg["evaluators"][evaluator]
+                for task in tasks:
+                    for fraction in run["fractions"]:
+                        key = config_hash({"distilled": dkey, "arch": arch,
+                                           "pretrain": cfg["pretrain"], "evaluator": evaluator,
+                                           "options": options, "task": task,
+                                           "fraction": fraction, "seed": seed})
+                        cell_keys.append(key)
+                        if not store.has(key):
+                            cells.append(Cell(key, evaluator, options, task, fraction))
+            row_config = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint,
+                          "imported_from": str(directory), "files_sha256": content,
+                          "set_method": distilled.method, "arch": arch,
+                          "pretrain": cfg["pretrain"],
+                          "artifacts": [f"distilled/{dkey}", f"encoder/{ekey}"]}
+            if cells:
+                eval_units.append(EvalUnit(name, arch, seed, len(distilled), run["dataset"],
+                                           dkey, cfg["pretrain"], tuple(cells), row_config))
+    return Plan([], [], {}, eval_units, cell_keys, len(distilled))

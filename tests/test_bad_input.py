@@ -78,6 +78,10 @@ CATALOGUE = [
     ("budget not a number", lambda d: ["--budget", "lots"], "'lots'"),
     ("budget over 100 %", lambda d: ["--budget", "150%"], "'150%'"),
     ("budget larger than the data", lambda d: ["--budget", "5000"], "'5000'"),
+    ("negative training pool", lambda d: ["--set", "run.train_pool=-3"], "train_pool=-3"),
+    ("bad ConvNet option", lambda d: ["--archs", "convnet:size=3"], "'size=3'"),
+    ("krrst real batch zero", lambda d: ["--methods", "krrst", "--set",
+                                         "methods.krrst.real_batch=0"], "real_batch=0"),
     ("label fraction zero", lambda d: ["--fractions", "0"], "0.0"),
     ("label fraction above one", lambda d: ["--fractions", "0.01,1.5"], "1.5"),
     ("label fraction not a number", lambda d: ["--fractions", "half"], "'half'"),
@@ -130,8 +134,65 @@ def test_bad_input(tmp_path, case, build, expected):
         assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
 
 
+def distilled_dir(root: Path, *, n: int = 10, n_targets: int | None = None, size: int = 8,
+                  nan: bool = False, mean: tuple[float, ...] | None = None,
+                  drop: str | None = None) -> Path:
+    """A DistilledSet directory for digits (1 x 8 x 8), broken as asked."""
+    import json
+
+    from mkdt_bench.data import load_dataset
+
+    digits = load_dataset("digits")
+    root.mkdir(parents=True, exist_ok=True)
+    images = torch.zeros(n, 1, size, size)
+    if nan:
+        images[0, 0, 0, 0] = float("nan")
+    torch.save(images, root / "images.pt")
+    torch.save(torch.zeros(n if n_targets is None else n_targets, 4), root / "targets.pt")
+    meta = {"source": "digits", "mean": list(mean or digits.mean), "std": list(digits.std),
+            "method": "external", "lr": None}
+    (root / "distilled.json").write_text(json.dumps(meta))
+    if drop:
+        (root / drop).unlink()
+    return root
+
+
+EVAL = ("eval", "--no-progress", "--seeds", "0", "--distilled")
+
+# A DistilledSet directory given to ``mkdt-bench eval --distilled``.
+DISTILLED_CATALOGUE = [
+    ("distilled set directory missing", lambda d: [str(d / "nowhere")], "nowhere"),
+    ("distilled set without images", lambda d: [str(distilled_dir(d / "s", drop="images.pt"))],
+     "has no images.pt"),
+    ("distilled set without targets", lambda d: [
+        str(distilled_dir(d / "s", drop="targets.pt"))], "has no targets.pt"),
+    ("distilled set with mismatched lengths", lambda d: [
+        str(distilled_dir(d / "s", n_targets=7))], "N = 10 images, got shape (7, 4)"),
+    ("distilled set of another image size", lambda d: [str(distilled_dir(d / "s", size=16))],
+     "1x16x16 images but 'digits' has 1x8x8"),
+    ("distilled set with NaN values", lambda d: [str(distilled_dir(d / "s", nan=True))],
+     "NaN"),
+    ("distilled set in another normalisation", lambda d: [
+        str(distilled_dir(d / "s", mean=(0.5,)))], "normalised with mean (0.5000)"),
+]
+
+
+@pytest.mark.parametrize("case, build, expected", DISTILLED_CATALOGUE,
+                         ids=[c[0] for c in DISTILLED_CATALOGUE])
+def test_bad_distilled_set(tmp_path, case, build, expected):
+    cache = tmp_path / "cache"
+    env = dict(os.environ, MKDT_BENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *EVAL, *build(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    err = out.stderr.strip()
+    assert out.returncode == 2, (case, out.returncode, err)
+    assert "\n" not in err and err.startswith("error: "), err
+    assert expected in err, (expected, err)
+    assert not list(cache.glob("artifacts/*/*/manifest.json")), "an artifact was published"
+
+
 def test_catalogue_size():
-    assert len(CATALOGUE) >= 25
+    assert len(CATALOGUE) + len(DISTILLED_CATALOGUE) >= 25
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -67,3 +67,75 @@ def test_two_runs_share_cache_and_database(tmp_path):
     teachers = list((cache / "artifacts" / "teacher").glob("*/manifest.json"))
     assert len(teachers) == 1
     assert not list((cache / "artifacts").rglob(".*.tmp"))
+
+
+# A grid with every kind of stage: a ResNet-10 teacher (its representations take long enough
+# to be caught), MKDT experts and distillation, pre-trainings, probes and result rows.
+STAGES = ["--methods", "random,none,mkdt", "--seeds", "0,1", "--fractions", "0.05",
+          "--set", "teacher.arch=resnet10", "--set", "teacher.epochs=1", "--set",
+          "teacher.proj_dim=64", "--set", "teacher.batch_size=128", "--set", "pretrain.epochs=3",
+          "--set", "methods.mkdt.width=8", "--set", "methods.mkdt.num_experts=3", "--set",
+          "methods.mkdt.train_epochs=3", "--set", "methods.mkdt.iterations=6", "--set",
+          "methods.mkdt.syn_steps=4", "--set", "methods.mkdt.eval_it=2", "--set",
+          "methods.mkdt.lr_img=1", "--no-progress"]
+
+
+def launch(cache: Path) -> subprocess.Popen:
+    env = dict(os.environ, MKDT_BENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "mkdt_bench.cli", "run", *STAGES],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def inside(cache: Path, stage: str) -> bool:
+    """True while a producer of ``stage`` is writing (its temporary directory exists), or for
+    ``rows``, once the first result row is in the database (probing and writing go on)."""
+    if stage == "rows":
+        db = cache / "results.sqlite"
+        if not db.is_file():
+            return False
+        try:
+            with sqlite3.connect(db, timeout=1) as conn:
+                return conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] > 0
+        except sqlite3.Error:
+            return False
+    return any((cache / "artifacts" / stage).glob(".*.tmp"))
+
+
+def published(cache: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in (cache / "artifacts").rglob("manifest.json")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[str]:
+    run = launch(tmp_path_factory.mktemp("reference"))
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err
+    return table(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["representations", "expert", "distilled", "encoder", "rows"])
+def test_kill_inside_each_stage_then_resume(stage, tmp_path, uninterrupted):
+    cache = tmp_path / "cache"
+    victim = launch(cache)
+    deadline = time.time() + 300
+    while not inside(cache, stage):
+        assert victim.poll() is None, f"the run ended before a {stage} stage was seen"
+        assert time.time() < deadline
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    before = published(cache)
+
+    rerun = launch(cache)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    assert table(out) == uninterrupted  # the same numbers as a run never killed
+    after = published(cache)
+    assert {p: after.get(p) for p in before} == before  # nothing finished was recomputed
+    assert not list((cache / "artifacts").rglob(".*.tmp"))
+    db = sqlite3.connect(cache / "results.sqlite")
+    count, distinct = db.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT cell_key) FROM results").fetchone()
+    assert count == distinct == 4 * 2  # teacher, random, none, mkdt x 2 seeds

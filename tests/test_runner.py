@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 
 from mkdt_bench.cache import ArtifactCache
@@ -46,3 +49,83 @@ def test_pool_sets_the_budget_and_krrst_runs_in_the_grid(tmp_path):
     chosen = pool[sets["random"].extra["indices"]]
     assert torch.equal(sets["random"].images, train[chosen])
     assert sets["krrst"].extra["indices"] == sets["random"].extra["indices"]  # same init
+
+
+def test_cache_prune_keeps_what_rows_use(tmp_path):
+    cache_dir = tmp_path / "cache"
+    cfg = build_config(flags={"methods": ["random", "none"], "seeds": [0],
+                              "fractions": [0.05]}, overrides=FAST[:5])
+    env = Env(cache_dir=str(cache_dir), progress=False, threads=1)
+    store = ResultStore(cache_dir / "results.sqlite")
+    run_grid(cfg, env, store)
+    cache = ArtifactCache(cache_dir)
+    used = cache.artifacts()
+    stray = cache.get_or_create("distilled", "0123456789abcdef",
+                                lambda tmp: (tmp / "x.pt").write_bytes(b"x" * 2048) and None)
+    aside = cache.path("encoder", "feedface.corrupt-1")
+    aside.mkdir(parents=True)
+
+    dry = cli("cache", "prune", "--cache-dir", str(cache_dir))
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove: {stray}" in dry.stdout and f"would remove: {aside}" in dry.stdout
+    assert dry.stdout.count("would remove") == 2 and "dry run" in dry.stdout
+    assert stray.is_dir() and aside.is_dir()
+
+    applied = cli("cache", "prune", "--apply", "--cache-dir", str(cache_dir))
+    assert applied.returncode == 0 and applied.stdout.count("removed: ") == 2
+    assert not stray.exists() and not aside.exists() and cache.artifacts() == used
+    before = {p: p.stat().st_mtime for p in (cache_dir / "artifacts").rglob("manifest.json")}
+    run_grid(cfg, env, ResultStore(cache_dir / "results.sqlite"))  # nothing to recompute
+    assert {p: p.stat().st_mtime for p in (cache_dir / "artifacts").rglob("manifest.json")} \
+        == before
+
+
+def test_cache_prune_needs_the_database(tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    out = cli("cache", "prune", "--cache-dir", str(tmp_path))
+    assert out.returncode == 2 and "results database" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def _digits_set(directory, seed: int = 0) -> DistilledSet:
+    digits = load_dataset("digits")
+    idx = torch.randperm(len(digits.train_images), generator=torch.Generator().manual_seed(seed))
+    images = digits.normalized("train")[idx[:30]]
+    distilled = DistilledSet(images=images, targets=torch.randn(30, 5), lr=None,
+                             source="digits", mean=digits.mean, std=digits.std,
+                             method="external")
+    distilled.save(directory)
+    return distilled
+
+
+def test_eval_a_stored_set_without_teacher(tmp_path):
+    _digits_set(tmp_path / "myset")
+    args = ("eval", "--distilled", str(tmp_path / "myset"), "--seeds", "0,1", "--fractions",
+            "0.05", "--set", "pretrain.epochs=1", "--no-progress", "--cache-dir",
+            str(tmp_path / "cache"))
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    rows = [ln for ln in first.stdout.splitlines() if ln.startswith("| import:myset")]
+    assert len(rows) == 1 and "±" in rows[0]
+    assert not (tmp_path / "cache" / "artifacts" / "teacher").exists()  # no teacher trained
+    again = cli(*args)
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert "2 cells" in again.stderr
+
+
+def test_import_method_in_a_grid_equals_eval(tmp_path):
+    _digits_set(tmp_path / "myset")
+    cfg = build_config(flags={"methods": [f"import:{tmp_path / 'myset'}"], "seeds": [0],
+                              "fractions": [0.05], "teacher_row": False}, overrides=FAST[:5])
+    env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
+    frame = run_grid(cfg, env, ResultStore(tmp_path / "results.sqlite"))
+    assert (frame["status"] == "ok").all() and frame["budget"].tolist() == [143]
+    cache = ArtifactCache(tmp_path / "cache")
+    (stage, key), = [a for a in cache.artifacts() if a[0] == "distilled"]
+    assert torch.equal(DistilledSet.load(cache.path(stage, key)).images,
+                       DistilledSet.load(tmp_path / "myset").images)

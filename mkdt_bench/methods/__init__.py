@@ -31,6 +31,6 @@ def create_method(name: str, **options: Any) -> Method:
     return METHODS.get(name)(**options)
 
 
-from mkdt_bench.methods import baselines, krrst, mkdt  # noqa: E402,F401
+from mkdt_bench.methods import baselines, imported, krrst, mkdt  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "MethodContext", "create_method", "register_method"]
