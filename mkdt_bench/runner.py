@@ -508,6 +508,7 @@ def run_plan(plan: Plan, env: Env, store: ResultStore,
     """Execute a plan's tasks, write their rows, and return all of the plan's rows."""
     executor = executor or InProcessExecutor()
     prepare_process(env)
+    package_versions()  # read the git revision now, not when the first row is written
     progress = Progress(env.progress)
     tasks = grid_tasks(plan)
     bar = progress.bar(len(tasks), "grid")
