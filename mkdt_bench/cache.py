@@ -168,6 +168,8 @@ class ArtifactCache:
         with FileLock(str(final) + ".lock"):
             if self._intact(stage, key):  # another process finished it meanwhile
                 return final
+            for stale in final.parent.glob(f".{key}.*.tmp"):  # left by a killed producer
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = final.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
             tmp.mkdir()
             try:

@@ -80,3 +80,15 @@ def test_cache_dir_that_is_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(UserError, match="not writable"):
         ArtifactCache(f)
+
+
+def test_temporary_of_a_killed_producer_is_removed_by_the_next(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    key = cache.key("s", {"a": 1})
+    stale = cache.path("s", key).with_name(f".{key}.0123abcd.tmp")
+    stale.mkdir(parents=True)
+    (stale / "half.pt").write_bytes(b"half")
+    other = cache.path("s", key).with_name(".ffffffffffffffff.0123abcd.tmp")
+    other.mkdir()
+    cache.get_or_create("s", key, lambda tmp: (tmp / "x").write_text("x") and None)
+    assert not stale.exists() and other.exists()  # only this key's leftovers

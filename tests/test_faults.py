@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 FAST = ["--methods", "random,none", "--seeds", "0", "--set", "teacher.arch=convnet", "--set",
         "teacher.proj_dim=64", "--set", "teacher.batch_size=128", "--set",
@@ -70,14 +71,18 @@ def test_two_runs_share_cache_and_database(tmp_path):
 
 
 # A grid with every kind of stage: a ResNet-10 teacher (its representations take long enough
-# to be caught), MKDT experts and distillation, pre-trainings, probes and result rows.
-STAGES = ["--methods", "random,none,mkdt", "--seeds", "0,1", "--fractions", "0.05",
-          "--set", "teacher.arch=resnet10", "--set", "teacher.epochs=1", "--set",
-          "teacher.proj_dim=64", "--set", "teacher.batch_size=128", "--set", "pretrain.epochs=3",
-          "--set", "methods.mkdt.width=8", "--set", "methods.mkdt.num_experts=3", "--set",
-          "methods.mkdt.train_epochs=3", "--set", "methods.mkdt.iterations=6", "--set",
-          "methods.mkdt.syn_steps=4", "--set", "methods.mkdt.eval_it=2", "--set",
-          "methods.mkdt.lr_img=1", "--no-progress"]
+# to be caught), MKDT experts and distillation, KRR-ST, pre-trainings, probes, result rows.
+STAGES = ["--methods", "random,none,mkdt,krrst", "--seeds", "0,1", "--fractions", "0.05",
+          "--no-progress"]
+for option in ["teacher.arch=resnet10", "teacher.epochs=1", "teacher.proj_dim=64",
+               "teacher.batch_size=128", "pretrain.epochs=3", "methods.mkdt.width=8",
+               "methods.mkdt.num_experts=3", "methods.mkdt.train_epochs=3",
+               "methods.mkdt.iterations=6", "methods.mkdt.syn_steps=4", "methods.mkdt.eval_it=2",
+               "methods.mkdt.lr_img=1", "methods.krrst.width=8", "methods.krrst.pool_size=3",
+               "methods.krrst.online_iterations=5", "methods.krrst.outer_steps=40",
+               "methods.krrst.real_batch=128", "methods.krrst.snapshot_every=5",
+               "methods.krrst.outer_lr=1e-2"]:
+    STAGES += ["--set", option]
 
 
 def launch(cache: Path) -> subprocess.Popen:
@@ -88,7 +93,16 @@ def launch(cache: Path) -> subprocess.Popen:
 
 def inside(cache: Path, stage: str) -> bool:
     """True while a producer of ``stage`` is writing (its temporary directory exists), or for
-    ``rows``, once the first result row is in the database (probing and writing go on)."""
+    ``rows``, once the first result row is in the database (probing and writing go on), and
+    for ``krrst``, once its snapshot is past step 0 (the outer loop is running)."""
+    if stage == "krrst":
+        for snapshot in (cache / "scratch" / "distilled").glob("*/krrst_state.pt"):
+            try:
+                if torch.load(snapshot, weights_only=False)["step"] > 0:
+                    return True
+            except (OSError, RuntimeError, EOFError):
+                pass
+        return False
     if stage == "rows":
         db = cache / "results.sqlite"
         if not db.is_file():
@@ -114,7 +128,8 @@ def uninterrupted(tmp_path_factory) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["representations", "expert", "distilled", "encoder", "rows"])
+@pytest.mark.parametrize("stage", ["representations", "expert", "distilled", "krrst", "encoder",
+                                   "rows"])
 def test_kill_inside_each_stage_then_resume(stage, tmp_path, uninterrupted):
     cache = tmp_path / "cache"
     victim = launch(cache)
@@ -138,4 +153,4 @@ def test_kill_inside_each_stage_then_resume(stage, tmp_path, uninterrupted):
     db = sqlite3.connect(cache / "results.sqlite")
     count, distinct = db.execute(
         "SELECT COUNT(*), COUNT(DISTINCT cell_key) FROM results").fetchone()
-    assert count == distinct == 4 * 2  # teacher, random, none, mkdt x 2 seeds
+    assert count == distinct == 5 * 2  # teacher, random, none, mkdt, krrst x 2 seeds
