@@ -8,7 +8,8 @@ from tqdm.auto import tqdm
 
 
 class Progress:
-    """Hands out tqdm bars; ``enabled=False`` makes every bar silent."""
+    """Hands out tqdm bars; ``enabled=False`` makes every bar silent. Messages (failed
+    cells and units) always reach stderr."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -20,3 +21,5 @@ class Progress:
     def write(self, message: str) -> None:
         if self.enabled:
             tqdm.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)

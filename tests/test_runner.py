@@ -129,3 +129,26 @@ def test_import_method_in_a_grid_equals_eval(tmp_path):
     (stage, key), = [a for a in cache.artifacts() if a[0] == "distilled"]
     assert torch.equal(DistilledSet.load(cache.path(stage, key)).images,
                        DistilledSet.load(tmp_path / "myset").images)
+
+
+def test_divergence_fails_its_cells_and_the_grid_finishes(tmp_path):
+    cache = tmp_path / "cache"
+    sets = [f"--set={o}" for o in FAST[:5]] + [
+        "--set=methods.mkdt.width=8", "--set=methods.mkdt.num_experts=2",
+        "--set=methods.mkdt.train_epochs=3", "--set=methods.mkdt.iterations=30",
+        "--set=methods.mkdt.eval_it=5", "--set=methods.mkdt.lr_img=1e30"]
+    out = cli("run", "--methods", "random,mkdt", "--seeds", "0", "--fractions", "0.05",
+              "--no-progress", "--cache-dir", str(cache), *sets)
+    assert out.returncode == 1, out.stderr  # a failed cell, not bad input
+    assert "mkdt diverged at iteration" in out.stderr and "lower lr_img (now 1e+30)" in out.stderr
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip()
+            for ln in out.stdout.splitlines() if ln.startswith("| ")}
+    assert rows["mkdt"] == "failed" and "±" in rows["random"] and "±" in rows["teacher"]
+    snapshot = next((cache / "scratch" / "distilled").glob("*/mkdt_state.pt"))
+    assert torch.isfinite(torch.load(snapshot, weights_only=False)["images"]).all()
+    store = ResultStore(cache / "results.sqlite").frame()
+    failed = store[store["status"] == "failed"]
+    assert list(failed["method"]) == ["mkdt"]
+    assert failed["error"].iloc[0].startswith("UserError: mkdt diverged at iteration")
+    table = cli("table", "--cache-dir", str(cache))
+    assert "| mkdt " in table.stdout and "failed" in table.stdout
