@@ -97,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, default=0, metavar="N",
                     help="torch CPU threads (default 0: torch's choice)")
 
+    conv = sub.add_parser("convert", help="read a reference repository's distilled set "
+                                          "into a DistilledSet directory")
+    conv.add_argument("kind", choices=["mkdt", "krrst"], help="mkdt: images_K/labels_K/"
+                      "synlr_K.pt; krrst: x_syn.pt (or x_syn_final.pt) and y_syn.pt")
+    conv.add_argument("source", metavar="DIR", help="directory holding the reference files")
+    conv.add_argument("--dataset", required=True, help="the data set it was distilled from "
+                      "(its normalisation is declared)")
+    conv.add_argument("--data-root", help="where downloadable data sets live")
+    conv.add_argument("--out", required=True, help="DistilledSet directory to write")
+    conv.add_argument("--step", type=int, default=5000, help="mkdt: which images_K.pt "
+                      "(default 5000, the paper's evaluated state)")
+    conv.add_argument("--space", default="raw", choices=["raw", "normalized"],
+                      help="krrst: the stored images are raw pixels (reference, default) or "
+                           "already normalised")
+    _common(conv)
+
     table = sub.add_parser("table", help="render stored results as a table")
     _common(table)
     table.add_argument("--dataset", help="only this source data set")
@@ -222,6 +238,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Write a reference set as a DistilledSet directory (atomically)."""
+    import shutil
+    import uuid
+
+    from mkdt_bench.convert import from_krrst, from_mkdt
+    from mkdt_bench.data import load_dataset
+
+    cache_dir, _ = _paths(args)
+    out = Path(args.out).expanduser()
+    if out.exists():
+        raise UserError(f"--out {str(out)!r} already exists; give a new directory")
+    dataset = load_dataset(args.dataset, root=args.data_root, cache_dir=str(cache_dir))
+    if args.kind == "mkdt":
+        distilled = from_mkdt(args.source, args.step, dataset)
+    else:
+        distilled = from_krrst(args.source, dataset, args.space)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        distilled.save(tmp)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lo, hi = float(distilled.images.min()), float(distilled.images.max())
+    print(f"{out}: {len(distilled)} images {distilled.channels}x{distilled.image_size}x"
+          f"{distilled.image_size}, targets {tuple(distilled.targets.shape)}, lr "
+          f"{distilled.lr}, normalised values in [{lo:.2f}, {hi:.2f}] "
+          f"({args.dataset} mean/std)")
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from mkdt_bench.results import ResultStore
 
@@ -317,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": cmd_run, "eval": cmd_eval, "table": cmd_table, "cache": cmd_cache,
+    handler = {"run": cmd_run, "eval": cmd_eval, "convert": cmd_convert, "table": cmd_table,
+               "cache": cmd_cache,
                "list": cmd_list}[args.command]
     try:
         return handler(args)

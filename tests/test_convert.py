@@ -1,0 +1,83 @@
+"""``mkdt-bench convert``: the reference repositories' files as DistilledSets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mkdt_bench.convert import from_krrst, from_mkdt
+from mkdt_bench.data import load_dataset
+from mkdt_bench.distilled import DistilledSet
+from mkdt_bench.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _reference_mkdt(d, step: int = 5000):
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(12, 1, 8, 8, generator=g), torch.randn(12, 5, generator=g)
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save(images, d / f"images_{step}.pt")
+    torch.save(labels, d / f"labels_{step}.pt")
+    torch.save(torch.tensor(0.36), d / f"synlr_{step}.pt")
+    return images, labels
+
+
+def test_mkdt_files_round_trip(tmp_path, digits):
+    images, labels = _reference_mkdt(tmp_path / "ref")
+    out = from_mkdt(tmp_path / "ref", 5000, digits)
+    assert torch.equal(out.images, images) and torch.equal(out.targets, labels)
+    assert out.lr == pytest.approx(0.36) and out.mean == digits.mean
+    assert out.extra["updates"] == 4999  # file K holds the state after K - 1 updates
+    out.save(tmp_path / "set")
+    again = DistilledSet.load(tmp_path / "set")
+    assert torch.equal(again.images, images) and again.lr == out.lr
+
+
+def test_krrst_raw_pixels_are_normalised(tmp_path, digits):
+    raw = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    (tmp_path / "ref").mkdir()
+    torch.save(raw, tmp_path / "ref" / "x_syn_final.pt")  # the other repository's name
+    torch.save(torch.randn(6, 512), tmp_path / "ref" / "y_syn.pt")
+    out = from_krrst(tmp_path / "ref", digits)
+    mean, std = digits.mean[0], digits.std[0]
+    torch.testing.assert_close(out.images, (raw - mean) / std)
+    assert out.lr is None and out.extra["input_space"] == "raw"
+    kept = from_krrst(tmp_path / "ref", digits, space="normalized")
+    assert torch.equal(kept.images, raw)
+    with pytest.raises(UserError, match="'rgb' is not one of raw, normalized"):
+        from_krrst(tmp_path / "ref", digits, space="rgb")
+
+
+def test_missing_file_is_named(tmp_path, digits):
+    _reference_mkdt(tmp_path / "ref", step=1000)
+    with pytest.raises(UserError, match="images_5000.pt"):
+        from_mkdt(tmp_path / "ref", 5000, digits)
+
+
+def test_cli_converts_then_eval_reads_it(tmp_path):
+    _reference_mkdt(tmp_path / "ref")
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "convert", "mkdt",
+                          str(tmp_path / "ref"), "--dataset", "digits", "--out",
+                          str(tmp_path / "set"), *cache], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "12 images 1x8x8" in out.stdout and DistilledSet.load(tmp_path / "set").lr > 0
+    again = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "convert", "mkdt",
+                            str(tmp_path / "ref"), "--dataset", "digits", "--out",
+                            str(tmp_path / "set"), *cache], capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    evaluated = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "eval", "--distilled",
+                                str(tmp_path / "set"), "--seeds", "0", "--fractions", "0.05",
+                                "--set", "pretrain.epochs=1", "--no-progress", *cache],
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert any(ln.startswith("| import:set ") for ln in evaluated.stdout.splitlines())
