@@ -9,6 +9,7 @@ import torch
 from sklearn.linear_model import Ridge
 
 import mkdt_bench.methods.krrst as kr
+from mkdt_bench.augment import crop_flip
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import METHODS, MethodContext, create_method
@@ -131,12 +132,12 @@ def test_warm_up_draws_steps_below_t():
 def test_crop_flip_keeps_shape_and_pads_with_raw_zero():
     mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.full((1, 3, 1, 1), 0.25)
     x = torch.randn(64, 3, 8, 8)
-    out = kr.crop_flip(x, mean, std, 4, torch.Generator().manual_seed(0))
+    out = crop_flip(x, mean, std, 4, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     pad_value = (-mean / std).view(3)
     border = torch.isclose(out, pad_value.view(1, 3, 1, 1).expand_as(out)).all(dim=1)
     assert border.any()  # some pixels are padding, at -mean/std
-    again = kr.crop_flip(x, mean, std, 4, torch.Generator().manual_seed(0))
+    again = crop_flip(x, mean, std, 4, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
 
 

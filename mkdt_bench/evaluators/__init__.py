@@ -29,6 +29,6 @@ def create_evaluator(name: str, **options: Any) -> Evaluator:
     return EVALUATORS.get(name)(**options)
 
 
-from mkdt_bench.evaluators import knn, linear, linear_val  # noqa: E402,F401
+from mkdt_bench.evaluators import finetune, knn, linear, linear_val  # noqa: E402,F401
 
 __all__ = ["EVALUATORS", "Evaluator", "create_evaluator", "register_evaluator"]

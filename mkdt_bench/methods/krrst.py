@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mkdt_bench.augment import crop_flip
 from mkdt_bench.cache import atomic_torch_save
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
@@ -46,24 +47,6 @@ def krr_predict(phi_s: Tensor, phi_t: Tensor, y_s: Tensor, ridge: float) -> Tens
 def with_bias(features: Tensor) -> Tensor:
     """Φ = [f(x), 1] (§2.2)."""
     return torch.cat([features, features.new_ones(len(features), 1)], dim=1)
-
-
-def crop_flip(images: Tensor, mean: Tensor, std: Tensor, padding: int,
-              generator: torch.Generator) -> Tensor:
-    """RandomCrop(H, padding) then RandomHorizontalFlip(0.5) per image, on normalised images.
-
-    The reference pads raw pixels with 0 and normalises afterwards (§2.4), so the padding
-    here is 0 in raw space, i.e. ``-mean/std`` in normalised space.
-    """
-    n, _, h, w = images.shape
-    raw = images * std + mean
-    padded = F.pad(raw, (padding,) * 4)
-    offsets = torch.randint(2 * padding + 1, (n, 2), generator=generator).tolist()
-    flips = (torch.rand(n, generator=generator) < 0.5).tolist()
-    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
-    out = torch.where(torch.tensor(flips, device=out.device).view(n, 1, 1, 1),
-                      out.flip(-1), out)
-    return (out - mean) / std
 
 
 class ModelPool:
