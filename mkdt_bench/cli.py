@@ -113,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
                            "already normalised")
     _common(conv)
 
+    plot = sub.add_parser("plot", help="PNG figures of stored results: accuracy versus "
+                                       "label fraction (and versus budget)")
+    _common(plot)
+    plot.add_argument("--dataset", help="only this source data set")
+    plot.add_argument("--methods", type=_csv(), help="only these methods")
+    plot.add_argument("--out", default="plots", help="folder for the PNG files (default plots)")
+
+    show = sub.add_parser("show", help="a PNG grid of a DistilledSet's images")
+    show.add_argument("directory", metavar="DIR", help="DistilledSet directory")
+    show.add_argument("--out", required=True, help="PNG file to write")
+    show.add_argument("--max-images", type=int, default=100, help="at most this many (100)")
+    show.add_argument("--debug", action="store_true")
+
     table = sub.add_parser("table", help="render stored results as a table")
     _common(table)
     table.add_argument("--dataset", help="only this source data set")
@@ -269,6 +282,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from mkdt_bench.plots import plot_results
+    from mkdt_bench.results import ResultStore
+
+    _, db = _paths(args)
+    if not db.is_file():
+        raise UserError(f"results database {str(db)!r} does not exist; run a grid first")
+    frame = ResultStore(db).frame(dataset=args.dataset, method=args.methods)
+    if frame.empty:
+        raise UserError(f"no result rows in {db} match --dataset/--methods")
+    for path in plot_results(frame, args.out):
+        print(path)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from mkdt_bench.plots import show_set
+
+    if not Path(args.directory).is_dir():
+        raise UserError(f"distilled set directory {args.directory!r} does not exist")
+    print(show_set(args.directory, args.out, args.max_images))
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from mkdt_bench.results import ResultStore
 
@@ -365,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"run": cmd_run, "eval": cmd_eval, "convert": cmd_convert, "table": cmd_table,
-               "cache": cmd_cache,
+               "plot": cmd_plot, "show": cmd_show, "cache": cmd_cache,
                "list": cmd_list}[args.command]
     try:
         return handler(args)
