@@ -115,23 +115,28 @@ CATALOGUE = [
 ]
 
 
-@pytest.mark.parametrize("case, build, expected", CATALOGUE, ids=[c[0] for c in CATALOGUE])
-def test_bad_input(tmp_path, case, build, expected):
+def assert_refused(tmp_path: Path, args: list[str], case: str, expected: str) -> None:
+    """One ``error: ...`` line naming ``expected``, exit 2, no traceback, and nothing
+    half-written: no published artifact, no temporary left, no result row."""
     cache = tmp_path / "cache"
     env = dict(os.environ, MKDT_BENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *RUN, *build(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *args],
                          capture_output=True, text=True, env=env, timeout=300)
     err = out.stderr.strip()
     assert out.returncode == 2, (case, out.returncode, err)
     assert "\n" not in err and err.startswith("error: "), err
     assert expected in err, (expected, err)
     assert "Traceback" not in err
-    # Nothing half-written: no published artifact, no temporary left, no result row.
     assert not list(cache.glob("artifacts/*/*/manifest.json")), "an artifact was published"
     assert not list(cache.rglob("*.tmp")), "a temporary file was left behind"
     db = cache / "results.sqlite"
     if db.exists():
         assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("case, build, expected", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input(tmp_path, case, build, expected):
+    assert_refused(tmp_path, [*RUN, *build(tmp_path)], case, expected)
 
 
 def distilled_dir(root: Path, *, n: int = 10, n_targets: int | None = None, size: int = 8,
@@ -180,15 +185,7 @@ DISTILLED_CATALOGUE = [
 @pytest.mark.parametrize("case, build, expected", DISTILLED_CATALOGUE,
                          ids=[c[0] for c in DISTILLED_CATALOGUE])
 def test_bad_distilled_set(tmp_path, case, build, expected):
-    cache = tmp_path / "cache"
-    env = dict(os.environ, MKDT_BENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *EVAL, *build(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=300)
-    err = out.stderr.strip()
-    assert out.returncode == 2, (case, out.returncode, err)
-    assert "\n" not in err and err.startswith("error: "), err
-    assert expected in err, (expected, err)
-    assert not list(cache.glob("artifacts/*/*/manifest.json")), "an artifact was published"
+    assert_refused(tmp_path, [*EVAL, *build(tmp_path)], case, expected)
 
 
 def test_catalogue_size():
