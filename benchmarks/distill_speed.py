@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
-import time
 
 import torch
+from _measure import time_calls
 
 from mkdt_bench.methods._trajectories import (
     FlatNet,
@@ -50,12 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _peak_rss_mib() -> float:
-    """Peak resident set of this process so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
 def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -80,25 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
         for opt in opts:
             opt.step()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    rss_before = _peak_rss_mib()
-    for _ in range(args.warmup):
-        iteration()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start_time = time.perf_counter()
-    for _ in range(args.iterations):
-        iteration()
-    sync()
-    seconds = (time.perf_counter() - start_time) / args.iterations
-    if device.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    else:
-        peak, kind = _peak_rss_mib() - rss_before, "ru_maxrss_growth"
+    seconds, peak, kind = time_calls(iteration, args.warmup, args.iterations, device)
     result = {
         "seconds_per_iteration": round(seconds, 4),
         "peak_memory_mib": round(peak, 1),

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from _measure import time_calls
 
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.methods import MethodContext, create_method
@@ -44,11 +42,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed outer steps first")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     return p.parse_args(argv)
-
-
-def _peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 class _Shape:
@@ -81,27 +74,11 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
         mean = torch.zeros(1, 3, 1, 1, device=device)
         std = torch.ones(1, 3, 1, 1, device=device)
 
-        def sync() -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+        def outer_step() -> None:
+            method._step(ctx, teacher, state, mean, std)
+            state.step += 1
 
-        rss_before = _peak_rss_mib()
-        for _ in range(args.warmup):
-            method._step(ctx, teacher, state, mean, std)
-            state.step += 1
-        sync()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            method._step(ctx, teacher, state, mean, std)
-            state.step += 1
-        sync()
-        seconds = (time.perf_counter() - start) / args.steps
-    if device.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    else:
-        peak, kind = _peak_rss_mib() - rss_before, "ru_maxrss_growth"
+        seconds, peak, kind = time_calls(outer_step, args.warmup, args.steps, device)
     result = {
         "seconds_per_outer_step": round(seconds, 4), "peak_memory_mib": round(peak, 1),
         "memory_measure": kind, "images": args.images, "real_batch": args.real_batch,

@@ -5,17 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+import torch
+from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
+from torchvision.utils import save_image
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
-
-from mkdt_bench.distilled import DistilledSet  # noqa: E402
-from mkdt_bench.errors import UserError  # noqa: E402
-from mkdt_bench.results import short_task_name  # noqa: E402
+from mkdt_bench.distilled import DistilledSet
+from mkdt_bench.errors import UserError
+from mkdt_bench.results import short_task_name
 
 
 def _slug(text: str) -> str:
@@ -26,7 +23,8 @@ def _curves(frame: pd.DataFrame, x: str, xlabel: str, title: str, path: Path,
             log_x: bool) -> Path:
     """One line per method: mean accuracy over seeds against ``x``, error bars = population
     std (as the tables)."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
     for method, rows in frame.groupby("method", sort=False):
         stats = rows.groupby(x)["accuracy"].agg(["mean", lambda v: v.std(ddof=0)])
         stats.columns = ["mean", "std"]
@@ -41,7 +39,6 @@ def _curves(frame: pd.DataFrame, x: str, xlabel: str, title: str, path: Path,
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

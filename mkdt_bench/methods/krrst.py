@@ -316,14 +316,13 @@ class KRRST(Method):
     def _resume(self, ctx: MethodContext, path: Path) -> _State:
         snap = torch.load(path, map_location=ctx.device, weights_only=False)
         generator = torch.Generator()
-        generator.set_state(snap["generator"])
         state = self._state(ctx, snap["images"], snap["targets"], generator, snap["indices"])
         state.optimizer.load_state_dict(snap["optimizer"])
         state.pool.load_state_dict(snap["pool"])
         state.batches.load_state_dict(snap["batches"])
         state.step, state.losses = snap["step"], snap["losses"]
         state.untrained_steps = snap["untrained_steps"]
-        generator.set_state(snap["generator"])  # building the pool above drew from it
+        generator.set_state(snap["generator"])  # after building the pool, which draws from it
         set_rng_state(snap["rng"])
         return state
 
