@@ -26,6 +26,7 @@ from typing import Any
 from filelock import FileLock
 
 from mkdt_bench.errors import UserError
+from mkdt_bench.memory import PeakMemory
 
 MANIFEST = "manifest.json"
 
@@ -159,7 +160,9 @@ class ArtifactCache:
         """The artifact's directory, producing it first when it is missing or corrupt.
 
         ``produce(tmp_dir)`` writes the artifact's files into ``tmp_dir`` and may return
-        extra metadata for the manifest (timings, metrics).
+        extra metadata for the manifest (timings, metrics). The manifest records the wall
+        time and peak memory (:class:`~mkdt_bench.memory.PeakMemory`) of the ``produce``
+        call that completed it (a resumed stage: of its last attempt).
         """
         final = self.path(stage, key)
         if self._intact(stage, key):
@@ -174,12 +177,14 @@ class ArtifactCache:
             tmp.mkdir()
             try:
                 start = time.perf_counter()
-                extra = produce(tmp) or {}
+                with PeakMemory() as memory:
+                    extra = produce(tmp) or {}
+                seconds = time.perf_counter() - start
                 files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
                 manifest = {
                     "stage": stage, "key": key, "config": dict(config or {}),
-                    "inputs": dict(inputs or {}), "files": files,
-                    "seconds": time.perf_counter() - start, "created": time.time(), **extra,
+                    "inputs": dict(inputs or {}), "files": files, "seconds": seconds,
+                    **memory.result(), "created": time.time(), **extra,
                 }
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
                 if final.exists():

@@ -38,6 +38,25 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _report(p: argparse.ArgumentParser, paired: bool = True) -> None:
+    """How results are printed (run, eval and table share these)."""
+    from mkdt_bench.results import LAYOUTS, METRICS
+
+    p.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+    p.add_argument("--layout", default="default", choices=LAYOUTS,
+                   help="default: one table, budget/arch in the row when mixed; paper: rows = "
+                        "pre-training set (method, budget), one table per evaluator and arch; "
+                        "arch: methods x architectures, one table per evaluator")
+    p.add_argument("--metric", default="accuracy", choices=METRICS,
+                   help="top-1 accuracy or mean per-class accuracy (Aircraft/Flowers)")
+    p.add_argument("--ci", action="store_true", help="add a 95%% t-interval of the mean")
+    p.add_argument("--budget-table", action="store_true", help="also print each set's storage, "
+                   "compute time and peak memory, and the pre-training steps")
+    if paired:
+        p.add_argument("--paired", metavar="BASELINE", help="also print each method's "
+                       "difference from BASELINE (e.g. random) with a paired t-test over seeds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mkdt-bench", description="Benchmark dataset distillation for "
                      "self-supervised pre-training.")
@@ -61,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="SECTION.KEY=VALUE", help="override any option, repeatable")
-    run.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
-    run.add_argument("--paired", metavar="BASELINE", help="also print each method's "
-                     "difference from BASELINE (e.g. random) with a paired t-test over seeds")
+    _report(run)
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"],
                      help="where units run: this process (default) or Ray tasks "
@@ -92,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     ev.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="SECTION.KEY=VALUE", help="override pretrain/evaluator options")
-    ev.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+    _report(ev, paired=False)
     ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
     ev.add_argument("--threads", type=int, default=0, metavar="N",
                     help="torch CPU threads (default 0: torch's choice)")
@@ -130,9 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(table)
     table.add_argument("--dataset", help="only this source data set")
     table.add_argument("--methods", type=_csv(), help="only these methods")
-    table.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
-    table.add_argument("--paired", metavar="BASELINE", help="also print each method's "
-                       "difference from BASELINE (e.g. random) with a paired t-test over seeds")
+    _report(table)
 
     cache = sub.add_parser("cache", help="check or prune the artifact cache")
     cache.add_argument("action", choices=["verify", "prune"], help="verify: check every "
@@ -155,15 +170,39 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
     return cache, db
 
 
-def print_tables(frame: Any, methods: list[str] | None, fmt: str, paired: str | None) -> None:
-    """The comparison table and, with ``paired``, the paired differences from a baseline."""
-    from mkdt_bench.results import comparison_table, paired_table, render
+def print_tables(frame: Any, methods: list[str] | None, args: argparse.Namespace) -> None:
+    """The comparison table(s) in ``--layout`` (plus the methods x architectures table when
+    the default layout meets several architectures), the paired differences from a
+    baseline (``--paired``) and the budget table (``--budget-table``)."""
+    from mkdt_bench.results import (
+        budget_table,
+        equal_pretraining,
+        layout_tables,
+        paired_table,
+        render,
+    )
 
-    print(render(comparison_table(frame, method_order=methods), fmt))
+    fmt, paired = args.format, getattr(args, "paired", None)
+    tables = layout_tables(frame, args.layout, methods, args.ci, args.metric)
+    archs = set(frame.loc[frame["method"] != "teacher", "arch"]) if not frame.empty else set()
+    if args.layout == "default" and len(archs) > 1:
+        tables += [(f"methods x architectures, {title}", table) for title, table in
+                   layout_tables(frame, "arch", methods, args.ci, args.metric)]
+    for title, table in tables:
+        if title:
+            print(f"\n### {title}\n")
+        print(render(table, fmt))
     if paired:
         print(f"\nDifference from {paired} in points, mean over shared seeds "
               "(paired t-test):\n")
-        print(render(paired_table(frame, paired, method_order=methods), fmt))
+        print(render(paired_table(frame, paired, method_order=methods, metric=args.metric),
+                     fmt))
+    if args.budget_table:
+        print("\nBudget of each pre-training set (means over its rows):\n")
+        print(render(budget_table(frame, methods), fmt))
+        note = equal_pretraining(frame)
+        if note:
+            print(f"\n{note}")
 
 
 def make_executor(args: argparse.Namespace, device: str) -> Any:
@@ -208,11 +247,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     executor = make_executor(args, env.torch_device.type)
     start = time.perf_counter()
     frame = run_grid(cfg, env, store, executor)
-    print_tables(frame, cfg["run"]["methods"], args.format, args.paired)
-    failed = int((frame["status"] != "ok").sum()) if not frame.empty else 0
-    print(f"\n{len(frame)} cells ({failed} failed) in {time.perf_counter() - start:.1f} s; "
-          f"results in {db}", file=sys.stderr)
-    return 1 if failed else 0
+    print_tables(frame, cfg["run"]["methods"], args)
+    return _summary(frame, start, db)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -244,10 +280,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     name = args.name or f"import:{directory.resolve().name}"
     start = time.perf_counter()
     frame = run_plan(plan_external(cfg, env, store, directory, name), env, store)
-    print_tables(frame, [name], args.format, None)
-    failed = int((frame["status"] != "ok").sum()) if not frame.empty else 0
-    print(f"\n{len(frame)} cells ({failed} failed) in {time.perf_counter() - start:.1f} s; "
-          f"results in {db}", file=sys.stderr)
+    print_tables(frame, [name], args)
+    return _summary(frame, start, db)
+
+
+def _summary(frame: Any, start: float, db: Path) -> int:
+    """One stderr line; exit 1 when a cell failed (cells of missing tasks do not count)."""
+    from mkdt_bench.results import FAILED, MISSING
+
+    failed = int((frame["status"] == FAILED).sum()) if not frame.empty else 0
+    missing = int((frame["status"] == MISSING).sum()) if not frame.empty else 0
+    absent = f", {missing} n/a for missing data" if missing else ""
+    print(f"\n{len(frame)} cells ({failed} failed{absent}) in "
+          f"{time.perf_counter() - start:.1f} s; results in {db}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -319,7 +364,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         frame = frame[frame["method"].isin(args.methods + ["teacher"])]
     for dataset, group in frame.groupby("dataset", sort=False):
         print(f"## {dataset}\n")
-        print_tables(group, args.methods, args.format, args.paired)
+        print_tables(group, args.methods, args)
         print()
     if frame.empty:
         print("(no results)")

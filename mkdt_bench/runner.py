@@ -25,7 +25,7 @@ from mkdt_bench.cache import ArtifactCache, atomic_torch_save, config_hash, file
 from mkdt_bench.config import resolve_budget
 from mkdt_bench.data import ImageDataset, load_dataset
 from mkdt_bench.distilled import DistilledSet, check_compatible
-from mkdt_bench.errors import UserError
+from mkdt_bench.errors import MissingDataError, UserError
 from mkdt_bench.evaluators import create_evaluator
 from mkdt_bench.evaluators.pretrain import pretrain_encoder
 from mkdt_bench.executors import Executor, InProcessExecutor, Task
@@ -33,7 +33,7 @@ from mkdt_bench.methods import METHODS, MethodContext, create_method
 from mkdt_bench.methods.base import SubUnit
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.progress import Progress
-from mkdt_bench.results import TEACHER_ROW, ResultRow, ResultStore
+from mkdt_bench.results import FAILED, MISSING, TEACHER_ROW, ResultRow, ResultStore
 from mkdt_bench.seeding import set_deterministic
 from mkdt_bench.teacher import build_teacher, encode, load_teacher_checkpoint, train_teacher
 
@@ -76,8 +76,30 @@ def error_text(error: BaseException) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(name: str, data_root: str, cache_dir: str) -> ImageDataset:
-    return load_dataset(name, root=data_root or None, cache_dir=cache_dir)
+def _dataset(name: str, data_root: str, cache_dir: str,
+             image_size: int | None = None) -> ImageDataset:
+    return load_dataset(name, root=data_root or None, cache_dir=cache_dir, image_size=image_size)
+
+
+def load_tasks(names: list[str], env: Env, source: ImageDataset) -> dict[str, str]:
+    """Load every downstream task at the source resolution (resizing loaders only, spec
+    ``evaluation.md`` A.5); returns ``{task: missing path}`` for those whose files are absent.
+
+    A task with another channel count than the source is a UserError.
+    """
+    missing = {}
+    for name in names:
+        try:
+            task = _dataset(name, env.data_root, env.cache_dir, source.image_size)
+        except MissingDataError as e:
+            missing[name] = e.path
+            Progress(env.progress).write(f"task {name!r} will be n/a: {e}")
+            continue
+        if task.channels != source.channels:
+            raise UserError(f"task {name!r} has {task.channels}-channel images but the source "
+                            f"{source.name!r} has {source.channels}; pick tasks with the same "
+                            "number of channels")
+    return missing
 
 
 @functools.lru_cache(maxsize=2)
@@ -241,13 +263,19 @@ def run_distill(unit: DistillUnit, env: Env) -> None:
 
 @dataclass(frozen=True)
 class Cell:
-    """One result row to compute: (evaluator, task, label fraction) of an encoder."""
+    """One result row to compute: (evaluator, task, label fraction) of an encoder.
+
+    ``image_size``: the resolution resizing task loaders bring the task to (the source's);
+    ``missing``: the absent file of a task whose data are not there (an ``n/a`` row).
+    """
 
     key: str
     evaluator: str
     options: dict[str, Any]
     task: str
     fraction: float
+    image_size: int | None = None
+    missing: str = ""
 
 
 @dataclass(frozen=True)
@@ -291,11 +319,41 @@ def _pretrained_encoder(unit: EvalUnit, env: Env) -> tuple[Encoder, dict[str, fl
                          image_size=distilled.image_size,
                          out_dim=int(distilled.targets.shape[1]))
     model.load_state_dict(torch.load(path / "encoder.pt"))
-    manifest = cache.manifest("encoder", key)
-    distill_manifest = cache.manifest("distilled", unit.source_key)
-    timings = {"distill_s": distill_manifest["seconds"], "pretrain_s": manifest["seconds"],
-               "pretrain_steps": manifest["steps"], "storage_bytes": distilled.storage_bytes}
+    timings = {**stage_costs(cache, unit.row_config.get("artifacts", [])),
+               "storage_bytes": distilled.storage_bytes, "set_images": len(distilled)}
     return model.to(env.torch_device).eval(), timings
+
+
+#: How the artifacts behind a row are grouped in its compute budget (``timings``).
+_COST_GROUPS = {"teacher": "teacher", "representations": "teacher", "distilled": "distill",
+                "encoder": "pretrain"}
+
+
+def stage_costs(cache: ArtifactCache, artifacts: list[str]) -> dict[str, float]:
+    """Wall time and peak memory of the artifacts a row needed, from their manifests:
+    ``teacher_s`` (teacher + representations), ``substages_s`` (a method's sub-units, e.g.
+    the expert trajectories), ``distill_s``, ``pretrain_s`` and ``pretrain_steps``, each
+    time group with its ``*_peak_mib`` (GPU memory on a GPU, else the resident set).
+
+    Shared artifacts count in full for every row that needs them (the compute to make
+    that set from scratch); an imported set has no distillation cost.
+    """
+    out: dict[str, float] = {}
+    for artifact in artifacts:
+        stage, key = artifact.split("/", 1)
+        if not cache.exists(stage, key):
+            continue
+        manifest = cache.manifest(stage, key)
+        if "imported_from" in manifest:
+            continue
+        group = _COST_GROUPS.get(stage, "substages")
+        out[f"{group}_s"] = out.get(f"{group}_s", 0.0) + manifest["seconds"]
+        peak = manifest.get("peak_cuda_mib", manifest.get("peak_rss_mib"))
+        if peak is not None:
+            out[f"{group}_peak_mib"] = max(out.get(f"{group}_peak_mib", 0.0), peak)
+        if stage == "encoder":
+            out["pretrain_steps"] = manifest["steps"]
+    return out
 
 
 def run_pretrain(unit: EvalUnit, env: Env) -> None:
@@ -311,27 +369,32 @@ def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
     versions = package_versions()
 
     def row(cell: Cell, accuracy: float | None, timings: dict[str, float],
-            metrics: dict[str, float], error: str | None = None) -> ResultRow:
+            metrics: dict[str, float], error: str | None = None,
+            status: str = "failed") -> ResultRow:
         config = {**unit.row_config, "evaluator_options": cell.options}
         return ResultRow(cell_key=cell.key, dataset=unit.dataset, method=unit.method,
                          budget=unit.budget, arch=unit.arch, evaluator=cell.evaluator,
                          task=cell.task, fraction=cell.fraction, seed=unit.seed,
-                         accuracy=accuracy, status="failed" if error else "ok", error=error,
+                         accuracy=accuracy, status=status if error else "ok", error=error,
                          config_hash=config_hash(config), config=config, versions=versions,
                          device=str(env.torch_device), timings=timings, metrics=metrics)
 
+    rows += [row(c, None, {}, {}, f"missing: {c.missing}", MISSING) for c in unit.cells
+             if c.missing]
+    present = [c for c in unit.cells if not c.missing]
     if unit.upstream_error:
-        return [row(c, None, {}, {}, unit.upstream_error) for c in unit.cells]
+        return rows + [row(c, None, {}, {}, unit.upstream_error) for c in present]
+    if not present:
+        return rows
     try:
         if unit.method == TEACHER_ROW:
             source = _dataset(unit.dataset, env.data_root, env.cache_dir)
             encoder = load_teacher(env, unit.source_key, unit.arch, source)
-            timings = {"teacher_s": ArtifactCache(env.cache_dir).manifest(
-                "teacher", unit.source_key)["seconds"]}
+            timings = stage_costs(ArtifactCache(env.cache_dir), [f"teacher/{unit.source_key}"])
         else:
             encoder, timings = _pretrained_encoder(unit, env)
-        for cell in unit.cells:
-            task = _dataset(cell.task, env.data_root, env.cache_dir)
+        for cell in present:
+            task = _dataset(cell.task, env.data_root, env.cache_dir, cell.image_size)
             start = time.perf_counter()
             metrics = create_evaluator(cell.evaluator, **cell.options).evaluate(
                 encoder, task, cell.fraction, unit.seed, env.torch_device)
@@ -339,8 +402,7 @@ def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
             rows.append(row(cell, metrics.pop("accuracy"), cell_timings, metrics))
     except (UserError, RuntimeError, ValueError) as e:
         done = {r.cell_key for r in rows}
-        rows += [row(c, None, {}, {}, error_text(e)) for c in unit.cells
-                 if c.key not in done]
+        rows += [row(c, None, {}, {}, error_text(e)) for c in present if c.key not in done]
     return rows
 
 
@@ -389,12 +451,7 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
     n_source = run["train_pool"] if 0 < run["train_pool"] < n_train else n_train
     budget = resolve_budget(run["budget"], n_source)
     tasks = run["tasks"] or [run["dataset"]]
-    for name in tasks:
-        task = _dataset(name, env.data_root, env.cache_dir)
-        if task.channels != dataset.channels:
-            raise UserError(f"task {name!r} has {task.channels}-channel images but the source "
-                            f"{run['dataset']!r} has {dataset.channels}; pick tasks with the "
-                            "same number of channels")
+    missing = load_tasks(tasks, env, dataset)
     tkey, rkey = ensure_teacher(cfg, env, dataset)
     inputs = MethodInputs(run["dataset"], rkey, tkey, cfg["teacher"]["arch"],
                           n_source if n_source < n_train else 0)
@@ -413,7 +470,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                                        "task": task, "fraction": fraction, "seed": seed})
                     cell_keys.append(key)
                     if not store.has(key):
-                        out.append(Cell(key, evaluator, options, task, fraction))
+                        out.append(Cell(key, evaluator, options, task, fraction,
+                                        dataset.image_size, missing.get(task, "")))
         return tuple(out)
 
     for method in run["methods"]:
@@ -482,11 +540,12 @@ def grid_tasks(plan: Plan) -> list[Task]:
               for u in plan.distill_units]
     for i, unit in enumerate(plan.eval_units):
         after: tuple[str, ...] = ()
-        if unit.method != TEACHER_ROW:
+        if unit.method != TEACHER_ROW and any(not c.missing for c in unit.cells):
             upstream = (f"distilled:{unit.source_key}",) if unit.source_key in distilled else ()
             tasks.append(Task(f"encoder:{i}", run_pretrain, unit, upstream))
             after = (f"encoder:{i}",)
-        tasks += [Task(f"{EVALUATE}{i}:{j}", run_eval, replace(unit, cells=(cell,)), after)
+        tasks += [Task(f"{EVALUATE}{i}:{j}", run_eval, replace(unit, cells=(cell,)),
+                       () if cell.missing else after)
                   for j, cell in enumerate(unit.cells)]
     return tasks
 
@@ -519,7 +578,7 @@ def run_plan(plan: Plan, env: Env, store: ResultStore,
                 rows = run_eval(replace(task.unit, upstream_error=error_text(result)), env)
             store.add(rows)
             for r in rows:
-                if r.status != "ok":
+                if r.status == FAILED:
                     progress.write(f"cell {r.method}/{r.arch}/{r.task}@{r.fraction:g} seed "
                                    f"{r.seed} failed: {r.error}")
         elif isinstance(result, Exception):
@@ -535,17 +594,21 @@ def run_plan(plan: Plan, env: Env, store: ResultStore,
 def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: str | Path,
                   name: str) -> Plan:
     """Evaluate a DistilledSet directory (no teacher, no method): its copy becomes a
-    ``distilled`` artifact keyed by its content, then the usual encoders and cells."""
+    ``distilled`` artifact keyed by its content, then the usual encoders and cells.
+
+    The set must have the image shape and normalisation of ``run.dataset``, the data it
+    was distilled from (what pre-training feeds the encoder); downstream tasks keep their
+    own statistics (spec ``evaluation.md`` A.5) and need only the channel count."""
     run = cfg["run"]
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise UserError(f"distilled set directory {str(directory)!r} does not exist")
     distilled = DistilledSet.load(directory)
     dataset = _dataset(run["dataset"], env.data_root, env.cache_dir)
-    for data_name in [run["dataset"], *run["tasks"]]:
-        data = _dataset(data_name, env.data_root, env.cache_dir)
-        check_compatible(distilled, data.channels, data.image_size, data.mean, data.std,
-                         data_name, f"distilled set {str(directory)!r}")
+    tasks = run["tasks"] or [run["dataset"]]
+    check_compatible(distilled, dataset.channels, dataset.image_size, dataset.mean, dataset.std,
+                     run["dataset"], f"distilled set {str(directory)!r}")
+    missing = load_tasks(tasks, env, dataset)
     content = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
     dkey = ArtifactCache.key("distilled", {"import": content})
     cache = ArtifactCache(env.cache_dir)
@@ -555,7 +618,6 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
         return {"num_images": len(distilled), "method": name, "imported_from": str(directory)}
 
     cache.get_or_create("distilled", dkey, produce, config={"import": content})
-    tasks = run["tasks"] or [run["dataset"]]
     eval_units, cell_keys = [], []
     for seed in run["seeds"]:
         for arch in run["archs"]:
@@ -571,7 +633,8 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
                                            "fraction": fraction, "seed": seed})
                         cell_keys.append(key)
                         if not store.has(key):
-                            cells.append(Cell(key, evaluator, options, task, fraction))
+                            cells.append(Cell(key, evaluator, options, task, fraction,
+                                              dataset.image_size, missing.get(task, "")))
             row_config = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint,
                           "imported_from": str(directory), "files_sha256": content,
                           "set_method": distilled.method, "arch": arch,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
+import torch
 
 from mkdt_bench.cache import ArtifactCache, config_hash
 from mkdt_bench.errors import UserError
@@ -92,3 +94,20 @@ def test_temporary_of_a_killed_producer_is_removed_by_the_next(tmp_path):
     other.mkdir()
     cache.get_or_create("s", key, lambda tmp: (tmp / "x").write_text("x") and None)
     assert not stale.exists() and other.exists()  # only this key's leftovers
+
+
+def test_manifest_records_peak_memory_of_the_stage(tmp_path):
+    from mkdt_bench.memory import rss_mib
+
+    cache = ArtifactCache(tmp_path)
+
+    def produce(tmp):
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB held for a moment
+        time.sleep(0.2)
+        torch.save(block[:4].clone(), tmp / "x.pt")
+
+    before = rss_mib()
+    cache.get_or_create("s", "k", produce)
+    manifest = cache.manifest("s", "k")
+    assert manifest["peak_rss_mib"] >= before + 60
+    assert manifest["seconds"] >= 0.2

@@ -67,3 +67,25 @@ def test_list():
     out = cli("list")
     assert out.returncode == 0
     assert "methods:" in out.stdout and "random" in out.stdout and "quick" in out.stdout
+
+
+def test_table_layouts_intervals_metric_and_budget(tmp_path):
+    from test_results import _grid_rows
+
+    from mkdt_bench.results import ResultStore
+
+    db = tmp_path / "r.sqlite"
+    ResultStore(db).add(_grid_rows())
+    out = cli("table", "--results-db", str(db), "--layout", "paper", "--ci",
+                  "--metric", "mean_per_class_accuracy", "--budget-table", "--paired", "random")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "### linear / convnet" in text and "### linear / resnet18" in text
+    assert "| mkdt (100)" in text and "n/a (missing: /data/CUB_200_2011/images.txt)" in text
+    assert "58.00 ± 0.82 [" in text  # mkdt on resnet18, per-class accuracy 57, 58, 59
+    assert "storage (KiB)" in text and "equal pre-training steps for every set of one size" in text
+    assert "+5.00 (p=n/a, n=3)" in text  # mkdt - random per seed is exactly 5
+    default = cli("table", "--results-db", str(db))
+    assert "### methods x architectures, linear" in default.stdout
+    bad = cli("table", "--results-db", str(db), "--layout", "wide")
+    assert bad.returncode == 2 and "invalid choice: 'wide'" in bad.stderr

@@ -89,7 +89,8 @@ def test_knn_evaluate_matches_brute_force(weighting):
     bank = extract_features(Flatten(), task.normalized("train")[idx], CPU)
     queries = extract_features(Flatten(), task.normalized("test"), CPU)
     pred = brute_force_knn(bank, task.train_labels[idx], queries, 5, weighting)
-    assert metrics["accuracy"] == (pred == task.test_labels).float().mean().item() * 100
+    expected = (pred == task.test_labels).double().mean().item() * 100
+    assert metrics["accuracy"] == pytest.approx(expected)
     assert metrics["k"] == 5 and metrics["labelled"] == 40
 
 
@@ -228,4 +229,16 @@ def old_linear(task, fraction, seed, steps, l2):
 def test_linear_unchanged_by_refactor(l2):
     task = make_task(classes=4, separable=False, seed=5)
     new = create_evaluator("linear", steps=4, l2=l2).evaluate(Flatten(), task, 0.3, 7, CPU)
-    assert new == old_linear(task, 0.3, 7, 4, l2)
+    old = old_linear(task, 0.3, 7, 4, l2)
+    assert new["accuracy"] == pytest.approx(old["accuracy"])
+    assert new["labelled"] == old["labelled"]
+
+
+def test_mean_per_class_accuracy_on_unbalanced_labels():
+    from mkdt_bench.evaluators.base import test_scores
+
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 1, 2])
+    pred = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 0, 2])  # class 1 always wrong
+    scores = test_scores(pred, labels)
+    assert scores["accuracy"] == pytest.approx(90.0)
+    assert scores["mean_per_class_accuracy"] == pytest.approx(100 * (1 + 0 + 1) / 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -152,3 +153,47 @@ def test_divergence_fails_its_cells_and_the_grid_finishes(tmp_path):
     assert failed["error"].iloc[0].startswith("UserError: mkdt diverged at iteration")
     table = cli("table", "--cache-dir", str(cache))
     assert "| mkdt " in table.stdout and "failed" in table.stdout
+
+
+def test_missing_task_is_na_and_the_rest_of_the_grid_runs(tmp_path):
+    """A downstream task without files gives ``n/a (missing: <path>)`` cells, exit 0, and
+    the cells of the tasks that are there; the n/a cells are not done, so a rerun retries
+    them."""
+    from test_finegrained import make_cub
+
+    cache, data = tmp_path / "cache", tmp_path / "data"
+    args = ("run", "--methods", "random", "--seeds", "0", "--fractions", "0.05", "--tasks",
+            "digits,cub2011", "--data-root", str(data), "--no-progress", "--cache-dir",
+            str(cache), *[f"--set={o}" for o in FAST[:5]])
+    out = cli(*args)
+    assert out.returncode == 0, out.stderr
+    missing = data / "CUB_200_2011" / "images.txt"
+    assert f"n/a (missing: {missing})" in out.stdout
+    assert "4 cells (0 failed, 2 n/a for missing data)" in out.stderr
+    frame = ResultStore(cache / "results.sqlite").frame()
+    assert set(frame.loc[frame["task"] == "digits", "status"]) == {"ok"}
+    assert set(frame.loc[frame["task"] == "cub2011", "status"]) == {"missing"}
+    store = ResultStore(cache / "results.sqlite")
+    assert not any(store.has(k) for k in frame.loc[frame["task"] == "cub2011", "cell_key"])
+
+    # CUB's images are RGB, digits' grey: once present, the channel check refuses the grid.
+    make_cub(data)
+    again = cli(*args)
+    assert again.returncode == 2 and "task 'cub2011' has 3-channel images" in again.stderr
+
+
+def test_rows_record_the_compute_budget(tmp_path):
+    cfg = build_config(flags={"methods": ["random", "krrst"], "seeds": [0], "fractions": [0.05],
+                              "train_pool": 400, "budget": "10%"}, overrides=FAST)
+    env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
+    frame = run_grid(cfg, env, ResultStore(tmp_path / "results.sqlite"))
+    timings = {m: json.loads(t) for m, t in zip(frame["method"], frame["timings"])}
+    for method in ("random", "krrst"):
+        t = timings[method]
+        assert t["storage_bytes"] > 40 * 64 * 4  # 40 images of 1x8x8 floats and more
+        assert t["teacher_s"] > 0 and t["teacher_peak_mib"] > 0
+        assert t["distill_s"] >= 0 and t["distill_peak_mib"] > 0
+        assert t["pretrain_steps"] == 1 and t["evaluate_s"] > 0  # 40 images, batch 256, 1 ep
+        assert t["set_images"] == 40
+    assert timings["krrst"]["distill_s"] > timings["random"]["distill_s"]
+    assert set(timings["teacher"]) == {"teacher_s", "teacher_peak_mib", "evaluate_s"}

@@ -38,11 +38,15 @@ def _is_image(entry: os.DirEntry) -> bool:
     return not entry.name.startswith(".") and suffix in IMAGE_EXTENSIONS and entry.is_file()
 
 
-def decode_images(files: Sequence[str | Path]) -> Tensor:
+def decode_images(files: Sequence[str | Path], size: int | None = None) -> Tensor:
     """Decode image files to one ``N x 3 x H x W`` uint8 RGB tensor.
 
+    ``size``: resize every image to ``size x size`` with PIL's LANCZOS filter first (how the
+    fine-grained sets are brought to the source resolution, spec ``evaluation.md`` A.5).
+
     Raises:
-        UserError: a file is not a decodable image, or the images differ in size.
+        UserError: a file is not a decodable image, or (without ``size``) the images differ
+            in size.
     """
     out: np.ndarray | None = None
     for i, file in enumerate(files):
@@ -50,6 +54,8 @@ def decode_images(files: Sequence[str | Path]) -> Tensor:
             with Image.open(file) as image:
                 if image.mode != "RGB":
                     image = image.convert("RGB")
+                if size is not None:
+                    image = image.resize((size, size), Image.Resampling.LANCZOS)
                 pixels = np.asarray(image)
         except (OSError, SyntaxError, ValueError) as exc:
             raise UserError(f"{file} is not a decodable image ({type(exc).__name__})") from exc
@@ -115,13 +121,15 @@ class SplitFiles:
 
 
 def decode_folder_splits(source: Path, train: SplitFiles, test: SplitFiles, classes: list[str],
-                         cache_dir: Path) -> DecodedSplits:
-    """Decode both splits, or read them back from ``cache_dir/datasets/<key>.pt``.
+                         cache_dir: Path, size: int | None = None) -> DecodedSplits:
+    """Decode both splits (resized to ``size`` when given, see :func:`decode_images`), or read
+    them back from ``cache_dir/datasets/<key>.pt``.
 
-    The key hashes the absolute ``source`` path and, for every file, its path relative to
-    ``source``, size, mtime and label, so any change to the files gives a fresh decode.
+    The key hashes the absolute ``source`` path, ``size`` and, for every file, its path
+    relative to ``source``, size, mtime and label, so any change gives a fresh decode.
     """
-    path = Path(cache_dir) / "datasets" / f"{_cache_key(source, train, test, classes)}.pt"
+    key = _cache_key(source, train, test, classes, size)
+    path = Path(cache_dir) / "datasets" / f"{key}.pt"
     if path.is_file():
         try:
             payload = torch.load(path, weights_only=True)
@@ -129,12 +137,12 @@ def decode_folder_splits(source: Path, train: SplitFiles, test: SplitFiles, clas
                                     "std": tuple(payload["std"])})
         except Exception:  # a broken cache file is decoded again and replaced
             pass
-    train_images = decode_images(train.files)
+    train_images = decode_images(train.files, size)
     mean, std = channel_stats(train_images)
     decoded = DecodedSplits(
         train_images=train_images,
         train_labels=torch.tensor(train.labels, dtype=torch.int64),
-        test_images=decode_images(test.files),
+        test_images=decode_images(test.files, size),
         test_labels=torch.tensor(test.labels, dtype=torch.int64),
         classes=list(classes), mean=mean, std=std,
     )
@@ -142,9 +150,11 @@ def decode_folder_splits(source: Path, train: SplitFiles, test: SplitFiles, clas
     return decoded
 
 
-def _cache_key(source: Path, train: SplitFiles, test: SplitFiles, classes: list[str]) -> str:
+def _cache_key(source: Path, train: SplitFiles, test: SplitFiles, classes: list[str],
+               size: int | None) -> str:
+    resize = "" if size is None else f"\0lanczos{size}"
     digest = hashlib.sha256(
-        f"{_CACHE_FORMAT}\0{source.absolute()}\0{'/'.join(classes)}\0".encode())
+        f"{_CACHE_FORMAT}\0{source.absolute()}\0{'/'.join(classes)}\0{resize}".encode())
     prefix = os.path.join(source, "")
     entries = []
     for split, files in (("train", train), ("test", test)):

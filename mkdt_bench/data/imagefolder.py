@@ -14,7 +14,7 @@ from mkdt_bench.data._decode import (
     image_files,
 )
 from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.errors import UserError
+from mkdt_bench.errors import MissingDataError, UserError
 
 _LAYOUT = "expected PATH/train/<class>/<image> and PATH/test/<class>/<image>"
 
@@ -38,7 +38,8 @@ def load_imagefolder(path: Path, cache_dir: Path) -> ImageDataset:
     The fingerprint depends on the images, labels and classes, not on where they lie.
     """
     if not path.is_dir():
-        raise UserError(f"imagefolder: {path} does not exist or is not a folder ({_LAYOUT})")
+        raise MissingDataError(f"imagefolder: {path} does not exist or is not a folder "
+                               f"({_LAYOUT})", path)
     classes = _class_folders(path / "train")
     test_classes = _class_folders(path / "test")
     if test_classes != classes:

@@ -8,7 +8,7 @@ from pathlib import Path
 from mkdt_bench.data import DATASETS
 from mkdt_bench.data._decode import SplitFiles, decode_folder_splits, fingerprint, image_files
 from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.errors import UserError
+from mkdt_bench.errors import MissingDataError, UserError
 
 FOLDER = "tiny-imagenet-200"
 _LAYOUT = (f"expected {FOLDER}/wnids.txt, {FOLDER}/train/<wnid>/images/*.JPEG, "
@@ -49,8 +49,9 @@ def _find(root: Path) -> Path:
               base / "val" / "val_annotations.txt"]
     missing = [p for p in needed if not p.exists()]
     if missing:
-        raise UserError(f"tinyimagenet is not in {base} ({missing[0]} is missing; {_LAYOUT}); "
-                        "unpack tiny-imagenet-200.zip there or choose the root with --data-root")
+        raise MissingDataError(f"tinyimagenet is not in {base} ({missing[0]} is missing; "
+                               f"{_LAYOUT}); unpack tiny-imagenet-200.zip there or choose the "
+                               "root with --data-root", missing[0])
     return base
 
 

@@ -11,7 +11,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from mkdt_bench.data import DATASETS
 from mkdt_bench.data._decode import fingerprint
 from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.errors import UserError
+from mkdt_bench.errors import MissingDataError
 
 # Normalisation statistics from the spec (mkdt.md §1).
 _STATS = {
@@ -30,10 +30,10 @@ def _open(name: str, cls: type[CIFAR10], root: Path, train: bool) -> CIFAR10:
         return cls(str(root), train=train, download=True)
     except Exception as exc:
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise UserError(
+        raise MissingDataError(
             f"{name} is not in {root / cls.base_folder} and could not be downloaded "
             f"({reason}); put the extracted python-version files there, or choose another "
-            "root with --data-root"
+            "root with --data-root", root / cls.base_folder
         ) from exc
 
 

@@ -48,6 +48,18 @@ def labelled_subset(n_train: int, fraction: float, seed: int) -> list[int]:
     return random.Random(seed).sample(range(n_train), k)
 
 
+def test_scores(pred: Tensor, labels: Tensor) -> dict[str, float]:
+    """Top-1 ``accuracy`` and ``mean_per_class_accuracy`` (the mean over the classes present
+    in ``labels`` of each class's accuracy; the Aircraft / Flowers convention), in percent."""
+    pred, labels = pred.cpu(), labels.cpu()
+    hit = (pred == labels).double()
+    classes, inverse = labels.unique(return_inverse=True)
+    per_class = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, inverse, hit)
+    per_class /= torch.bincount(inverse, minlength=len(classes)).double()
+    return {"accuracy": hit.mean().item() * 100,
+            "mean_per_class_accuracy": per_class.mean().item() * 100}
+
+
 @torch.no_grad()
 def extract_features(encoder: Encoder, images: Tensor, device: torch.device,
                      batch_size: int = 512) -> Tensor:

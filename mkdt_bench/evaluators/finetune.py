@@ -21,7 +21,7 @@ from mkdt_bench.augment import crop_flip
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import register_evaluator
-from mkdt_bench.evaluators.base import Evaluator, labelled_subset
+from mkdt_bench.evaluators.base import Evaluator, labelled_subset, test_scores
 from mkdt_bench.models import Encoder
 from mkdt_bench.training import checked_step
 
@@ -82,11 +82,9 @@ class FineTune(Evaluator):
             sched.step()
             step += 1
         model.eval()
-        correct = 0
         test = task.normalized("test")
         with torch.no_grad():
-            for i in range(0, len(test), 512):
-                logits = head(model.features(test[i:i + 512].to(device)))
-                correct += int((logits.argmax(1).cpu() == task.test_labels[i:i + 512]).sum())
-        return {"accuracy": 100.0 * correct / len(test), "labelled": float(len(idx)),
+            pred = torch.cat([head(model.features(test[i:i + 512].to(device))).argmax(1).cpu()
+                              for i in range(0, len(test), 512)])
+        return {**test_scores(pred, task.test_labels), "labelled": float(len(idx)),
                 "steps": float(total)}

@@ -22,7 +22,12 @@ from torch import Tensor
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import register_evaluator
-from mkdt_bench.evaluators.base import Evaluator, extract_features, labelled_subset
+from mkdt_bench.evaluators.base import (
+    Evaluator,
+    extract_features,
+    labelled_subset,
+    test_scores,
+)
 from mkdt_bench.models import Encoder
 
 
@@ -71,6 +76,5 @@ class KNNMonitor(Evaluator):
         queries = extract_features(encoder, task.normalized("test"), device).to(device)
         pred = knn_predict(bank, task.train_labels[idx].to(device), queries, self.config["k"],
                            task.num_classes, self.config["weighting"])
-        accuracy = (pred.cpu() == task.test_labels).float().mean().item() * 100
-        return {"accuracy": accuracy, "labelled": float(len(idx)),
+        return {**test_scores(pred, task.test_labels), "labelled": float(len(idx)),
                 "k": float(min(self.config["k"], len(idx)))}

@@ -12,8 +12,13 @@ import torch
 
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.evaluators import register_evaluator
-from mkdt_bench.evaluators._lbfgs import accuracy, fit_linear_lbfgs
-from mkdt_bench.evaluators.base import Evaluator, extract_features, labelled_subset
+from mkdt_bench.evaluators._lbfgs import fit_linear_lbfgs
+from mkdt_bench.evaluators.base import (
+    Evaluator,
+    extract_features,
+    labelled_subset,
+    test_scores,
+)
 from mkdt_bench.models import Encoder
 
 
@@ -29,4 +34,6 @@ class LinearProbe(Evaluator):
         x_test = extract_features(encoder, task.normalized("test"), device)
         clf = fit_linear_lbfgs(x_train, task.train_labels[idx], task.num_classes, cfg["l2"],
                                cfg["steps"], seed, lr=cfg["lr"], max_iter=cfg["max_iter"])
-        return {"accuracy": accuracy(clf, x_test, task.test_labels), "labelled": float(len(idx))}
+        with torch.no_grad():
+            pred = clf(x_test).argmax(1)
+        return {**test_scores(pred, task.test_labels), "labelled": float(len(idx))}

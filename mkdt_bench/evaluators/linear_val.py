@@ -19,7 +19,12 @@ from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators._lbfgs import accuracy, fit_linear_lbfgs
-from mkdt_bench.evaluators.base import Evaluator, extract_features, labelled_subset
+from mkdt_bench.evaluators.base import (
+    Evaluator,
+    extract_features,
+    labelled_subset,
+    test_scores,
+)
 from mkdt_bench.models import Encoder
 
 
@@ -73,5 +78,7 @@ class LinearValProbe(Evaluator):
         best = max(range(len(scores)), key=scores.__getitem__)  # first maximum on ties
         clf = fit_probe(x, y, cfg["l2_grid"][best])
         x_test = extract_features(encoder, task.normalized("test"), device)
-        return {"accuracy": accuracy(clf, x_test, task.test_labels), "labelled": float(len(idx)),
+        with torch.no_grad():
+            pred = clf(x_test).argmax(1)
+        return {**test_scores(pred, task.test_labels), "labelled": float(len(idx)),
                 "l2": cfg["l2_grid"][best], "val_accuracy": scores[best]}
