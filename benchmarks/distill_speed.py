@@ -9,27 +9,41 @@ and on the CPU the growth of the process's peak resident set (``ru_maxrss``) fro
 before the first iteration (the unrolled graph of one iteration, as it is freed after
 every backward pass).
 
+``--engine`` picks the unroll: ``baseline`` (the reference-style MTT code of
+``_mtt_baseline.py``), ``full`` or ``checkpoint`` (the mkdt option ``unroll``). On the CPU
+run each configuration in its own process: the peak resident set never goes down.
+``--heap auto`` runs the engine in mkdt's retained CPU heap and the baseline in glibc's
+default one. Several comma-separated engines are timed round robin in one heap (the
+unroll code at an equal allocator). ``gflops`` counts 9F per image and inner step (F: the
+forward FLOPs of the convolutions and linear layers).
+
 Example::
 
-    python benchmarks/distill_speed.py --images 100 --syn-steps 10 --batch-syn 100 \\
-        --width 128 --resolution 32
+    OMP_NUM_THREADS=1 python benchmarks/distill_speed.py --images 100 --syn-steps 10 \\
+        --batch-syn 100 --width 128 --resolution 32 --engine checkpoint
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
+from typing import Any
 
 import torch
-from _measure import time_calls
+from _measure import peak_rss_mib, sync, time_calls
+from _mtt_baseline import ReparamNet, baseline_loss
 
+from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._trajectories import (
     FlatNet,
     build_student,
-    matching_loss,
+    meta_step,
     syn_batches,
-    unroll,
 )
+
+ENGINES = ("baseline", "full", "checkpoint")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,11 +59,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=3, help="timed iterations")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--engine", default="full",
+                   help="baseline: reference-style MTT unroll (_mtt_baseline.py); full / "
+                        "checkpoint: the engine's unroll modes (mkdt option unroll); several, "
+                        "comma-separated, are timed round robin in one heap (median; no "
+                        "memory figure)")
+    p.add_argument("--heap", default="auto", choices=("auto", "retained", "default"),
+                   help="glibc heap during iterations: retained (mkdt_bench.methods._alloc, "
+                        "what mkdt does on the CPU) or default; auto: retained for the "
+                        "engine, default for the baseline (round robin: retained)")
+    p.add_argument("--peak", action="store_true",
+                   help="also measure the float32 matmul rate (2048^2) for comparison")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
+def conv_linear_flops(module: torch.nn.Module, image: torch.Tensor) -> int:
+    """Multiply-add FLOPs (2 per MAC) of the convolutions and linear layers in a forward of
+    one image; element-wise work (norm, ReLU, pooling) is not counted."""
+    total = 0
+
+    def hook(layer: torch.nn.Module, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, torch.nn.Conv2d):
+            k = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            total += 2 * out.numel() * k
+        elif isinstance(layer, torch.nn.Linear):
+            total += 2 * out.numel() * layer.in_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()]
+    with torch.no_grad():
+        module(image[:1])
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul rate (n x n), the practical peak to compare with."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    engines = args.engine.split(",")
+    for engine in engines:
+        if engine not in ENGINES:
+            raise SystemExit(f"--engine {engine!r}: use {', '.join(ENGINES)} (comma-separated)")
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     shape = (args.images, args.channels, args.resolution, args.resolution)
@@ -62,27 +124,65 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
     target = start + 0.01 * torch.randn(net.num_params, generator=g).to(device)
     opts = [torch.optim.SGD([p], lr=lr_, momentum=0.5)
             for p, lr_ in ((images, 1000.0), (targets, 1.0), (lr, 1e-4))]
+    baseline = ReparamNet(net.module)
 
-    def iteration() -> None:
+    def retained(engine: str) -> bool:
+        return args.heap == "retained" or (args.heap == "auto" and engine != "baseline")
+
+    def iteration(engine: str) -> None:
         batches = syn_batches(args.images, args.batch_syn, args.syn_steps, g)
-        loss = matching_loss(unroll(net, start, images, targets, lr, batches), start, target)
         for opt in opts:
             opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if engine == "baseline":
+            baseline_loss(baseline, start, target, images, targets, lr, batches).backward()
+        else:
+            meta_step(net, start, target, images, targets, lr, batches, engine)[1]()
         for opt in opts:
             opt.step()
 
-    seconds, peak, kind = time_calls(iteration, args.warmup, args.iterations, device)
-    result = {
-        "seconds_per_iteration": round(seconds, 4),
-        "peak_memory_mib": round(peak, 1),
-        "memory_measure": kind,
+    # forward F, backward 2F, double backward 6F per inner step of min(batch, |S|) images
+    work = 9 * conv_linear_flops(net.module, images) * min(args.batch_syn, args.images) \
+        * args.syn_steps / 1e9
+    result: dict[str, Any] = {
         "images": args.images, "syn_steps": args.syn_steps, "batch_syn": args.batch_syn,
         "width": args.width, "resolution": args.resolution, "channels": args.channels,
         "dim": args.dim, "student": args.student, "num_params": net.num_params,
-        "iterations": args.iterations, "device": str(device),
+        "engine": args.engine, "iterations": args.iterations, "device": str(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "gflop_per_iteration": round(work, 1), "heap": args.heap,
     }
+    if len(engines) == 1:
+        with retained_heap(retained(engines[0])):
+            seconds, peak, kind = time_calls(lambda: iteration(engines[0]), args.warmup,
+                                             args.iterations, device)
+        result.update(seconds_per_iteration=round(seconds, 4), peak_memory_mib=round(peak, 1),
+                      memory_measure=kind, gflops=round(work / seconds, 1))
+        if device.type == "cpu":  # the whole process: torch, data and the iterations
+            result["process_peak_rss_mib"] = round(peak_rss_mib(), 1)
+    else:
+        times = {engine: [] for engine in engines}
+        # round robin, so that a loaded machine slows all alike, in one heap for all
+        # engines (--heap auto: retained): this compares the unroll code at an equal
+        # allocator; the allocator's own gain needs one process per engine
+        with retained_heap(args.heap != "default"):
+            for engine in engines:
+                for _ in range(args.warmup):
+                    iteration(engine)
+            for _ in range(args.iterations):
+                for engine in engines:
+                    sync(device)
+                    t0 = time.perf_counter()
+                    iteration(engine)
+                    sync(device)
+                    times[engine].append(time.perf_counter() - t0)
+        seconds_by = {e: statistics.median(t) for e, t in times.items()}
+        result["seconds_per_iteration"] = {e: round(t, 4) for e, t in seconds_by.items()}
+        result["gflops"] = {e: round(work / t, 1) for e, t in seconds_by.items()}
+        if "baseline" in seconds_by:
+            result["time_ratio_to_baseline"] = {
+                e: round(t / seconds_by["baseline"], 3) for e, t in seconds_by.items()}
+    if args.peak:
+        result["matmul_gflops"] = round(matmul_gflops(device), 1)
     print(json.dumps(result))
     return result
 

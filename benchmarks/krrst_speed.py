@@ -27,6 +27,7 @@ from _measure import time_calls
 
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.methods import MethodContext, create_method
+from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.teacher import build_teacher
 
 
@@ -41,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed outer steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed outer steps first")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--teacher-channels-last", type=int, default=1, choices=(0, 1),
+                   help="krrst option teacher_channels_last (1: as krrst runs by default; "
+                        "0 with --heap default: the reference-style step)")
+    p.add_argument("--heap", default="retained", choices=("retained", "default"),
+                   help="glibc heap during the steps: retained (what krrst does on the CPU, "
+                        "mkdt_bench/methods/_alloc.py) or default (the reference-style run)")
     return p.parse_args(argv)
 
 
@@ -64,12 +71,14 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
     targets = torch.randn(n_real, dim, generator=g)
     method = create_method("krrst", width=args.width, pool_size=args.pool_size,
                            online_iterations=2, real_batch=args.real_batch,
-                           outer_steps=args.warmup + args.steps)
+                           outer_steps=args.warmup + args.steps,
+                           teacher_channels_last=bool(args.teacher_channels_last))
     with tempfile.TemporaryDirectory() as tmp:
         ctx = MethodContext(source="random", images=images, targets=targets,
                             mean=(0.0,) * 3, std=(1.0,) * 3, budget=args.images, seed=0,
                             device=device, cache=ArtifactCache(Path(tmp)), inputs_key="random",
                             scratch=Path(tmp), load_teacher=lambda: teacher)
+        teacher = method._teacher(ctx, teacher)  # channels-last copy on the CPU, as krrst
         state = method._initial_state(ctx)
         mean = torch.zeros(1, 3, 1, 1, device=device)
         std = torch.ones(1, 3, 1, 1, device=device)
@@ -78,12 +87,14 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
             method._step(ctx, teacher, state, mean, std)
             state.step += 1
 
-        seconds, peak, kind = time_calls(outer_step, args.warmup, args.steps, device)
+        with retained_heap(args.heap == "retained"):
+            seconds, peak, kind = time_calls(outer_step, args.warmup, args.steps, device)
     result = {
         "seconds_per_outer_step": round(seconds, 4), "peak_memory_mib": round(peak, 1),
         "memory_measure": kind, "images": args.images, "real_batch": args.real_batch,
         "width": args.width, "resolution": args.resolution, "teacher": args.teacher,
-        "target_dim": dim, "pool_size": args.pool_size, "steps": args.steps,
+        "target_dim": dim, "pool_size": args.pool_size, "steps": args.steps, "heap": args.heap,
+        "teacher_channels_last": bool(args.teacher_channels_last),
         "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
     }
     print(json.dumps(result))

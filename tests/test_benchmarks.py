@@ -1,4 +1,5 @@
-"""The benchmark scripts run and print one JSON object (tiny sizes; no timing asserted)."""
+"""The benchmark scripts run and print one JSON object (tiny sizes; no timing asserted);
+the reference-style baseline computes the engine's meta-gradient."""
 
 from __future__ import annotations
 
@@ -8,19 +9,78 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import mkdt_bench.methods._trajectories as traj
+from mkdt_bench.models import create_model
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+TINY_MKDT = ["--images", "10", "--syn-steps", "2", "--batch-syn", "5", "--width", "8"]
+
+
+def _run(script: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("script, args, key", [
-    ("distill_speed.py", ["--images", "10", "--syn-steps", "2", "--batch-syn", "5", "--width",
-                          "8", "--iterations", "1"], "seconds_per_iteration"),
+    ("distill_speed.py", [*TINY_MKDT, "--iterations", "1"], "seconds_per_iteration"),
+    ("distill_speed.py", [*TINY_MKDT, "--iterations", "1", "--engine", "checkpoint"],
+     "seconds_per_iteration"),
     ("krrst_speed.py", ["--images", "20", "--real-batch", "32", "--width", "8", "--teacher",
                         "convnet:width=8", "--steps", "1"], "seconds_per_outer_step"),
 ])
 def test_prints_json(script, args, key):
-    out = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _run(script, *args)
     assert result[key] > 0 and result["memory_measure"] == "ru_maxrss_growth"
+
+
+def test_round_robin_engines_and_flop_rate():
+    result = _run("distill_speed.py", *TINY_MKDT, "--iterations", "1", "--warmup", "0",
+                  "--engine", "baseline,full,checkpoint")
+    assert set(result["seconds_per_iteration"]) == {"baseline", "full", "checkpoint"}
+    assert result["time_ratio_to_baseline"]["baseline"] == 1.0
+    assert result["gflop_per_iteration"] > 0 and result["gflops"]["full"] > 0
+
+
+def test_experts_half_and_precision_scripts():
+    experts = _run("experts_speed.py", "--images", "32", "--batch", "16", "--experts", "2",
+                   "--groups", "2", "--width", "4", "--resolution", "8", "--dim", "4")
+    assert experts["group_2"]["max_abs_difference"] < 1e-4
+    half = _run("half_snapshots.py", "--images", "32", "--epochs", "3", "--syn-images", "10",
+                "--syn-steps", "2", "--batch-syn", "5", "--width", "4", "--dim", "4",
+                "--resolution", "8")
+    assert half["bytes_per_expert_float16"] * 2 == half["bytes_per_expert_float32"]
+    assert half["starts"]["0"]["loss_relative_difference"] < 1e-2
+    precision = _run("precision_check.py", *TINY_MKDT, "--modes", "fp32,bf16")
+    assert precision["fp32"]["cosine_to_fp32"] == pytest.approx(1.0)
+    assert -1 <= precision["bf16"]["cosine_to_fp32"] <= 1 and "tf32" not in precision
+
+
+def test_baseline_gradients_equal_the_engine():
+    """The reference-style MTT unroll computes the same meta-gradient as the engine."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _mtt_baseline import ReparamNet, baseline_loss
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    torch.manual_seed(0)
+    model = create_model("convnet", in_channels=1, image_size=8, out_dim=6, width=8)
+    net = traj.FlatNet(model)
+    start = net.flatten(model)
+    g = torch.Generator().manual_seed(1)
+    target = start + 0.05 * torch.randn(net.num_params, generator=g)
+    data = [torch.randn(10, 1, 8, 8, generator=g), torch.randn(10, 6, generator=g),
+            torch.tensor(0.1)]
+    batches = traj.syn_batches(10, 4, 5, g)
+    ref = [t.clone().requires_grad_(True) for t in data]
+    baseline_loss(ReparamNet(model), start, target, *ref, batches).backward()
+    ours = [t.clone().requires_grad_(True) for t in data]
+    traj.meta_step(net, start, target, *ours, batches, "full")[1]()
+    for want, got in zip(ref, ours):
+        assert want.grad.abs().sum() > 0
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-7)

@@ -221,3 +221,35 @@ def test_divergence_names_the_step_and_lr(tmp_path):
         create_method("krrst", **dict(TINY, outer_lr=1e38, outer_optimizer="sgd",
                                       outer_steps=40)).distill(ctx)
     assert "\n" not in str(info.value)
+
+
+def test_channels_last_teacher_is_a_copy_with_equal_results(tmp_path, monkeypatch):
+    """float64: Adam amplifies float32 rounding differences over the 8 tiny steps."""
+    layouts = set()
+    step = kr.KRRST._step
+
+    def recording(self, ctx, teacher, *args):
+        weight = next(p for p in teacher.parameters() if p.dim() == 4)
+        layouts.add((self.config["teacher_channels_last"],
+                     weight.is_contiguous(memory_format=torch.channels_last)))
+        return step(self, ctx, teacher, *args)
+
+    monkeypatch.setattr(kr.KRRST, "_step", recording)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        shared = tiny_teacher()
+        out = {}
+        for flag in (True, False):
+            ctx = tiny_context(tmp_path, tmp_path / str(flag))
+            ctx.load_teacher = lambda: shared
+            out[flag] = create_method("krrst", **TINY, teacher_channels_last=flag).distill(ctx)
+    finally:
+        torch.set_default_dtype(default)
+    assert all(p.is_contiguous() for p in shared.parameters())  # the shared one untouched
+    assert layouts == {(True, True), (False, False)}
+    assert out[True].images.dtype == torch.float64
+    assert not torch.equal(out[True].images, tiny_context(tmp_path, tmp_path).images[
+        out[True].extra["indices"]].double())
+    torch.testing.assert_close(out[True].images, out[False].images, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(out[True].targets, out[False].targets, rtol=1e-9, atol=1e-11)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import mkdt_bench.methods._trajectories as traj
+import mkdt_bench.methods.mkdt as mk
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import METHODS, MethodContext, create_method
@@ -273,3 +274,61 @@ def test_unroll_mse_is_the_kd_loss():
     net = traj.FlatNet(model)
     x, y = torch.randn(4, 1, 8, 8), torch.randn(4, 6)
     torch.testing.assert_close(net.mse(net.flatten(model), x, y), F.mse_loss(model(x), y))
+
+
+def test_unroll_modes_give_the_same_distilled_set(tmp_path):
+    """Six iterations in both modes; float64, as tiny problems amplify rounding ~100x per
+    iteration (float32 agrees to ~1e-7 after one iteration, see test_unroll.py)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        out = {mode: create_method("mkdt", **dict(TINY, syn_steps=5, unroll=mode))
+               .distill(tiny_context(tmp_path, tmp_path / mode))
+               for mode in ("full", "checkpoint")}
+    finally:
+        torch.set_default_dtype(default)
+    full, ckpt = out["full"], out["checkpoint"]
+    assert not torch.equal(full.images, tiny_context(tmp_path, tmp_path).images[
+        full.extra["indices"]])  # the images moved: the comparison below is not vacuous
+    assert full.images.dtype == torch.float64
+    torch.testing.assert_close(ckpt.images, full.images, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(ckpt.targets, full.targets, rtol=1e-7, atol=1e-9)
+    assert ckpt.lr == pytest.approx(full.lr, rel=1e-9)
+    assert ckpt.extra["loss_curve"] == pytest.approx(full.extra["loss_curve"], rel=1e-9)
+
+
+def test_bad_unroll_options():
+    with pytest.raises(UserError, match="unroll.*'checkpoint'"):
+        create_method("mkdt", unroll="fast")
+    with pytest.raises(UserError, match="unroll_memory_gb=0"):
+        create_method("mkdt", unroll_memory_gb=0.0)
+
+
+def test_auto_unroll_follows_the_budget(tmp_path, monkeypatch):
+    modes = []
+    meta_step = mk.meta_step
+
+    def recording(*args):
+        modes.append(args[-1])
+        return meta_step(*args)
+
+    monkeypatch.setattr(mk, "meta_step", recording)
+    opts = dict(TINY, iterations=1)
+    create_method("mkdt", **opts).distill(tiny_context(tmp_path, tmp_path / "a"))
+    create_method("mkdt", **opts, unroll_memory_gb=1e-6).distill(
+        tiny_context(tmp_path, tmp_path / "b"))  # 1 KiB: less than 4 images x 3 steps
+    assert modes == ["full", "checkpoint"]
+
+
+def test_half_precision_snapshots(tmp_path):
+    ctx = tiny_context(tmp_path, tmp_path / "s")
+    method = create_method("mkdt", **dict(TINY, iterations=2), expert_half=True)
+    out = method.distill(ctx)
+    assert torch.isfinite(out.images).all() and out.lr != 0.1
+    full = traj.load_trajectories(traj.ensure_experts(ctx, traj.expert_config(method.config)))
+    half = traj.load_trajectories(traj.ensure_experts(ctx, method._experts()))
+    assert [u.key for u in method.sub_units("tiny-inputs")] == [
+        traj.expert_key(method._experts(), i, "tiny-inputs") for i in range(3)]
+    for h, f in zip(half, full):
+        assert h.dtype == torch.float16 and f.dtype == torch.float32
+        assert torch.equal(h, f.half())  # the same experts, rounded

@@ -9,13 +9,16 @@
   snapshots, averaged over the experts (§3); cached as well.
 - :class:`FlatNet`, :func:`unroll` and :func:`matching_loss` are the differentiable inner
   loop of §4: N plain-SGD steps on the synthetic set from an expert snapshot, compared
-  with a later snapshot of the same expert.
+  with a later snapshot of the same expert. :func:`meta_step` gives the loss and its
+  gradient either through the full unrolled graph or by the exact checkpointed reverse
+  pass (memory of one inner step); :func:`choose_unroll` picks one for a memory budget.
 - :class:`ExpertCycle` and :func:`syn_batches` are the per-iteration random choices of §4.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from torch.func import functional_call, grad
 
 from mkdt_bench.cache import ArtifactCache, config_hash
 from mkdt_bench.errors import UserError
+from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods.base import MethodContext
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.seeding import derive_seed
@@ -108,6 +112,7 @@ class FlatNet:
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
         self.num_params = sum(self.numels)
+        self.dtype = named[0][1].dtype
         self.grad = grad(self.mse)
 
     @staticmethod
@@ -142,6 +147,106 @@ def unroll(net: FlatNet, theta: Tensor, images: Tensor, targets: Tensor, lr: Ten
 def matching_loss(theta_n: Tensor, start: Tensor, target: Tensor) -> Tensor:
     """L = ‖θ̂_N − θ_{t+M}‖² / ‖θ_t − θ_{t+M}‖² (§4 step 3)."""
     return (theta_n - target).pow(2).sum() / (start - target).pow(2).sum()
+
+
+UNROLL_MODES = ("auto", "full", "checkpoint")
+
+#: Peak bytes of the full unrolled graph per activation float of one inner step's forward
+#: (the forward, the create_graph backward and what double backward needs). Measured on
+#: the CPU, ConvNet-D3 width 128 at 32 px (``benchmarks/README.md``): 6.6-6.8 for the
+#: reference-style unroll, 6.9 (1000 x 10 x 256) to 8.1 (100 x 10 x 100, fixed costs
+#: included) for unroll=full in the retained heap.
+GRAPH_BYTES_PER_ACTIVATION = 8.0
+
+
+def activation_floats(module: nn.Module, image: Tensor) -> int:
+    """Floats output by the leaf modules in a forward of one image (no graph kept)."""
+    count = 0
+
+    def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
+        nonlocal count
+        count += output.numel()
+
+    leaves = [m for m in module.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            module(image[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return count
+
+
+def full_unroll_bytes(module: nn.Module, image: Tensor, batch: int, steps: int) -> int:
+    """Estimated size of the full unrolled graph of ``steps`` steps of ``batch`` images
+    shaped like ``image`` (1 x C x H x W)."""
+    return int(GRAPH_BYTES_PER_ACTIVATION * activation_floats(module, image) * batch * steps)
+
+
+def choose_unroll(mode: str, module: nn.Module, image: Tensor, batch: int, steps: int,
+                  memory_gb: float) -> str:
+    """``mode``, or for ``"auto"``: ``"full"`` if :func:`full_unroll_bytes` fits in
+    ``memory_gb`` GiB, else ``"checkpoint"``."""
+    if mode not in UNROLL_MODES:
+        raise UserError(f"unroll={mode!r} is not one of {', '.join(map(repr, UNROLL_MODES))}")
+    if mode != "auto":
+        return mode
+    fits = full_unroll_bytes(module, image, batch, steps) <= memory_gb * 2**30
+    return "full" if fits else "checkpoint"
+
+
+def meta_step(net: FlatNet, start: Tensor, target: Tensor, images: Tensor, targets: Tensor,
+              lr: Tensor, batches: Sequence[Tensor],
+              mode: str = "full") -> tuple[Tensor, Callable[[], None]]:
+    """The matching loss of one iteration (§4 steps 2-3) and a callable that accumulates
+    its gradient into ``.grad`` of ``images``, ``targets`` and ``lr`` (step 4).
+
+    ``mode="full"`` keeps the whole unrolled graph (:func:`unroll`) and calls
+    ``loss.backward()``. ``mode="checkpoint"`` runs the N steps without a graph, keeping
+    only θ̂₀..θ̂_N, and walks back: step n's graph is rebuilt at θ̂ₙ and the adjoint
+    aₙ = ∂L/∂θ̂ₙ is pulled through it. The gradients are the full unroll's (the same
+    formulas, float rounding aside) with memory for one step's graph plus N + 1 parameter
+    vectors, whatever N; the price is one more first-order step per inner step.
+    """
+    if mode == "full":
+        loss = matching_loss(unroll(net, start, images, targets, lr, batches), start, target)
+        return loss.detach(), loss.backward
+    if mode != "checkpoint":
+        raise UserError(f"unroll={mode!r} is not one of 'full', 'checkpoint'")
+    with torch.no_grad():  # θ̂₀..θ̂_N in one block: no heap fragments between the steps
+        thetas = start.new_empty(len(batches) + 1, len(start))
+        thetas[0] = start
+        for n, idx in enumerate(batches):
+            torch.sub(thetas[n], lr * net.grad(thetas[n], images[idx], targets[idx]),
+                      out=thetas[n + 1])
+        scale = (start - target).pow(2).sum()
+        loss = (thetas[-1] - target).pow(2).sum() / scale
+
+    def backward() -> None:
+        adjoint = 2 * (thetas[-1] - target) / scale
+        grad_x = torch.zeros_like(images)
+        grad_y = torch.zeros_like(targets)
+        grad_lr = torch.zeros_like(lr)
+        step_lr = lr.detach()
+        for n in range(len(batches) - 1, -1, -1):
+            idx = batches[n]
+            theta = thetas[n].detach().requires_grad_(n > 0)
+            x = images[idx].detach().requires_grad_(True)
+            y = targets[idx].detach().requires_grad_(True)
+            with torch.enable_grad():
+                g = net.grad(theta, x, y)
+                inputs = (theta, x, y) if n > 0 else (x, y)
+                vjp = torch.autograd.grad(g, inputs, grad_outputs=-step_lr * adjoint)
+            grad_lr -= torch.dot(g.detach(), adjoint)
+            grad_x.index_add_(0, idx, vjp[-2])
+            grad_y.index_add_(0, idx, vjp[-1])
+            if n > 0:
+                adjoint.add_(vjp[0])
+        for leaf, grad_ in ((images, grad_x), (targets, grad_y), (lr, grad_lr)):
+            leaf.grad = grad_ if leaf.grad is None else leaf.grad + grad_
+
+    return loss, backward
 
 
 def syn_batches(n: int, batch: int, steps: int, generator: torch.Generator) -> list[Tensor]:
@@ -192,9 +297,16 @@ class ExpertCycle:
         self.position = int(state["position"])
 
 
+#: Key of the expert config that stores half-precision snapshots (mkdt ``expert_half``);
+#: present only when on, so float32 experts keep their cache keys.
+HALF_KEY = "half_snapshots"
+
+
 def expert_seed(cfg: dict[str, Any], index: int) -> int:
-    """Expert ``index``'s seed: from its index and the expert options, never the run seed."""
-    return derive_seed("mkdt-expert", config_hash(cfg), index)
+    """Expert ``index``'s seed: from its index and the expert options, never the run seed
+    (nor the snapshot precision: a half-precision expert is the float32 one rounded)."""
+    trained = {key: value for key, value in cfg.items() if key != HALF_KEY}
+    return derive_seed("mkdt-expert", config_hash(trained), index)
 
 
 def train_expert(cfg: dict[str, Any], index: int, images: Tensor, targets: Tensor,
@@ -221,6 +333,45 @@ def train_expert(cfg: dict[str, Any], index: int, images: Tensor, targets: Tenso
     return torch.stack(snapshots)
 
 
+def train_experts(cfg: dict[str, Any], indices: Sequence[int], images: Tensor,
+                  targets: Tensor, device: torch.device) -> list[Tensor]:
+    """:func:`train_expert` for several experts at once (§2), one ``torch.func.vmap`` over
+    their stacked parameters: each keeps its own seed, initialisation, shuffling and
+    SGD state, so every trajectory equals its sequential one to float rounding (the
+    stacked convolutions run as grouped ones)."""
+    seeds = [expert_seed(cfg, index) for index in indices]
+    models = [build_student(cfg, images, int(targets.shape[1]), seed).to(device).train()
+              for seed in seeds]
+    for model in models:
+        require_buffer_free(model)
+    net = FlatNet(models[0])
+    theta = torch.stack([FlatNet.flatten(model) for model in models])
+    step = torch.func.vmap(torch.func.grad_and_value(net.mse))
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    snapshots = [theta.cpu()]
+    buf: Tensor | None = None
+    lr, momentum, wd = cfg["expert_lr"], cfg["expert_momentum"], cfg["expert_wd"]
+    for epoch in range(cfg["train_epochs"]):
+        orders = [torch.randperm(len(images), generator=g).split(cfg["expert_batch"])
+                  for g in generators]
+        for idx in map(torch.stack, zip(*orders)):
+            grad_, loss = step(theta, images[idx].to(device), targets[idx].to(device))
+            bad = [i for i, value in zip(indices, loss.tolist()) if not math.isfinite(value)]
+            if bad:
+                raise UserError(f"expert {bad[0]} at epoch {epoch + 1} diverged (loss "
+                                f"{loss[indices.index(bad[0])].item()}); lower expert_lr "
+                                f"(now {lr:g})")
+            # torch.optim.SGD (no dampening or Nesterov), on the stacked parameters
+            if wd:
+                grad_ = grad_.add(theta, alpha=wd)
+            if momentum:
+                buf = grad_.clone() if buf is None else buf.mul_(momentum).add_(grad_)
+                grad_ = buf
+            theta = theta.add(grad_, alpha=-lr)
+        snapshots.append(theta.cpu())
+    return [t.clone() for t in torch.stack(snapshots, dim=1).unbind(0)]  # own storage each
+
+
 def _inputs(ctx: MethodContext) -> dict[str, str]:
     return {"representations": ctx.inputs_key}
 
@@ -230,22 +381,44 @@ def expert_key(cfg: dict[str, Any], index: int, inputs_key: str) -> str:
     return ArtifactCache.key("expert", {**cfg, "index": index}, {"representations": inputs_key})
 
 
-def ensure_expert(ctx: MethodContext, cfg: dict[str, Any], index: int) -> Path:
-    """The trajectory file of expert ``index``, trained first if not cached (§2)."""
+def ensure_expert(ctx: MethodContext, cfg: dict[str, Any], index: int,
+                  trained: Tensor | None = None) -> Path:
+    """The trajectory file of expert ``index``, trained first if not cached (§2); a
+    ``trained`` trajectory (from :func:`train_experts`) is stored instead of training.
+    On the CPU the training runs in :func:`retained_heap` (about 2x faster, same numbers)."""
     config = {**cfg, "index": index}
 
     def produce(tmp: Path) -> dict[str, Any]:
-        trajectory = train_expert(cfg, index, ctx.images, ctx.targets, ctx.device)
+        trajectory = trained
+        if trajectory is None:
+            with retained_heap(ctx.device.type == "cpu"):
+                trajectory = train_expert(cfg, index, ctx.images, ctx.targets, ctx.device)
+        if cfg.get(HALF_KEY):
+            trajectory = trajectory.half()
         torch.save(trajectory, tmp / TRAJECTORY_FILE)
-        return {"snapshots": len(trajectory), "num_params": int(trajectory.shape[1])}
+        return {"snapshots": len(trajectory), "num_params": int(trajectory.shape[1]),
+                "dtype": str(trajectory.dtype).removeprefix("torch.")}
 
     path = ctx.cache.get_or_create("expert", expert_key(cfg, index, ctx.inputs_key), produce,
                                    config=config, inputs=_inputs(ctx))
     return path / TRAJECTORY_FILE
 
 
-def ensure_experts(ctx: MethodContext, cfg: dict[str, Any]) -> list[Path]:
-    """The trajectory files of the K experts, training those not cached yet (§2)."""
+def ensure_experts(ctx: MethodContext, cfg: dict[str, Any], group: int = 1) -> list[Path]:
+    """The trajectory files of the K experts, training those not cached yet (§2).
+
+    ``group`` > 1 trains the missing experts ``group`` at a time (:func:`train_experts`);
+    each is still its own artifact under the same key (equal to float rounding).
+    """
+    if group > 1:
+        missing = [index for index in range(cfg["num_experts"])
+                   if not ctx.cache.exists("expert", expert_key(cfg, index, ctx.inputs_key))]
+        for first in range(0, len(missing), group):
+            chunk = missing[first:first + group]
+            with retained_heap(ctx.device.type == "cpu"):
+                trajectories = train_experts(cfg, chunk, ctx.images, ctx.targets, ctx.device)
+            for index, trajectory in zip(chunk, trajectories):
+                ensure_expert(ctx, cfg, index, trajectory)
     paths = []
     bar = ctx.progress.bar(cfg["num_experts"], "experts")
     for index in range(cfg["num_experts"]):
@@ -283,7 +456,7 @@ def load_trajectories(paths: Sequence[Path]) -> list[Tensor]:
 def kd_losses(net: FlatNet, theta: Tensor, images: Tensor, targets: Tensor,
               device: torch.device, batch: int = 512) -> Tensor:
     """Per-image KD loss (1/D)‖g_θ(xᵢ) − yᵢ‖² of every image, on the CPU."""
-    theta = theta.to(device)
+    theta = theta.to(device, net.dtype)
     out = []
     for i in range(0, len(images), batch):
         pred = net(theta, images[i:i + batch].to(device))

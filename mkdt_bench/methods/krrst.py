@@ -10,6 +10,7 @@ and is re-initialised after ``online_iterations`` steps (§2.5).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from mkdt_bench.cache import atomic_torch_save
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
+from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods.base import Method, MethodContext
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.seeding import rng_state, set_rng_state
@@ -193,6 +195,11 @@ class KRRST(Method):
             real images are normalised, as the reference does (§6.2, §8.2); the set then
             declares mean 0 / std 1 and is pre-trained on as stored.
         snapshot_every (1000): resumable state interval (``ctx.scratch``).
+    Speed (results equal to float rounding, not bit for bit):
+        teacher_channels_last (True): on the CPU, run a copy of the frozen teacher in the
+            channels-last layout (oneDNN: about 1.4x faster for the ResNet-18 teacher;
+            targets within ~1e-6 of the default layout's). The loop also runs in a
+            retained glibc heap on the CPU (``_alloc.retained_heap``; identical numbers).
     """
 
     defaults = {
@@ -214,6 +221,7 @@ class KRRST(Method):
         "ridge": 1e-6,
         "reference_input_space": False,
         "snapshot_every": 1000,
+        "teacher_channels_last": True,
     }
     choices = {"outer_optimizer": ("adam", "sgd")}
 
@@ -241,7 +249,7 @@ class KRRST(Method):
         if ctx.load_teacher is None:
             raise UserError("method 'krrst' needs the teacher (targets of augmented real "
                             "batches) but the context has none")
-        teacher = ctx.load_teacher()
+        teacher = self._teacher(ctx, ctx.load_teacher())
         path = ctx.scratch / SNAPSHOT_FILE
         state = self._resume(ctx, path) if path.is_file() else self._initial_state(ctx)
         if not path.is_file():
@@ -249,14 +257,15 @@ class KRRST(Method):
         mean, std = (torch.tensor(v, device=ctx.device).view(1, -1, 1, 1)
                      for v in (ctx.mean, ctx.std))
         bar = ctx.progress.bar(cfg["outer_steps"], "krrst", initial=state.step)
-        while state.step < cfg["outer_steps"]:
-            loss = self._step(ctx, teacher, state, mean, std)
-            state.losses.append(loss)
-            state.step += 1
-            if state.step % cfg["snapshot_every"] == 0 or state.step == cfg["outer_steps"]:
-                state.save(path)
-                bar.set_postfix(loss=f"{loss:.4f}")
-            bar.update(1)
+        with retained_heap(ctx.device.type == "cpu"):  # no page-fault churn; same numbers
+            while state.step < cfg["outer_steps"]:
+                loss = self._step(ctx, teacher, state, mean, std)
+                state.losses.append(loss)
+                state.step += 1
+                if state.step % cfg["snapshot_every"] == 0 or state.step == cfg["outer_steps"]:
+                    state.save(path)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(1)
         bar.close()
         every = cfg["snapshot_every"]
         curve = [sum(state.losses[i:i + every]) / len(state.losses[i:i + every])
@@ -272,6 +281,12 @@ class KRRST(Method):
         return distilled
 
     # ------------------------------------------------------------------ state
+
+    def _teacher(self, ctx: MethodContext, teacher: nn.Module) -> nn.Module:
+        """``teacher``, or on the CPU a channels-last copy if ``teacher_channels_last``."""
+        if self.config["teacher_channels_last"] and ctx.device.type == "cpu":
+            teacher = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
+        return teacher
 
     def _build(self, ctx: MethodContext, seed: int) -> Encoder:
         cfg = self.config

@@ -24,22 +24,25 @@ from mkdt_bench.cache import atomic_torch_save
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
+from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._trajectories import (
     EXPERT_DEFAULTS,
+    HALF_KEY,
+    UNROLL_MODES,
     ExpertCycle,
     FlatNet,
     build_student,
     check_expert_config,
+    choose_unroll,
     ensure_experts,
     expert_config,
     expert_units,
     high_loss_indices,
     high_loss_scores,
     load_trajectories,
-    matching_loss,
+    meta_step,
     select_high_loss,
     syn_batches,
-    unroll,
 )
 from mkdt_bench.methods.base import Method, MethodContext, SubUnit
 from mkdt_bench.seeding import rng_state, set_rng_state
@@ -66,7 +69,12 @@ class HighLossSubset(Method):
 
     def sub_units(self, inputs_key: str) -> list[SubUnit]:
         """One unit per expert (§2)."""
-        return expert_units(expert_config(self.config), inputs_key)
+        return expert_units(self._experts(), inputs_key)
+
+    def _experts(self) -> dict[str, Any]:
+        """The expert config, marked for half-precision snapshots if ``expert_half``."""
+        experts = expert_config(self.config)
+        return {**experts, HALF_KEY: True} if self.config["expert_half"] else experts
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         idx = select_high_loss(ctx, self.config)
@@ -129,6 +137,33 @@ class MKDT(Method):
         single_expert (False): bug-compatibility with [J] HEAD (bug 5, §9.1): match the
             first expert drawn in every iteration instead of cycling through all K.
 
+    Engine (how step 4's gradient is computed; the results agree to float rounding, not
+    bit for bit; like every option, one given in the config is part of the distilled
+    set's cache key):
+        unroll ("auto"): "full" keeps the whole unrolled graph (fastest; its size grows
+            with syn_steps: tens of GB at the CIFAR setting); "checkpoint" keeps only the
+            N + 1 parameter vectors and rebuilds one inner step's graph at a time while
+            walking back (exact, memory independent of syn_steps, about 1.3x the time);
+            "auto" takes "full" when the estimated graph (8 bytes per activation float x
+            the student's activations per image x min(batch_syn, budget) x syn_steps)
+            fits in unroll_memory_gb, else "checkpoint" (CIFAR ConvNet-D3, 256 x 40:
+            ~43 GiB, so "checkpoint"; 100 x 10: ~4 GiB, "full").
+        unroll_memory_gb (8.0): the memory budget of "auto", in GiB.
+        expert_group (1): train the missing experts this many at a time (one
+            ``torch.func.vmap`` over their stacked parameters, §2); each keeps its own
+            seed, shuffling and SGD state and equals its one-by-one training to float
+            rounding, under the same expert cache key. ``highloss`` trains one by one.
+            Slower on the CPU (1.6-2.1x per expert-epoch: the stacked convolutions run
+            as grouped ones), so 1 there; meant for GPUs (``benchmarks/gpu_check.sh``).
+        expert_half (False): store the expert snapshots in float16 (half the bytes: 57
+            instead of 113 MB per CIFAR expert); they are the float32 experts rounded,
+            under their own cache keys, and are used in float32. Changes the matching
+            loss by rounding (``benchmarks/README.md``).
+
+    On the CPU the inner loop and the expert training run in a retained glibc heap
+    (``_alloc.retained_heap``: no page faults on every new activation tensor; 1.8-2.2x
+    faster, identical numbers, 15-45 % more resident memory; ``benchmarks/README.md``).
+
     A non-finite loss, image, target or lr (or a non-positive lr) raises a UserError naming
     the iteration and the learning rates to lower; the last good snapshot stays on disk.
     """
@@ -148,15 +183,19 @@ class MKDT(Method):
         "momentum": 0.5,
         "eval_it": 1000,
         "single_expert": False,
+        "unroll": "auto",
+        "unroll_memory_gb": 8.0,
+        "expert_group": 1,
+        "expert_half": False,
     }
-    choices = {"init": ("high_loss", "random")}
+    choices = {"init": ("high_loss", "random"), "unroll": UNROLL_MODES}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         cfg, where = self.config, f"method {self.name!r}"
         check_expert_config(where, cfg)
         for key in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn",
-                    "eval_it"):
+                    "eval_it", "expert_group"):
             if cfg[key] < 1:
                 raise UserError(f"{where}: {key}={cfg[key]} must be at least 1")
         last = cfg["max_start_epoch"] - 1 + cfg["expert_epochs"]
@@ -166,17 +205,28 @@ class MKDT(Method):
                             "max_start_epoch or expert_epochs, or raise train_epochs")
         if not cfg["lr_teacher"] > 0:
             raise UserError(f"{where}: lr_teacher={cfg['lr_teacher']} must be positive")
+        if not cfg["unroll_memory_gb"] > 0:
+            raise UserError(f"{where}: unroll_memory_gb={cfg['unroll_memory_gb']} must be "
+                            "positive")
 
     def sub_units(self, inputs_key: str) -> list[SubUnit]:
         """One unit per expert (§2)."""
-        return expert_units(expert_config(self.config), inputs_key)
+        return expert_units(self._experts(), inputs_key)
+
+    def _experts(self) -> dict[str, Any]:
+        """The expert config, marked for half-precision snapshots if ``expert_half``."""
+        experts = expert_config(self.config)
+        return {**experts, HALF_KEY: True} if self.config["expert_half"] else experts
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         cfg = self.config
-        experts = expert_config(cfg)
-        trajectories = load_trajectories(ensure_experts(ctx, experts))
+        experts = self._experts()
+        trajectories = load_trajectories(ensure_experts(ctx, experts, cfg["expert_group"]))
         net = FlatNet(build_student(experts, ctx.images, int(ctx.targets.shape[1]), 0)
                       .to(ctx.device))
+        mode = choose_unroll(cfg["unroll"], net.module, ctx.images[:1].to(ctx.device),
+                             min(cfg["batch_syn"], ctx.budget), cfg["syn_steps"],
+                             cfg["unroll_memory_gb"])
         path = ctx.scratch / SNAPSHOT_FILE
         if path.is_file():
             state = self._resume(ctx, path)
@@ -184,14 +234,15 @@ class MKDT(Method):
             state = self._initial_state(ctx, experts, trajectories)
             state.save(path)
         bar = ctx.progress.bar(cfg["iterations"], "mkdt", initial=state.iteration)
-        while state.iteration < cfg["iterations"]:
-            loss = self._step(ctx, net, trajectories, state)
-            state.losses.append(loss)
-            state.iteration += 1
-            if state.iteration % cfg["eval_it"] == 0 or state.iteration == cfg["iterations"]:
-                state.save(path)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.lr.item():.4f}")
-            bar.update(1)
+        with retained_heap(ctx.device.type == "cpu"):
+            while state.iteration < cfg["iterations"]:
+                loss = self._step(ctx, net, mode, trajectories, state)
+                state.losses.append(loss)
+                state.iteration += 1
+                if state.iteration % cfg["eval_it"] == 0 or state.iteration == cfg["iterations"]:
+                    state.save(path)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.lr.item():.4f}")
+                bar.update(1)
         bar.close()
         every = cfg["eval_it"]
         curve = [sum(state.losses[i:i + every]) / len(state.losses[i:i + every])
@@ -240,24 +291,24 @@ class MKDT(Method):
         set_rng_state(snap["rng"])
         return state
 
-    def _step(self, ctx: MethodContext, net: FlatNet, trajectories: list[Tensor],
+    def _step(self, ctx: MethodContext, net: FlatNet, mode: str, trajectories: list[Tensor],
               state: _State) -> float:
         """One outer iteration (§4 steps 1-4); returns the matching loss before the update."""
         cfg = self.config
         trajectory = trajectories[state.cycle.next()]
         t = int(torch.randint(cfg["max_start_epoch"], (1,), generator=state.generator))
-        start = trajectory[t].to(ctx.device)
-        target = trajectory[t + cfg["expert_epochs"]].to(ctx.device)
+        start = trajectory[t].to(ctx.device, net.dtype)
+        target = trajectory[t + cfg["expert_epochs"]].to(ctx.device, net.dtype)
         batches = syn_batches(len(state.images), cfg["batch_syn"], cfg["syn_steps"],
                               state.generator)
-        theta = unroll(net, start, state.images, state.targets, state.lr, batches)
-        loss = matching_loss(theta, start, target)
+        loss, backward = meta_step(net, start, target, state.images, state.targets, state.lr,
+                                   batches, mode)
         value = loss.item()
         if not math.isfinite(value):
             raise self._diverged(ctx, state, f"the matching loss is {value}")
         for opt in state.optimizers:
             opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward()
         for opt in state.optimizers:
             opt.step()
         with torch.no_grad():

@@ -1,0 +1,111 @@
+"""The checkpointed unroll gives the full unroll's loss and gradients (spec ``mkdt.md`` §4);
+the retained heap of the CPU inner loop keeps freed memory only while it is on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mkdt_bench.methods._trajectories as traj
+from mkdt_bench.errors import UserError
+from mkdt_bench.methods import _alloc
+from mkdt_bench.models import create_model
+
+
+def _net() -> traj.FlatNet:
+    torch.manual_seed(0)
+    return traj.FlatNet(create_model("convnet", in_channels=1, image_size=8, out_dim=6, width=8))
+
+
+def _grads(net, mode, steps=7, batch=4, prior=None):
+    """Loss and (images, targets, lr) gradients; 10 images so indices repeat across steps."""
+    start = net.flatten(net.module)
+    g = torch.Generator().manual_seed(1)
+    target = start + 0.05 * torch.randn(net.num_params, generator=g)
+    images = torch.randn(10, 1, 8, 8, generator=g, requires_grad=True)
+    targets = torch.randn(10, 6, generator=g, requires_grad=True)
+    lr = torch.tensor(0.1, requires_grad=True)
+    leaves = (images, targets, lr)
+    if prior is not None:
+        for leaf in leaves:
+            leaf.grad = torch.full_like(leaf, prior)
+    batches = traj.syn_batches(10, batch, steps, g)
+    loss, backward = traj.meta_step(net, start, target, *leaves, batches, mode)
+    assert not loss.requires_grad
+    backward()
+    return loss, [leaf.grad for leaf in leaves]
+
+
+@pytest.mark.parametrize("prior", [None, 0.5])
+def test_checkpoint_gradients_equal_full(prior):
+    net = _net()
+    loss_full, grads_full = _grads(net, "full", prior=prior)
+    loss_ckpt, grads_ckpt = _grads(net, "checkpoint", prior=prior)
+    torch.testing.assert_close(loss_ckpt, loss_full, rtol=1e-6, atol=0)
+    for got, want in zip(grads_ckpt, grads_full):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_checkpoint_single_step():
+    net = _net()
+    _, full = _grads(net, "full", steps=1)
+    _, ckpt = _grads(net, "checkpoint", steps=1)
+    for got, want in zip(ckpt, full):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_auto_follows_the_memory_budget():
+    net = _net()
+    images = torch.zeros(1, 1, 8, 8)
+    per_image = traj.activation_floats(net.module, images)
+    # conv 8x8x8, norm, relu: 3 x 512; pool 128; then 3 x 128 + 32, 3 x 32 + 8, flatten 8, head 6
+    assert per_image == 3 * 512 + 128 + 3 * 128 + 32 + 3 * 32 + 8 + 8 + 6
+    need = traj.full_unroll_bytes(net.module, images, batch=4, steps=5)
+    assert need == int(traj.GRAPH_BYTES_PER_ACTIVATION * per_image * 4 * 5)
+    assert traj.full_unroll_bytes(net.module, images, batch=8, steps=10) == need * 4
+    gib = need / 2**30
+    assert traj.choose_unroll("auto", net.module, images, 4, 5, gib) == "full"
+    assert traj.choose_unroll("auto", net.module, images, 4, 5, gib * 0.99) == "checkpoint"
+    assert traj.choose_unroll("full", net.module, images, 4, 5, gib * 0.5) == "full"
+    with pytest.raises(UserError, match="unroll='fast'.*'checkpoint'"):
+        traj.choose_unroll("fast", net.module, images, 4, 5, 1.0)
+
+
+RETAINED_SCRIPT = """
+import os
+import torch
+from mkdt_bench.methods import _alloc
+
+def resident_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+def freed_block_stays(mib=64):
+    block = torch.ones(mib * 2**18)  # written: resident
+    with_block = resident_mib()
+    del block
+    return with_block - resident_mib() < mib / 2
+
+out = [freed_block_stays()]  # glibc default: mmap, munmap on free
+before = resident_mib()
+with _alloc.retained_heap():
+    out.append(freed_block_stays())
+    out.append(freed_block_stays(160))
+    out.append(resident_mib() - before > 150)
+out.append(resident_mib() - before < 32)  # on exit the free memory is given back
+print(out)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or _alloc._libc() is None,
+                    reason="glibc only")
+def test_retained_heap_keeps_freed_blocks_until_exit():
+    """In a fresh process: the heap of a test run may already hold free blocks."""
+    out = subprocess.run([sys.executable, "-c", RETAINED_SCRIPT], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == "[False, True, True, True, True]".split()
