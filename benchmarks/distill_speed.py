@@ -149,14 +149,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dim": args.dim, "student": args.student, "num_params": net.num_params,
         "engine": args.engine, "iterations": args.iterations, "device": str(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "gflop_per_iteration": round(work, 1), "heap": args.heap,
+        "gflop_per_iteration": round(work, 4), "heap": args.heap,
     }
     if len(engines) == 1:
         with retained_heap(retained(engines[0])):
             seconds, peak, kind = time_calls(lambda: iteration(engines[0]), args.warmup,
                                              args.iterations, device)
         result.update(seconds_per_iteration=round(seconds, 4), peak_memory_mib=round(peak, 1),
-                      memory_measure=kind, gflops=round(work / seconds, 1))
+                      memory_measure=kind, gflops=float(f"{work / seconds:.4g}"))
         if device.type == "cpu":  # the whole process: torch, data and the iterations
             result["process_peak_rss_mib"] = round(peak_rss_mib(), 1)
     else:
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     times[engine].append(time.perf_counter() - t0)
         seconds_by = {e: statistics.median(t) for e, t in times.items()}
         result["seconds_per_iteration"] = {e: round(t, 4) for e, t in seconds_by.items()}
-        result["gflops"] = {e: round(work / t, 1) for e, t in seconds_by.items()}
+        result["gflops"] = {e: float(f"{work / t:.4g}") for e, t in seconds_by.items()}
         if "baseline" in seconds_by:
             result["time_ratio_to_baseline"] = {
                 e: round(t / seconds_by["baseline"], 3) for e, t in seconds_by.items()}

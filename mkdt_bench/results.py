@@ -387,7 +387,7 @@ def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
     if fmt == "csv":
         return table.to_csv()
     if fmt == "latex":
-        return table.to_latex(escape=True)
+        return table.to_latex(escape=True).replace("±", r"$\pm$")
     raise UserError(f"table format {fmt!r} is not known; choose markdown, csv or latex")
 
 

@@ -58,7 +58,8 @@ def test_comparison_table_layout_and_values(tmp_path):
     md = render(table, "markdown")
     assert "| teacher" in md and "digits @ 5%" in md
     assert render(table, "csv").startswith("method,")
-    assert "\\begin{tabular}" in render(table, "latex")
+    latex = render(table, "latex")
+    assert "\\begin{tabular}" in latex and "$\\pm$" in latex and "±" not in latex
     with pytest.raises(UserError, match="format"):
         render(table, "html")
 
