@@ -6,24 +6,35 @@ into images and targets, the Adam update and the pool model's online SGD step. T
 are random: the cost does not depend on their values. Pool models get one warm-up step
 each (the warm-up is a one-off cost, not timed).
 
+``--teacher-views V`` times the opt-in ``teacher_views`` mode instead: the V views of every
+real image and their teacher targets are precomputed once (timed on its own,
+``precompute_seconds``; ``--real-images`` sets how many images that covers), and a step
+rebuilds its augmented batch from the stored views: no teacher forward. ``--teacher-views
+0,4`` times both round robin in one process (median of ``--rounds``; no peak memory).
+
 Peak memory: ``torch.cuda.max_memory_allocated`` over the timed steps on a GPU; on the CPU
 the growth of the process's peak resident set from just before the first step.
 
 Example::
 
     python benchmarks/krrst_speed.py --images 1000 --real-batch 1024 --width 128 \\
-        --resolution 32 --teacher resnet18-teacher
+        --resolution 32 --teacher resnet18-teacher [--teacher-views 4 --real-images 5000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from _measure import time_calls
+from _measure import sync, time_calls
+from torch import nn
 
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.methods import MethodContext, create_method
@@ -48,6 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heap", default="retained", choices=("retained", "default"),
                    help="glibc heap during the steps: retained (what krrst does on the CPU, "
                         "mkdt_bench/methods/_alloc.py) or default (the reference-style run)")
+    p.add_argument("--teacher-views", default="0",
+                   help="krrst option teacher_views (0: the faithful step); several, "
+                        "comma-separated, are timed round robin in one process (median)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="round-robin rounds of --steps steps each (several --teacher-views)")
+    p.add_argument("--real-images", type=int, default=0,
+                   help="random real images (0: 2 x max(images, real batch)); with "
+                        "--teacher-views, what the precompute covers; a multiple of "
+                        "--real-batch keeps every timed batch full (a pass's last batch is "
+                        "the remainder)")
     return p.parse_args(argv)
 
 
@@ -58,45 +79,84 @@ class _Shape:
         self.channels, self.image_size = 3, resolution
 
 
-def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
+def _stepper(args: argparse.Namespace, ctx: MethodContext, teacher: nn.Module,
+             views: int) -> tuple[Callable[[], None], float]:
+    """One krrst outer step as a call, on its own state, and the seconds of the one-time
+    views precompute (0 for the faithful step, ``views`` = 0)."""
+    method = create_method("krrst", width=args.width, pool_size=args.pool_size,
+                           online_iterations=2, real_batch=args.real_batch,
+                           outer_steps=args.warmup + args.steps * args.rounds,
+                           teacher_channels_last=bool(args.teacher_channels_last),
+                           teacher_views=views)
+    stored, precompute = None, 0.0
+    if views:
+        start = time.perf_counter()
+        stored = method._views(ctx)
+        sync(ctx.device)
+        precompute = time.perf_counter() - start
+    else:
+        teacher = method._teacher(ctx, teacher)  # channels-last copy on the CPU, as krrst
+    state = method._initial_state(ctx)
+    mean = torch.zeros(1, 3, 1, 1, device=ctx.device)
+    std = torch.ones(1, 3, 1, 1, device=ctx.device)
+
+    def outer_step() -> None:
+        method._step(ctx, teacher, state, mean, std, stored)
+        state.step += 1
+
+    return outer_step, precompute
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    modes = [int(v) for v in args.teacher_views.split(",")]
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     teacher = build_teacher(args.teacher, _Shape(args.resolution)).to(device).eval()
-    n_real = max(args.real_batch, args.images) * 2
+    n_real = args.real_images or max(args.real_batch, args.images) * 2
     images = torch.randn(n_real, 3, args.resolution, args.resolution, generator=g)
     with torch.no_grad():
         dim = int(teacher.features(images[:2].to(device)).shape[1])
     targets = torch.randn(n_real, dim, generator=g)
-    method = create_method("krrst", width=args.width, pool_size=args.pool_size,
-                           online_iterations=2, real_batch=args.real_batch,
-                           outer_steps=args.warmup + args.steps,
-                           teacher_channels_last=bool(args.teacher_channels_last))
+    result: dict[str, Any] = {
+        "images": args.images, "real_batch": args.real_batch, "width": args.width,
+        "resolution": args.resolution, "teacher": args.teacher, "target_dim": dim,
+        "pool_size": args.pool_size, "steps": args.steps, "heap": args.heap,
+        "teacher_channels_last": bool(args.teacher_channels_last),
+        "teacher_views": modes if len(modes) > 1 else modes[0], "real_images": n_real,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         ctx = MethodContext(source="random", images=images, targets=targets,
                             mean=(0.0,) * 3, std=(1.0,) * 3, budget=args.images, seed=0,
                             device=device, cache=ArtifactCache(Path(tmp)), inputs_key="random",
                             scratch=Path(tmp), load_teacher=lambda: teacher)
-        teacher = method._teacher(ctx, teacher)  # channels-last copy on the CPU, as krrst
-        state = method._initial_state(ctx)
-        mean = torch.zeros(1, 3, 1, 1, device=device)
-        std = torch.ones(1, 3, 1, 1, device=device)
-
-        def outer_step() -> None:
-            method._step(ctx, teacher, state, mean, std)
-            state.step += 1
-
+        steppers = {v: _stepper(args, ctx, teacher, v) for v in modes}
+        precompute = {v: p for v, (_, p) in steppers.items() if v}
         with retained_heap(args.heap == "retained"):
-            seconds, peak, kind = time_calls(outer_step, args.warmup, args.steps, device)
-    result = {
-        "seconds_per_outer_step": round(seconds, 4), "peak_memory_mib": round(peak, 1),
-        "memory_measure": kind, "images": args.images, "real_batch": args.real_batch,
-        "width": args.width, "resolution": args.resolution, "teacher": args.teacher,
-        "target_dim": dim, "pool_size": args.pool_size, "steps": args.steps, "heap": args.heap,
-        "teacher_channels_last": bool(args.teacher_channels_last),
-        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-    }
+            if len(modes) == 1:
+                seconds, peak, kind = time_calls(steppers[modes[0]][0], args.warmup,
+                                                 args.steps, device)
+                result.update(seconds_per_outer_step=round(seconds, 4),
+                              peak_memory_mib=round(peak, 1), memory_measure=kind)
+            else:  # round robin, so that a loaded machine slows all alike
+                times: dict[int, list[float]] = {v: [] for v in modes}
+                for v in modes:
+                    for _ in range(args.warmup):
+                        steppers[v][0]()
+                for _ in range(args.rounds):
+                    for v in modes:
+                        times[v].append(time_calls(steppers[v][0], 0, args.steps, device)[0])
+                median = {v: statistics.median(t) for v, t in times.items()}
+                result["seconds_per_outer_step"] = {str(v): round(t, 4)
+                                                    for v, t in median.items()}
+                result["time_ratio_to_first"] = {str(v): round(t / median[modes[0]], 3)
+                                                 for v, t in median.items()}
+    result["precompute_seconds"] = {str(v): round(p, 2) for v, p in precompute.items()}
+    result["precompute_ms_per_image_view"] = {
+        str(v): round(1000 * p / (n_real * v), 3) for v, p in precompute.items()}
+    result.update(device=str(device), threads=torch.get_num_threads(),
+                  torch=torch.__version__)
     print(json.dumps(result))
     return result
 

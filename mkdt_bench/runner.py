@@ -481,7 +481,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                     for sub in create_method(method, **options).sub_units(inputs.key)]
         for seed in run["seeds"]:
             distill_seed = seed if seeded else 0
-            dkey = ArtifactCache.key("distilled", {"method": method, "options": options,
+            key_options = METHODS.get(method).key_options(options)
+            dkey = ArtifactCache.key("distilled", {"method": method, "options": key_options,
                                                    "budget": budget, "seed": distill_seed},
                                      {"images": inputs.key})
             for arch in run["archs"]:

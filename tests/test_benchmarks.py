@@ -39,6 +39,16 @@ def test_prints_json(script, args, key):
     assert result[key] > 0 and result["memory_measure"] == "ru_maxrss_growth"
 
 
+def test_krrst_teacher_views_round_robin_times_the_precompute_apart():
+    result = _run("krrst_speed.py", "--images", "20", "--real-batch", "32", "--width", "8",
+                  "--teacher", "convnet:width=8", "--steps", "1", "--rounds", "2",
+                  "--teacher-views", "0,2", "--real-images", "48")
+    assert set(result["seconds_per_outer_step"]) == {"0", "2"}
+    assert result["time_ratio_to_first"]["0"] == 1.0
+    assert set(result["precompute_seconds"]) == {"2"} and result["precompute_seconds"]["2"] > 0
+    assert result["teacher_views"] == [0, 2] and result["real_images"] == 48
+
+
 def test_round_robin_engines_and_flop_rate():
     result = _run("distill_speed.py", *TINY_MKDT, "--iterations", "1", "--warmup", "0",
                   "--engine", "baseline,full,checkpoint")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
+import mkdt_bench.methods._teacher_views as tv
 import mkdt_bench.methods.krrst as kr
 from mkdt_bench.augment import crop_flip
 from mkdt_bench.cache import ArtifactCache
@@ -156,8 +157,9 @@ def test_distill_learns_and_is_deterministic(tmp_path):
     assert torch.equal(out.images, again.images) and torch.equal(out.targets, again.targets)
 
 
-def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
-    method = create_method("krrst", **TINY)
+@pytest.mark.parametrize("views", [0, 3], ids=["faithful", "teacher_views"])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, views):
+    method = create_method("krrst", **TINY, teacher_views=views)
     step = kr.KRRST._step
     calls = {"n": 0}
 
@@ -253,3 +255,69 @@ def test_channels_last_teacher_is_a_copy_with_equal_results(tmp_path, monkeypatc
         out[True].extra["indices"]].double())
     torch.testing.assert_close(out[True].images, out[False].images, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(out[True].targets, out[False].targets, rtol=1e-9, atol=1e-11)
+
+
+# ---------------------------------------------------------------- teacher_views (opt-in)
+
+VIEWS = dict(TINY, teacher_views=3)
+
+
+def test_teacher_views_zero_is_the_faithful_path(tmp_path):
+    plain = create_method("krrst", **TINY).distill(tiny_context(tmp_path, tmp_path / "a"))
+    off = create_method("krrst", **TINY, teacher_views=0).distill(
+        tiny_context(tmp_path, tmp_path / "b"))
+    assert torch.equal(plain.images, off.images) and torch.equal(plain.targets, off.targets)
+    assert plain.extra == off.extra
+    assert not (tmp_path / "artifacts" / tv.STAGE).exists()
+
+
+def test_views_replay_crop_flip_and_store_the_teachers_targets(tmp_path):
+    ctx = tiny_context(tmp_path, tmp_path / "s")
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (ctx.mean, ctx.std))
+    offsets, flips = tv.draw_crop_flip(40, 4, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(
+        tv.apply_crop_flip(ctx.images, mean, std, 4, offsets.to(torch.uint8), flips),
+        crop_flip(ctx.images, mean, std, 4, torch.Generator().manual_seed(5)), rtol=0, atol=0)
+    create_method("krrst", **VIEWS).distill(ctx)
+    (manifest,) = (tmp_path / "artifacts" / tv.STAGE).glob("*/manifest.json")
+    stored = torch.load(manifest.parent / tv.VIEWS_FILE, weights_only=True)
+    assert stored["targets"].shape == (3, 40, 8) and stored["offsets"].dtype == torch.uint8
+    assert len(set(stored["offsets"].flatten().tolist())) > 1 and stored["flips"].any()
+    teacher = tiny_teacher()
+    for v in range(3):
+        real = tv.apply_crop_flip(ctx.images, mean, std, 4, stored["offsets"][v],
+                                  stored["flips"][v])
+        assert not torch.allclose(real, ctx.images)
+        with torch.no_grad():
+            torch.testing.assert_close(stored["targets"][v], teacher.features(real))
+    views = tv.TeacherViews(stored["offsets"], stored["flips"], stored["targets"], 4)
+    real, y_t = views.batch(ctx.images, torch.arange(40), mean, std,
+                            torch.Generator().manual_seed(0))
+    with torch.no_grad():  # each image's rebuilt view goes with that view's target
+        torch.testing.assert_close(y_t, teacher.features(real))
+
+
+def test_views_artifact_is_shared_across_seeds_without_the_teacher(tmp_path):
+    first = create_method("krrst", **VIEWS).distill(tiny_context(tmp_path, tmp_path / "a"))
+    (manifest,) = (tmp_path / "artifacts" / tv.STAGE).glob("*/manifest.json")
+    mtime = manifest.stat().st_mtime_ns
+
+    def no_teacher() -> torch.nn.Module:
+        raise AssertionError("the teacher was loaded despite the cached views")
+
+    ctx = tiny_context(tmp_path, tmp_path / "b", seed=1)
+    ctx.load_teacher = no_teacher
+    second = create_method("krrst", **VIEWS).distill(ctx)
+    assert manifest.stat().st_mtime_ns == mtime
+    assert len(list((tmp_path / "artifacts" / tv.STAGE).glob("*/manifest.json"))) == 1
+    assert first.extra["indices"] != second.extra["indices"]
+    faithful = create_method("krrst", **TINY).distill(tiny_context(tmp_path, tmp_path / "c"))
+    assert not torch.equal(first.images, faithful.images)  # other views, other targets
+
+
+def test_bad_teacher_views(tmp_path):
+    with pytest.raises(UserError, match="teacher_views=-1 must be 0") as info:
+        create_method("krrst", teacher_views=-1)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="teacher_views=2 needs augment=True"):
+        create_method("krrst", teacher_views=2, augment=False)

@@ -54,3 +54,20 @@ def test_none_and_full(digits, tmp_path):
 def test_unknown_option():
     with pytest.raises(UserError, match="unknown option 'size'"):
         create_method("random", size=3)
+
+
+def test_engine_options_and_compatible_defaults_stay_out_of_the_set_key():
+    from mkdt_bench.methods import METHODS, create_method
+
+    mkdt = METHODS.get("mkdt")
+    base = create_method("mkdt").config
+    assert mkdt.key_options({**base, "unroll": "checkpoint", "expert_group": 4}) == \
+        mkdt.key_options(base)
+    assert "expert_half" not in mkdt.key_options(base)  # the behaviour before the option
+    assert mkdt.key_options({**base, "expert_half": True})["expert_half"] is True
+    krrst = METHODS.get("krrst")
+    kbase = create_method("krrst").config
+    assert krrst.key_options({**kbase, "teacher_channels_last": False}) == \
+        krrst.key_options(kbase)
+    assert krrst.key_options({**kbase, "teacher_views": 4})["teacher_views"] == 4
+    assert METHODS.get("random").key_options({"a": 1}) == {"a": 1}

@@ -188,6 +188,16 @@ def test_highloss_method(tmp_path):
     assert torch.equal(out.images, ctx.images[idx]) and torch.equal(out.targets, ctx.targets[idx])
 
 
+def test_highloss_and_mkdt_offer_the_same_expert_units():
+    """The executor runs the experts first (sub-units); both methods name the same ones."""
+    high = create_method("highloss", **EXPERTS).sub_units("inputs")
+    mkdt = create_method("mkdt", **EXPERTS).sub_units("inputs")
+    assert len(high) == EXPERTS.get("num_experts", 100)
+    assert [(u.stage, u.key) for u in high] == [(u.stage, u.key) for u in mkdt]
+    half = create_method("mkdt", **EXPERTS, expert_half=True).sub_units("inputs")
+    assert {u.key for u in half}.isdisjoint(u.key for u in mkdt)
+
+
 def test_mkdt_output_and_random_init(tmp_path):
     ctx = tiny_context(tmp_path, tmp_path / "a")
     out = create_method("mkdt", **TINY).distill(ctx)

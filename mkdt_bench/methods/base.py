@@ -78,6 +78,14 @@ class Method:
     choices: ClassVar[dict[str, Any]] = {}
     #: False for methods whose output does not depend on the seed (e.g. ``full``).
     seeded: ClassVar[bool] = True
+    #: Options that choose how a set is computed, not which set (e.g. MKDT's ``unroll``):
+    #: left out of the distilled set's cache key, so changing them reuses a stored set.
+    #: Only for options whose results agree to float rounding.
+    engine_options: ClassVar[frozenset[str]] = frozenset()
+    #: Options added after sets were stored, with the value that reproduces the behaviour
+    #: from before they existed: at that value they are left out of the cache key, so the
+    #: stored sets stay valid (any other value is part of the key).
+    compatible_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
         self.config = resolve_options(f"method {self.name!r}", options, self.defaults,
@@ -85,6 +93,13 @@ class Method:
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         raise NotImplementedError
+
+    @classmethod
+    def key_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """What names the distilled set: ``options`` without the :attr:`engine_options` and
+        without :attr:`compatible_defaults` at their compatible value."""
+        return {k: v for k, v in options.items() if k not in cls.engine_options
+                and not (k in cls.compatible_defaults and v == cls.compatible_defaults[k])}
 
     def sub_units(self, inputs_key: str) -> list[SubUnit]:
         """Independent sub-stages of ``distill`` on the inputs ``inputs_key`` that an

@@ -26,11 +26,14 @@ from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
 from mkdt_bench.methods._alloc import retained_heap
+from mkdt_bench.methods._teacher_views import TeacherViews, ensure_views
 from mkdt_bench.methods.base import Method, MethodContext
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.seeding import rng_state, set_rng_state
 
 SNAPSHOT_FILE = "krrst_state.pt"
+#: RandomCrop padding of the real batch (§2.4).
+CROP_PADDING = 4
 
 
 def krr_predict(phi_s: Tensor, phi_t: Tensor, y_s: Tensor, ridge: float) -> Tensor:
@@ -195,11 +198,26 @@ class KRRST(Method):
             real images are normalised, as the reference does (§6.2, §8.2); the set then
             declares mean 0 / std 1 and is pre-trained on as stored.
         snapshot_every (1000): resumable state interval (``ctx.scratch``).
-    Speed (results equal to float rounding, not bit for bit):
+    Speed (results equal to float rounding, not bit for bit; an engine option, not part of
+    the distilled set's cache key):
         teacher_channels_last (True): on the CPU, run a copy of the frozen teacher in the
             channels-last layout (oneDNN: about 1.4x faster for the ResNet-18 teacher;
             targets within ~1e-6 of the default layout's). The loop also runs in a
             retained glibc heap on the CPU (``_alloc.retained_heap``; identical numbers).
+    Deviation, opt-in (issue 8):
+        teacher_views (0 = off, the faithful path): V > 0 precomputes, once per inputs, V
+            crop + flip views of every pool image and the teacher's targets of each
+            (``_teacher_views``; cache stage ``krrst-views``, shared by all seeds). Each
+            outer step then uses, per image of its real batch, one of the V stored views
+            (drawn uniformly) and its stored target, instead of a fresh augmentation and a
+            teacher forward (§2.4, §2.9): the teacher sees V fixed views per image. Memory
+            V·N·D·4 bytes (memory-mapped), e.g. 164 MB for V = 4 on the ``cifar10-cpu``
+            pool (10,000 x 1,024-d), 410 MB on CIFAR100 (50,000 x 512-d). Time (ResNet-18
+            teacher, 32 px, 1 CPU thread, ``benchmarks/README.md``): the precompute is V·N
+            teacher forwards, 8.3 ms each (~28 min for V = 4 on CIFAR100); a step at
+            1000 x 1024 takes 7.9 s instead of 13.7 s (0.58x). Final table on
+            ``cifar10-cpu`` (V = 4, 3 seeds): -0.18 / +0.24 points vs faithful, not
+            significant (``results/krrst-teacher-views.md``). Needs ``augment``.
     """
 
     defaults = {
@@ -222,8 +240,11 @@ class KRRST(Method):
         "reference_input_space": False,
         "snapshot_every": 1000,
         "teacher_channels_last": True,
+        "teacher_views": 0,
     }
     choices = {"outer_optimizer": ("adam", "sgd")}
+    engine_options = frozenset({"teacher_channels_last"})
+    compatible_defaults = {"teacher_views": 0}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -240,6 +261,12 @@ class KRRST(Method):
         if not 0 < cfg["final_lr_factor"] <= 1:
             raise UserError(f"{where}: final_lr_factor={cfg['final_lr_factor']} must be in "
                             "(0, 1]")
+        if cfg["teacher_views"] < 0:
+            raise UserError(f"{where}: teacher_views={cfg['teacher_views']} must be 0 (off) or "
+                            "more")
+        if cfg["teacher_views"] and not cfg["augment"]:
+            raise UserError(f"{where}: teacher_views={cfg['teacher_views']} needs augment=True "
+                            "(the views are augmentations)")
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         cfg = self.config
@@ -249,7 +276,8 @@ class KRRST(Method):
         if ctx.load_teacher is None:
             raise UserError("method 'krrst' needs the teacher (targets of augmented real "
                             "batches) but the context has none")
-        teacher = self._teacher(ctx, ctx.load_teacher())
+        views = self._views(ctx) if cfg["teacher_views"] else None
+        teacher = None if views else self._teacher(ctx, ctx.load_teacher())
         path = ctx.scratch / SNAPSHOT_FILE
         state = self._resume(ctx, path) if path.is_file() else self._initial_state(ctx)
         if not path.is_file():
@@ -259,7 +287,7 @@ class KRRST(Method):
         bar = ctx.progress.bar(cfg["outer_steps"], "krrst", initial=state.step)
         with retained_heap(ctx.device.type == "cpu"):  # no page-fault churn; same numbers
             while state.step < cfg["outer_steps"]:
-                loss = self._step(ctx, teacher, state, mean, std)
+                loss = self._step(ctx, teacher, state, mean, std, views)
                 state.losses.append(loss)
                 state.step += 1
                 if state.step % cfg["snapshot_every"] == 0 or state.step == cfg["outer_steps"]:
@@ -287,6 +315,15 @@ class KRRST(Method):
         if self.config["teacher_channels_last"] and ctx.device.type == "cpu":
             teacher = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
         return teacher
+
+    def _views(self, ctx: MethodContext) -> TeacherViews:
+        """The cached ``teacher_views`` views of ``ctx.images`` (computed on a miss with the
+        teacher the faithful path would use)."""
+        assert ctx.load_teacher is not None
+        load = ctx.load_teacher
+        channels_last = self.config["teacher_channels_last"] and ctx.device.type == "cpu"
+        return ensure_views(ctx, self.config["teacher_views"], CROP_PADDING, channels_last,
+                            lambda: self._teacher(ctx, load()))
 
     def _build(self, ctx: MethodContext, seed: int) -> Encoder:
         cfg = self.config
@@ -343,18 +380,26 @@ class KRRST(Method):
 
     # ------------------------------------------------------------------ one outer step
 
-    def _step(self, ctx: MethodContext, teacher: nn.Module, state: _State, mean: Tensor,
-              std: Tensor) -> float:
-        """§2.9, one iteration; returns the outer loss before the update."""
+    def _step(self, ctx: MethodContext, teacher: nn.Module | None, state: _State, mean: Tensor,
+              std: Tensor, views: TeacherViews | None = None) -> float:
+        """§2.9, one iteration; returns the outer loss before the update. With ``views``
+        (``teacher_views`` mode) the augmented batch and its targets come from the stored
+        views; ``teacher`` is then unused."""
         cfg = self.config
         i = state.pool.sample()
         model = state.pool.models[i]
         model.eval()
-        real = ctx.images[state.batches.next()].to(ctx.device)
-        if cfg["augment"]:
-            real = crop_flip(real, mean, std, 4, state.generator)
+        idx = state.batches.next()
+        if views is not None:
+            real, y_t = views.batch(ctx.images, idx, mean, std, state.generator)
+        else:
+            assert teacher is not None
+            real = ctx.images[idx].to(ctx.device)
+            if cfg["augment"]:
+                real = crop_flip(real, mean, std, CROP_PADDING, state.generator)
+            with torch.no_grad():
+                y_t = teacher.features(real)
         with torch.no_grad():
-            y_t = teacher.features(real)
             phi_t = with_bias(model.features(real))
         phi_s = with_bias(model.features(state.images))
         y_hat = krr_predict(phi_s, phi_t, state.targets, cfg["ridge"])

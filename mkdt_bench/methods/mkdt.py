@@ -69,12 +69,7 @@ class HighLossSubset(Method):
 
     def sub_units(self, inputs_key: str) -> list[SubUnit]:
         """One unit per expert (§2)."""
-        return expert_units(self._experts(), inputs_key)
-
-    def _experts(self) -> dict[str, Any]:
-        """The expert config, marked for half-precision snapshots if ``expert_half``."""
-        experts = expert_config(self.config)
-        return {**experts, HALF_KEY: True} if self.config["expert_half"] else experts
+        return expert_units(expert_config(self.config), inputs_key)
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         idx = select_high_loss(ctx, self.config)
@@ -138,8 +133,9 @@ class MKDT(Method):
             first expert drawn in every iteration instead of cycling through all K.
 
     Engine (how step 4's gradient is computed; the results agree to float rounding, not
-    bit for bit; like every option, one given in the config is part of the distilled
-    set's cache key):
+    bit for bit). ``unroll``, ``unroll_memory_gb`` and ``expert_group`` are engine options
+    (:attr:`Method.engine_options`): not part of the distilled set's cache key, so a set
+    stored by one engine is reused by another:
         unroll ("auto"): "full" keeps the whole unrolled graph (fastest; its size grows
             with syn_steps: tens of GB at the CIFAR setting); "checkpoint" keeps only the
             N + 1 parameter vectors and rebuilds one inner step's graph at a time while
@@ -189,6 +185,8 @@ class MKDT(Method):
         "expert_half": False,
     }
     choices = {"init": ("high_loss", "random"), "unroll": UNROLL_MODES}
+    engine_options = frozenset({"unroll", "unroll_memory_gb", "expert_group"})
+    compatible_defaults = {"expert_half": False}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

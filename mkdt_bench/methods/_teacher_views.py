@@ -1,0 +1,134 @@
+"""Precomputed teacher views for KRR-ST's opt-in ``teacher_views`` mode.
+
+A deviation from ``krrst.md`` §2.4 / §2.9, where every outer step augments its real batch
+afresh and runs the teacher on it: here each pool image i gets V fixed augmentations
+(crop offsets and flip bit, drawn once from the same distribution as
+:func:`mkdt_bench.augment.crop_flip`) and the teacher's representation of each view is
+computed once and cached (stage ``krrst-views``). An outer step then picks one of its
+images' V views, rebuilds the augmented images from the stored parameters and reads the
+stored targets: no teacher forward inside the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mkdt_bench.cache import ArtifactCache, config_hash
+from mkdt_bench.methods.base import MethodContext
+from mkdt_bench.seeding import derive_seed
+
+STAGE = "krrst-views"
+VIEWS_FILE = "views.pt"
+#: Images per teacher forward while precomputing.
+CHUNK = 1024
+
+
+def draw_crop_flip(n: int, padding: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The ``n`` random choices of :func:`~mkdt_bench.augment.crop_flip`, in its order:
+    crop offsets ``n x 2`` (dy, dx in 0..2·padding) and flip bits ``n``."""
+    offsets = torch.randint(2 * padding + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    return offsets, flips
+
+
+def apply_crop_flip(images: Tensor, mean: Tensor, std: Tensor, padding: int, offsets: Tensor,
+                    flips: Tensor) -> Tensor:
+    """:func:`~mkdt_bench.augment.crop_flip` with given choices (the same arithmetic, so the
+    same output for the same draws): pad with raw 0, crop at ``offsets``, flip where
+    ``flips``, on normalised images."""
+    n, _, h, w = images.shape
+    raw = images * std + mean
+    padded = F.pad(raw, (padding,) * 4)
+    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
+                       for i, (dy, dx) in enumerate(offsets.tolist())])
+    out = torch.where(flips.to(out.device).view(n, 1, 1, 1), out.flip(-1), out)
+    return (out - mean) / std
+
+
+@dataclass
+class TeacherViews:
+    """V views of each of N images: ``offsets`` V x N x 2 (uint8), ``flips`` V x N (bool),
+    ``targets`` V x N x D (the teacher's representation of each view, float32)."""
+
+    offsets: Tensor
+    flips: Tensor
+    targets: Tensor
+    padding: int
+
+    def batch(self, images: Tensor, idx: Tensor, mean: Tensor, std: Tensor,
+              generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The augmented real batch ``idx`` and its teacher targets: one of the V views per
+        image, uniformly from ``generator``; ``images`` are all N normalised images."""
+        view = torch.randint(len(self.offsets), (len(idx),), generator=generator)
+        real = apply_crop_flip(images[idx].to(mean.device), mean, std, self.padding,
+                               self.offsets[view, idx], self.flips[view, idx])
+        return real, self.targets[view, idx].to(mean.device)
+
+
+def compute_views(images: Tensor, mean: Tensor, std: Tensor, teacher: nn.Module, views: int,
+                  padding: int, generator: torch.Generator,
+                  progress: Callable[[], None] = lambda: None) -> TeacherViews:
+    """Draw ``views`` augmentations per image (view by view) and the teacher's targets of
+    each (no grad, in chunks of :data:`CHUNK`); ``progress`` is called after every view."""
+    n = len(images)
+    offsets = torch.empty(views, n, 2, dtype=torch.uint8)
+    flips = torch.empty(views, n, dtype=torch.bool)
+    targets: Tensor | None = None
+    for v in range(views):
+        offsets[v], flips[v] = draw_crop_flip(n, padding, generator)
+        for start in range(0, n, CHUNK):
+            sl = slice(start, start + CHUNK)
+            real = apply_crop_flip(images[sl].to(mean.device), mean, std, padding,
+                                   offsets[v, sl], flips[v, sl])
+            with torch.no_grad():
+                out = teacher.features(real).cpu()
+            if targets is None:
+                targets = torch.empty(views, n, out.shape[1], dtype=out.dtype)
+            targets[v, sl] = out
+        progress()
+    assert targets is not None
+    return TeacherViews(offsets, flips, targets, padding)
+
+
+def views_config(views: int, padding: int, channels_last: bool) -> dict[str, Any]:
+    """What names a views artifact besides the inputs: V, the crop padding and the teacher's
+    memory layout (its targets differ by float rounding between layouts)."""
+    return {"views": views, "padding": padding, "teacher_channels_last": channels_last}
+
+
+def ensure_views(ctx: MethodContext, views: int, padding: int, channels_last: bool,
+                 load_teacher: Callable[[], nn.Module]) -> TeacherViews:
+    """The views of ``ctx.images`` from the cache, computed first if missing.
+
+    The draws come from a generator seeded by the views config, not the run seed, so every
+    seed (and method run) on the same inputs shares the artifact; ``ctx.inputs_key`` names
+    the images and, through the representations, the teacher. ``load_teacher`` is called
+    only on a cache miss.
+    """
+    config = views_config(views, padding, channels_last)
+    inputs = {"representations": ctx.inputs_key}
+    key = ArtifactCache.key(STAGE, config, inputs)
+
+    def produce(tmp: Path) -> dict[str, Any]:
+        mean, std = (torch.tensor(v, device=ctx.device).view(1, -1, 1, 1)
+                     for v in (ctx.mean, ctx.std))
+        generator = torch.Generator().manual_seed(derive_seed(STAGE, config_hash(config)))
+        bar = ctx.progress.bar(views, "krrst views")
+        out = compute_views(ctx.images, mean, std, load_teacher(), views, padding, generator,
+                            lambda: bar.update(1))
+        bar.close()
+        torch.save({"offsets": out.offsets, "flips": out.flips, "targets": out.targets},
+                   tmp / VIEWS_FILE)
+        return {"images": len(ctx.images), "dim": int(out.targets.shape[2]),
+                "target_bytes": out.targets.nbytes}
+
+    path = ctx.cache.get_or_create(STAGE, key, produce, config=config, inputs=inputs)
+    stored = torch.load(path / VIEWS_FILE, mmap=True, weights_only=True)
+    return TeacherViews(stored["offsets"], stored["flips"], stored["targets"], padding)
