@@ -311,7 +311,7 @@ def paired_table(frame: pd.DataFrame, baseline: str = "random",
         cells[(row, column)] = f"{diff.mean():+.2f} (p={p}, n={len(diff)})"
     if not cells:
         return pd.DataFrame()
-    table = pd.Series(cells).unstack()
+    table = pd.Series(cells).unstack().fillna("")  # a row may lack some columns
     return _arrange(table, method_order or list(dict.fromkeys(df["method"])),
                     list(dict.fromkeys(df["arch"])))
 

@@ -209,3 +209,14 @@ def test_paper_layout_repeats_the_teacher_row():
         assert list(table.index) == ["teacher (1437)", "random (100)", "mkdt (100)"]
     (_, arch), = layout_tables(frame, "arch")
     assert "teacher (1437)" not in arch.index
+
+
+def test_paired_table_leaves_absent_cells_empty():
+    from mkdt_bench.results import paired_table
+
+    extra = [ResultRow(cell_key=f"m-r18-{seed}", dataset="digits", method="mkdt", budget=100,
+                       arch="resnet18", evaluator="linear", task="digits", fraction=0.01,
+                       seed=seed, accuracy=40.0 + seed) for seed in range(3)]
+    table = paired_table(_frame(rows() + extra), "random")
+    assert table.loc["mkdt [resnet18]", "digits @ 5%"] == ""
+    assert table.loc["mkdt [resnet18]", "digits @ 1%"] == "n/a (no shared seeds)"
