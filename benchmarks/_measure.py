@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import resource
 import sys
 import time
@@ -41,3 +42,18 @@ def time_calls(fn: Callable[[], None], warmup: int, repeats: int,
     if device.type == "cuda":
         return seconds, torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     return seconds, peak_rss_mib() - rss_before, "ru_maxrss_growth"
+
+
+def add_student_args(p: argparse.ArgumentParser) -> None:
+    """The ConvNet student and its data: ``--width``, ``--resolution``, ``--dim``."""
+    p.add_argument("--width", type=int, default=128, help="ConvNet width")
+    p.add_argument("--resolution", type=int, default=32, help="image side in pixels")
+    p.add_argument("--dim", type=int, default=512, help="target representation size D")
+
+
+def add_unroll_args(p: argparse.ArgumentParser, images_flag: str = "--images") -> None:
+    """One MKDT iteration's problem (spec ``mkdt.md`` §4): synthetic images, ``--syn-steps``
+    N and ``--batch-syn``."""
+    p.add_argument(images_flag, type=int, default=100, help="synthetic images |S|")
+    p.add_argument("--syn-steps", type=int, default=10, help="inner steps N")
+    p.add_argument("--batch-syn", type=int, default=100, help="inner mini-batch size")

@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 import torch
-from _measure import peak_rss_mib, sync, time_calls
+from _measure import add_student_args, add_unroll_args, peak_rss_mib, sync, time_calls
 from _mtt_baseline import ReparamNet, baseline_loss
 
 from mkdt_bench.methods._alloc import retained_heap
@@ -48,13 +48,9 @@ ENGINES = ("baseline", "full", "checkpoint")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=100, help="synthetic images |S|")
-    p.add_argument("--syn-steps", type=int, default=10, help="inner steps N")
-    p.add_argument("--batch-syn", type=int, default=100, help="inner mini-batch size")
-    p.add_argument("--width", type=int, default=128, help="ConvNet width")
-    p.add_argument("--resolution", type=int, default=32, help="image side in pixels")
+    add_unroll_args(p)
+    add_student_args(p)
     p.add_argument("--channels", type=int, default=3, help="image channels")
-    p.add_argument("--dim", type=int, default=512, help="target representation size D")
     p.add_argument("--student", default="convnet", help="student model name")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")

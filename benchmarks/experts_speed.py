@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import torch
+from _measure import add_student_args
 
 from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._trajectories import EXPERT_DEFAULTS, train_expert, train_experts
@@ -34,9 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--experts", type=int, default=4, help="experts per measurement")
     p.add_argument("--groups", default="2,4", help="group sizes, comma-separated")
     p.add_argument("--epochs", type=int, default=1, help="train_epochs")
-    p.add_argument("--width", type=int, default=128, help="ConvNet width")
-    p.add_argument("--resolution", type=int, default=32, help="image side in pixels")
-    p.add_argument("--dim", type=int, default=512, help="target representation size D")
+    add_student_args(p)
     p.add_argument("--heap", default="default", choices=("default", "retained"),
                    help="glibc heap during training")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 import torch
+from _measure import add_student_args, add_unroll_args
 
 from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._trajectories import (
@@ -35,12 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=2000, help="expert training images")
     p.add_argument("--epochs", type=int, default=3, help="expert epochs E")
     p.add_argument("--expert-epochs", type=int, default=2, help="M")
-    p.add_argument("--syn-images", type=int, default=100, help="synthetic images |S|")
-    p.add_argument("--syn-steps", type=int, default=10, help="inner steps N")
-    p.add_argument("--batch-syn", type=int, default=100, help="inner mini-batch size")
-    p.add_argument("--width", type=int, default=128, help="ConvNet width")
-    p.add_argument("--resolution", type=int, default=32, help="image side in pixels")
-    p.add_argument("--dim", type=int, default=512, help="target representation size D")
+    add_unroll_args(p, "--syn-images")
+    add_student_args(p)
     return p.parse_args(argv)
 
 

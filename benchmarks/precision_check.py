@@ -21,19 +21,15 @@ import time
 from typing import Any
 
 import torch
-from _measure import sync
+from _measure import add_student_args, add_unroll_args, sync
 
 from mkdt_bench.methods._trajectories import FlatNet, build_student, meta_step, syn_batches
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=100, help="synthetic images |S|")
-    p.add_argument("--syn-steps", type=int, default=10, help="inner steps N")
-    p.add_argument("--batch-syn", type=int, default=100, help="inner mini-batch size")
-    p.add_argument("--width", type=int, default=128, help="ConvNet width")
-    p.add_argument("--resolution", type=int, default=32, help="image side in pixels")
-    p.add_argument("--dim", type=int, default=512, help="target representation size D")
+    add_unroll_args(p)
+    add_student_args(p)
     p.add_argument("--unroll", default="full", choices=("full", "checkpoint"))
     p.add_argument("--modes", default="fp32,tf32,bf16", help="comma-separated")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
