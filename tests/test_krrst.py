@@ -10,7 +10,7 @@ from sklearn.linear_model import Ridge
 
 import mkdt_bench.methods._teacher_views as tv
 import mkdt_bench.methods.krrst as kr
-from mkdt_bench.augment import crop_flip
+from mkdt_bench.augment import apply_crop_flip, crop_flip, draw_crop_flip
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import METHODS, MethodContext, create_method
@@ -274,9 +274,9 @@ def test_teacher_views_zero_is_the_faithful_path(tmp_path):
 def test_views_replay_crop_flip_and_store_the_teachers_targets(tmp_path):
     ctx = tiny_context(tmp_path, tmp_path / "s")
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (ctx.mean, ctx.std))
-    offsets, flips = tv.draw_crop_flip(40, 4, torch.Generator().manual_seed(5))
+    offsets, flips = draw_crop_flip(40, 4, torch.Generator().manual_seed(5))
     torch.testing.assert_close(
-        tv.apply_crop_flip(ctx.images, mean, std, 4, offsets.to(torch.uint8), flips),
+        apply_crop_flip(ctx.images, mean, std, 4, offsets.to(torch.uint8), flips),
         crop_flip(ctx.images, mean, std, 4, torch.Generator().manual_seed(5)), rtol=0, atol=0)
     create_method("krrst", **VIEWS).distill(ctx)
     (manifest,) = (tmp_path / "artifacts" / tv.STAGE).glob("*/manifest.json")
@@ -285,7 +285,7 @@ def test_views_replay_crop_flip_and_store_the_teachers_targets(tmp_path):
     assert len(set(stored["offsets"].flatten().tolist())) > 1 and stored["flips"].any()
     teacher = tiny_teacher()
     for v in range(3):
-        real = tv.apply_crop_flip(ctx.images, mean, std, 4, stored["offsets"][v],
+        real = apply_crop_flip(ctx.images, mean, std, 4, stored["offsets"][v],
                                   stored["flips"][v])
         assert not torch.allclose(real, ctx.images)
         with torch.no_grad():

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mkdt_bench.augment import apply_crop_flip, draw_crop_flip
 from mkdt_bench.cache import ArtifactCache, config_hash
 from mkdt_bench.methods.base import MethodContext
 from mkdt_bench.seeding import derive_seed
@@ -28,28 +28,6 @@ STAGE = "krrst-views"
 VIEWS_FILE = "views.pt"
 #: Images per teacher forward while precomputing.
 CHUNK = 1024
-
-
-def draw_crop_flip(n: int, padding: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """The ``n`` random choices of :func:`~mkdt_bench.augment.crop_flip`, in its order:
-    crop offsets ``n x 2`` (dy, dx in 0..2·padding) and flip bits ``n``."""
-    offsets = torch.randint(2 * padding + 1, (n, 2), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
-    return offsets, flips
-
-
-def apply_crop_flip(images: Tensor, mean: Tensor, std: Tensor, padding: int, offsets: Tensor,
-                    flips: Tensor) -> Tensor:
-    """:func:`~mkdt_bench.augment.crop_flip` with given choices (the same arithmetic, so the
-    same output for the same draws): pad with raw 0, crop at ``offsets``, flip where
-    ``flips``, on normalised images."""
-    n, _, h, w = images.shape
-    raw = images * std + mean
-    padded = F.pad(raw, (padding,) * 4)
-    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
-                       for i, (dy, dx) in enumerate(offsets.tolist())])
-    out = torch.where(flips.to(out.device).view(n, 1, 1, 1), out.flip(-1), out)
-    return (out - mean) / std
 
 
 @dataclass
