@@ -223,7 +223,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mkdt_bench.cache import ArtifactCache
     from mkdt_bench.config import build_config
     from mkdt_bench.results import ResultStore
-    from mkdt_bench.runner import Env, run_grid
+    from mkdt_bench.runner import run_grid
+    from mkdt_bench.stages.env import Env
 
     preset = args.preset or (QUICK if args.dataset is None else None)
     flags = {"dataset": args.dataset, "methods": args.methods, "budget": args.budget,
@@ -257,7 +258,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mkdt_bench.config import build_config
     from mkdt_bench.distilled import DistilledSet
     from mkdt_bench.results import ResultStore
-    from mkdt_bench.runner import Env, plan_external, run_plan
+    from mkdt_bench.runner import plan_external, run_plan
+    from mkdt_bench.stages.env import Env
 
     directory = Path(args.distilled).expanduser()
     if not directory.is_dir():

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from mkdt_bench.errors import UserError
 
 if TYPE_CHECKING:
-    from mkdt_bench.runner import Env
+    from mkdt_bench.stages.env import Env
 
 U = TypeVar("U")
 R = TypeVar("R")

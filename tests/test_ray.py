@@ -17,7 +17,9 @@ from mkdt_bench.config import build_config
 from mkdt_bench.errors import UserError
 from mkdt_bench.executors import RAY_HINT, InProcessExecutor, RayExecutor, Task, map_units
 from mkdt_bench.results import ResultStore
-from mkdt_bench.runner import Env, EvalUnit, run_eval, run_grid
+from mkdt_bench.runner import run_grid
+from mkdt_bench.stages.env import Env
+from mkdt_bench.stages.evaluate import EvalUnit, run_eval
 
 ray = pytest.importorskip("ray")
 

@@ -13,7 +13,9 @@ from mkdt_bench.config import build_config
 from mkdt_bench.data import load_dataset
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.results import ResultStore
-from mkdt_bench.runner import Env, plan_grid, pool_indices, run_grid
+from mkdt_bench.runner import plan_grid, run_grid
+from mkdt_bench.stages.distill import pool_indices
+from mkdt_bench.stages.env import Env
 
 FAST = ["teacher.arch='convnet:width=16'", "teacher.epochs=1", "teacher.proj_dim=32",
         "teacher.batch_size=128", "pretrain.epochs=1",

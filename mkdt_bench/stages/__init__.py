@@ -1,0 +1,10 @@
+"""The stages of a grid, one module each, in the order data flows through them::
+
+    env       where a unit runs (cache, device, threads) and the data sets it reads
+    teacher   SSL teacher -> target representations of the training set
+    distill   method sub-units (e.g. expert trajectories) and distillations -> DistilledSet
+    pretrain  a fresh encoder pre-trained on a DistilledSet
+    evaluate  an encoder's downstream cells -> result rows
+
+:mod:`mkdt_bench.runner` plans a grid from them and hands the units to an executor.
+"""

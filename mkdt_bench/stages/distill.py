@@ -1,0 +1,119 @@
+"""Distillation stage: a method's sub-units (e.g. MKDT's expert trajectories) and the
+distillations themselves, each producing a cache artifact from the teacher's
+representations of the training set (or of its ``run.train_pool`` subset)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mkdt_bench.cache import ArtifactCache
+from mkdt_bench.methods import MethodContext, create_method
+from mkdt_bench.methods.base import SubUnit
+from mkdt_bench.progress import Progress
+from mkdt_bench.stages.env import Env, cached_dataset, normalized_train, prepare_process
+from mkdt_bench.stages.teacher import load_teacher
+
+#: Seed of the training-pool subset (``run.train_pool``); fixed so that every method of a
+#: grid, whatever its seed, distils from the same pool.
+POOL_SEED = 0
+
+
+def pool_indices(n_train: int, pool: int) -> torch.Tensor | None:
+    """The ``run.train_pool`` subset: ``pool`` seeded random training indices, sorted
+    (``None``: the whole training set)."""
+    if pool <= 0 or pool >= n_train:
+        return None
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(POOL_SEED))
+    return perm[:pool].sort().values
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """What a method distils from: the teacher's representations of the training set
+    (or of its ``pool``-image subset) and the teacher that made them."""
+
+    dataset: str
+    representations_key: str
+    teacher_key: str
+    teacher_arch: str
+    pool: int = 0
+
+    @property
+    def key(self) -> str:
+        """Cache key of (images, targets); sub-stage and distilled-set keys build on it."""
+        if self.pool <= 0:
+            return self.representations_key
+        return ArtifactCache.key("pool", {"images": self.pool, "seed": POOL_SEED},
+                                 {"representations": self.representations_key})
+
+
+def method_context(env: Env, inputs: MethodInputs, budget: int, seed: int,
+                   scratch: Path) -> MethodContext:
+    """The :class:`MethodContext` a method (or sub-unit) of ``inputs`` receives."""
+    cache = ArtifactCache(env.cache_dir)
+    source = cached_dataset(inputs.dataset, env.data_root, env.cache_dir)
+    images = normalized_train(inputs.dataset, env.data_root, env.cache_dir)
+    reps = torch.load(cache.path("representations", inputs.representations_key)
+                      / "representations.pt")
+    idx = pool_indices(len(images), inputs.pool)
+    if idx is not None:
+        images, reps = images[idx], reps[idx]
+    return MethodContext(
+        source=source.name, images=images, targets=reps, mean=source.mean, std=source.std,
+        budget=budget, seed=seed, device=env.torch_device, cache=cache, inputs_key=inputs.key,
+        scratch=scratch, progress=Progress(env.progress),
+        load_teacher=functools.partial(load_teacher, env, inputs.teacher_key,
+                                       inputs.teacher_arch, source))
+
+
+@dataclass(frozen=True)
+class MethodSubUnit:
+    """A method's sub-unit (e.g. one expert trajectory) on the teacher's representations."""
+
+    sub: SubUnit
+    inputs: MethodInputs
+
+
+def run_sub_unit(unit: MethodSubUnit, env: Env) -> None:
+    """Produce the sub-unit's artifact in the cache."""
+    prepare_process(env)
+    scratch = ArtifactCache(env.cache_dir).scratch(unit.sub.stage, unit.sub.key)
+    unit.sub.run(method_context(env, unit.inputs, 0, 0, scratch))
+
+
+@dataclass(frozen=True)
+class DistillUnit:
+    """One method run: (method, options, budget, seed) on the teacher's representations."""
+
+    key: str
+    method: str
+    options: dict[str, Any]
+    budget: int
+    seed: int
+    inputs: MethodInputs
+
+
+def run_distill(unit: DistillUnit, env: Env) -> None:
+    """Produce the unit's DistilledSet in the cache (an intact one is kept; a corrupt one is
+    moved aside and recomputed before any evaluation loads it)."""
+    prepare_process(env)
+    cache = ArtifactCache(env.cache_dir)
+
+    def produce(tmp: Path) -> dict[str, Any]:
+        method = create_method(unit.method, **unit.options)
+        ctx = method_context(env, unit.inputs, unit.budget, unit.seed,
+                             cache.scratch("distilled", unit.key))
+        distilled = method.distill(ctx)
+        distilled.config_hash = unit.key
+        distilled.save(tmp)
+        return {"num_images": len(distilled), "method": unit.method}
+
+    cache.get_or_create("distilled", unit.key, produce,
+                        config={"method": unit.method, "options": unit.options,
+                                "budget": unit.budget, "seed": unit.seed},
+                        inputs={"images": unit.inputs.key})

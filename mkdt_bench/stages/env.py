@@ -1,0 +1,111 @@
+"""Where a unit runs and what every stage shares: the :class:`Env` (cache, device, threads),
+the per-process torch settings, and the data sets a unit reads (loaded once per process)."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from mkdt_bench.data import ImageDataset, load_dataset
+from mkdt_bench.errors import MissingDataError, UserError
+from mkdt_bench.progress import Progress
+from mkdt_bench.seeding import set_deterministic
+
+
+@dataclass(frozen=True)
+class Env:
+    """Where a unit finds its inputs; everything a worker process needs besides the unit."""
+
+    cache_dir: str
+    data_root: str = ""
+    device: str = "cpu"
+    progress: bool = True
+    threads: int = 0  # torch CPU threads per unit; 0 = torch's default
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device {self.device!r} was asked for but CUDA is not available; "
+                            "use --device cpu")
+        return torch.device(self.device)
+
+
+def prepare_process(env: Env) -> None:
+    """Torch settings every unit applies first (workers are separate processes)."""
+    if env.threads > 0:
+        torch.set_num_threads(env.threads)
+    if env.torch_device.type == "cpu":
+        set_deterministic(True)
+
+
+def error_text(error: BaseException) -> str:
+    """``Type: message`` on one line, for a failed row."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def package_versions() -> dict[str, str]:
+    """Python, the packages a row's numbers depend on, and the git revision."""
+    versions = {"python": platform.python_version()}
+    for name in ("mkdt-bench", "torch", "torchvision", "timm", "lightly"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["git"] = _git_revision()
+    return versions
+
+
+@functools.lru_cache(maxsize=1)
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# --------------------------------------------------------------------------- data
+
+
+@functools.lru_cache(maxsize=4)
+def cached_dataset(name: str, data_root: str, cache_dir: str,
+            image_size: int | None = None) -> ImageDataset:
+    """A data set, loaded once per process."""
+    return load_dataset(name, root=data_root or None, cache_dir=cache_dir, image_size=image_size)
+
+
+@functools.lru_cache(maxsize=2)
+def normalized_train(name: str, data_root: str, cache_dir: str) -> torch.Tensor:
+    """A data set's normalised training images, built once per process."""
+    return cached_dataset(name, data_root, cache_dir).normalized("train")
+
+
+def load_tasks(names: list[str], env: Env, source: ImageDataset) -> dict[str, str]:
+    """Load every downstream task at the source resolution (resizing loaders only, spec
+    ``evaluation.md`` A.5); returns ``{task: missing path}`` for those whose files are absent.
+
+    A task with another channel count than the source is a UserError.
+    """
+    missing = {}
+    for name in names:
+        try:
+            task = cached_dataset(name, env.data_root, env.cache_dir, source.image_size)
+        except MissingDataError as e:
+            missing[name] = e.path
+            Progress(env.progress).write(f"task {name!r} will be n/a: {e}")
+            continue
+        if task.channels != source.channels:
+            raise UserError(f"task {name!r} has {task.channels}-channel images but the source "
+                            f"{source.name!r} has {source.channels}; pick tasks with the same "
+                            "number of channels")
+    return missing

@@ -1,0 +1,93 @@
+"""Evaluation stage: an encoder (pre-trained on a set, or the teacher) scored by each
+downstream cell (evaluator, task, label fraction) into result rows."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mkdt_bench.cache import ArtifactCache, config_hash
+from mkdt_bench.errors import UserError
+from mkdt_bench.evaluators import create_evaluator
+from mkdt_bench.results import MISSING, TEACHER_ROW, ResultRow
+from mkdt_bench.stages.env import Env, cached_dataset, error_text, package_versions, prepare_process
+from mkdt_bench.stages.pretrain import pretrained_encoder, stage_costs
+from mkdt_bench.stages.teacher import load_teacher
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One result row to compute: (evaluator, task, label fraction) of an encoder.
+
+    ``image_size``: the resolution resizing task loaders bring the task to (the source's);
+    ``missing``: the absent file of a task whose data are not there (an ``n/a`` row).
+    """
+
+    key: str
+    evaluator: str
+    options: dict[str, Any]
+    task: str
+    fraction: float
+    image_size: int | None = None
+    missing: str = ""
+
+
+@dataclass(frozen=True)
+class EvalUnit:
+    """Pre-train one encoder (or take the teacher) and compute its missing cells."""
+
+    method: str
+    arch: str
+    seed: int
+    budget: int
+    dataset: str
+    source_key: str  # distilled-set key, or the teacher key for the teacher row
+    pretrain: dict[str, Any]
+    cells: tuple[Cell, ...]
+    row_config: dict[str, Any] = field(default_factory=dict)
+    upstream_error: str | None = None
+
+
+def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
+    """The unit's result rows; a failure becomes failed rows carrying the error."""
+    prepare_process(env)
+    rows: list[ResultRow] = []
+    versions = package_versions()
+
+    def row(cell: Cell, accuracy: float | None, timings: dict[str, float],
+            metrics: dict[str, float], error: str | None = None,
+            status: str = "failed") -> ResultRow:
+        config = {**unit.row_config, "evaluator_options": cell.options}
+        return ResultRow(cell_key=cell.key, dataset=unit.dataset, method=unit.method,
+                         budget=unit.budget, arch=unit.arch, evaluator=cell.evaluator,
+                         task=cell.task, fraction=cell.fraction, seed=unit.seed,
+                         accuracy=accuracy, status=status if error else "ok", error=error,
+                         config_hash=config_hash(config), config=config, versions=versions,
+                         device=str(env.torch_device), timings=timings, metrics=metrics)
+
+    rows += [row(c, None, {}, {}, f"missing: {c.missing}", MISSING) for c in unit.cells
+             if c.missing]
+    present = [c for c in unit.cells if not c.missing]
+    if unit.upstream_error:
+        return rows + [row(c, None, {}, {}, unit.upstream_error) for c in present]
+    if not present:
+        return rows
+    try:
+        if unit.method == TEACHER_ROW:
+            source = cached_dataset(unit.dataset, env.data_root, env.cache_dir)
+            encoder = load_teacher(env, unit.source_key, unit.arch, source)
+            timings = stage_costs(ArtifactCache(env.cache_dir), [f"teacher/{unit.source_key}"])
+        else:
+            encoder, timings = pretrained_encoder(unit, env)
+        for cell in present:
+            task = cached_dataset(cell.task, env.data_root, env.cache_dir, cell.image_size)
+            start = time.perf_counter()
+            metrics = create_evaluator(cell.evaluator, **cell.options).evaluate(
+                encoder, task, cell.fraction, unit.seed, env.torch_device)
+            cell_timings = {**timings, "evaluate_s": time.perf_counter() - start}
+            rows.append(row(cell, metrics.pop("accuracy"), cell_timings, metrics))
+    except (UserError, RuntimeError, ValueError) as e:
+        done = {r.cell_key for r in rows}
+        rows += [row(c, None, {}, {}, error_text(e)) for c in present if c.key not in done]
+    return rows

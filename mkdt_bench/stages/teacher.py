@@ -1,0 +1,67 @@
+"""Teacher stage: the SSL teacher (trained or loaded) and its representations of the
+training set, two cache artifacts every method of a grid shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mkdt_bench.cache import ArtifactCache, file_sha256
+from mkdt_bench.data import ImageDataset
+from mkdt_bench.errors import UserError
+from mkdt_bench.models import Encoder
+from mkdt_bench.progress import Progress
+from mkdt_bench.stages.env import Env, normalized_train
+from mkdt_bench.teacher import build_teacher, encode, load_teacher_checkpoint, train_teacher
+
+
+def teacher_key(cfg: dict[str, Any], dataset: ImageDataset) -> str:
+    """Cache key of the teacher: its config (or checkpoint's checksum) and the data."""
+    tcfg = dict(cfg["teacher"])
+    if tcfg["checkpoint"]:
+        path = Path(tcfg["checkpoint"]).expanduser()
+        if not path.is_file():
+            raise UserError(f"teacher checkpoint {str(path)!r} does not exist")
+        tcfg = {"arch": tcfg["arch"], "checkpoint_sha256": file_sha256(path)}
+    return ArtifactCache.key("teacher", tcfg, {"data": dataset.fingerprint})
+
+
+def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tuple[str, str]:
+    """Train (or load) the teacher and encode the training set; returns both cache keys."""
+    cache = ArtifactCache(env.cache_dir)
+    tkey = teacher_key(cfg, dataset)
+    tcfg = cfg["teacher"]
+
+    def produce_teacher(tmp: Path) -> dict[str, Any]:
+        if tcfg["checkpoint"]:
+            model = load_teacher_checkpoint(tcfg["checkpoint"], tcfg["arch"], dataset)
+        else:
+            model = train_teacher(dataset, tcfg, cache.scratch("teacher", tkey),
+                                  env.torch_device, Progress(env.progress))
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp / "teacher.pt")
+        return {"arch": tcfg["arch"]}
+
+    cache.get_or_create("teacher", tkey, produce_teacher, config=tcfg,
+                        inputs={"data": dataset.fingerprint})
+    rkey = ArtifactCache.key("representations", {}, {"teacher": tkey})
+
+    def produce_representations(tmp: Path) -> dict[str, Any]:
+        model = load_teacher(env, tkey, tcfg["arch"], dataset)
+        images = normalized_train(cfg["run"]["dataset"], env.data_root, env.cache_dir)
+        reps = encode(model, images, env.torch_device)
+        torch.save(reps, tmp / "representations.pt")
+        return {"shape": list(reps.shape)}
+
+    cache.get_or_create("representations", rkey, produce_representations,
+                        inputs={"teacher": tkey})
+    return tkey, rkey
+
+
+def load_teacher(env: Env, tkey: str, arch: str, dataset: ImageDataset) -> Encoder:
+    """The cached teacher, in eval mode on the unit's device."""
+    cache = ArtifactCache(env.cache_dir)
+    model = build_teacher(arch, dataset)
+    model.load_state_dict(torch.load(cache.path("teacher", tkey) / "teacher.pt"))
+    return model.to(env.torch_device).eval()
