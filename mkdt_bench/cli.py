@@ -31,6 +31,16 @@ def _csv(kind: type = str):
     return parse
 
 
+def _methods(text: str) -> list[str]:
+    """``--methods``: labels, variants' brackets kept whole (``mkdt[init=random,iterations=0]``)."""
+    from mkdt_bench.variants import split_methods
+
+    try:
+        return split_methods(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="artifact cache (default $MKDT_BENCH_CACHE or "
                                        "~/.cache/mkdt-bench)")
@@ -68,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "no --dataset is given)")
     run.add_argument("--dataset", help="digits, cifar10, cifar100, tinyimagenet, imagefolder:PATH")
     run.add_argument("--data-root", help="where downloadable data sets live")
-    run.add_argument("--methods", type=_csv(), help="comma-separated method names")
+    run.add_argument("--methods", type=_methods, help="comma-separated method names; a "
+                     "variant with its own options is a row of its own: mkdt[init=random]")
     run.add_argument("--budget", help="images in each distilled set: a count or a percentage")
     run.add_argument("--archs", type=_csv(), help="encoders to pre-train (convnet, resnet18, "
                                                   "timm:NAME, ...)")
@@ -134,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "label fraction (and versus budget)")
     _common(plot)
     plot.add_argument("--dataset", help="only this source data set")
-    plot.add_argument("--methods", type=_csv(), help="only these methods")
+    plot.add_argument("--methods", type=_methods, help="only these methods (rows)")
     plot.add_argument("--out", default="plots", help="folder for the PNG files (default plots)")
 
     show = sub.add_parser("show", help="a PNG grid of a DistilledSet's images")
@@ -146,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="render stored results as a table")
     _common(table)
     table.add_argument("--dataset", help="only this source data set")
-    table.add_argument("--methods", type=_csv(), help="only these methods")
+    table.add_argument("--methods", type=_methods, help="only these methods (rows)")
     _report(table)
 
     cache = sub.add_parser("cache", help="check or prune the artifact cache")

@@ -5,7 +5,9 @@ A resolved config is plain data with five sections::
     run        what to run (dataset, methods, budget, archs, fractions, seeds, ...)
     teacher    SSL teacher (see mkdt_bench.teacher.TEACHER_DEFAULTS)
     pretrain   pre-training on a distilled set (evaluation.md A.1)
-    methods    methods.<name>.<option>, validated by each method's ``defaults``
+    methods    methods.<name>.<option>, validated by each method's ``defaults``; a variant
+               ``name[key=value,...]`` of ``run.methods`` gets its resolved options here
+               under its label (see :mod:`mkdt_bench.variants`)
     evaluators evaluators.<name>.<option>, validated by each evaluator's ``defaults``
 
 Precedence: defaults < preset < command-line flags < ``--set section.key=value``.
@@ -23,6 +25,7 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators.pretrain import PRETRAIN_DEFAULTS
 from mkdt_bench.options import resolve_options
 from mkdt_bench.teacher import TEACHER_CHOICES, TEACHER_DEFAULTS
+from mkdt_bench.variants import canonical_label, parse_label
 
 RUN_DEFAULTS: dict[str, Any] = {
     "dataset": "digits",
@@ -134,8 +137,12 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("methods", "archs", "seeds", "fractions", "evaluators"):
         if not run[key]:
             raise UserError(f"run.{key} is empty; give at least one value")
-    for name in run["methods"]:
-        METHODS.get(name)
+    run["methods"] = [canonical_label(label) for label in run["methods"]]
+    repeated = sorted({m for m in run["methods"] if run["methods"].count(m) > 1})
+    if repeated:
+        raise UserError(f"run.methods lists {repeated[0]!r} twice; give each row once")
+    for label in run["methods"]:
+        METHODS.get(parse_label(label)[0])
     for name in run["evaluators"]:
         EVALUATORS.get(name)
     for name in [*run["archs"], cfg["teacher"]["arch"]]:
@@ -152,12 +159,20 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     if run["device"] not in ("cpu", "cuda", "auto") and not run["device"].startswith("cuda:"):
         raise UserError(f"run.device={run['device']!r} must be cpu, cuda, cuda:N or auto")
     for section, registry in (("methods", METHODS), ("evaluators", EVALUATORS)):
-        for name in run[section]:
-            cfg[section].setdefault(name, {})
+        for label in run[section]:
+            cfg[section].setdefault(parse_label(label)[0], {})
         for name, options in cfg[section].items():
             if not isinstance(options, dict):
                 raise UserError(f"{section}.{name} must be a table of options")
             cfg[section][name] = registry.get(name)(**options).config
+    for label in run["methods"]:  # a variant: its method's options with its own on top
+        name, extra = parse_label(label)
+        if extra:
+            try:
+                cfg["methods"][label] = METHODS.get(name)(
+                    **{**cfg["methods"][name], **extra}).config
+            except UserError as e:
+                raise UserError(f"{label}: {e}") from None
     parse_budget(run["budget"])
     if run["train_pool"] < 0:
         raise UserError(f"run.train_pool={run['train_pool']} must be 0 (every training image) "

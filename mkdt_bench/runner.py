@@ -45,6 +45,7 @@ from mkdt_bench.stages.env import (
 from mkdt_bench.stages.evaluate import Cell, EvalUnit, run_eval
 from mkdt_bench.stages.pretrain import encoder_key, run_pretrain
 from mkdt_bench.stages.teacher import ensure_teacher
+from mkdt_bench.variants import parse_label
 
 
 @dataclass
@@ -91,11 +92,14 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                                         dataset.image_size, missing.get(task, "")))
         return tuple(out)
 
-    for method in run["methods"]:
-        options = cfg["methods"][method]
+    for label in run["methods"]:
+        method = parse_label(label)[0]
+        options = cfg["methods"][label]
         seeded = METHODS.get(method).seeded and not run["shared_distillation"]
         sub_keys = [f"{sub.stage}/{sub.key}"
                     for sub in create_method(method, **options).sub_units(inputs.key)]
+        # a variant's rows are its own even where its set equals another row's
+        row_id = {"row": label} if label != method else {}
         for seed in run["seeds"]:
             distill_seed = seed if seeded else 0
             key_options = METHODS.get(method).key_options(options)
@@ -103,20 +107,20 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                                                    "budget": budget, "seed": distill_seed},
                                      {"images": inputs.key})
             for arch in run["archs"]:
-                row_config = {**base, "method": method, "method_options": options,
+                row_config = {**base, "method": method, **row_id, "method_options": options,
                               "budget": budget, "train_pool": inputs.pool,
                               "distill_seed": distill_seed, "arch": arch,
                               "pretrain": cfg["pretrain"], "teacher_config": cfg["teacher"],
                               "artifacts": [f"teacher/{tkey}", f"representations/{rkey}",
                                             *sub_keys, f"distilled/{dkey}", "encoder/"
                                             + encoder_key(arch, cfg["pretrain"], seed, dkey)]}
-                cells = cells_for({"distilled": dkey, "arch": arch, "pretrain": cfg["pretrain"]},
-                                  seed)
+                cells = cells_for({"distilled": dkey, "arch": arch, "pretrain": cfg["pretrain"],
+                                   **row_id}, seed)
                 if not cells:
                     continue
                 distill_units[dkey] = DistillUnit(dkey, method, options, budget, distill_seed,
                                                   inputs)
-                eval_units.append(EvalUnit(method, arch, seed, budget, run["dataset"], dkey,
+                eval_units.append(EvalUnit(label, arch, seed, budget, run["dataset"], dkey,
                                            cfg["pretrain"], cells, row_config))
     if run["teacher_row"]:
         n_teacher = min(cfg["teacher"]["train_images"] or len(dataset.train_images),
