@@ -35,6 +35,7 @@ from mkdt_bench.training import checked_step
 
 #: Teacher options (``[teacher]`` in presets, ``--set teacher.KEY=VALUE``).
 TEACHER_DEFAULTS: dict[str, Any] = {
+    "kind": "ssl",
     "arch": "resnet18",
     "ssl": "barlow_twins",
     "epochs": 200,
@@ -53,7 +54,8 @@ TEACHER_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "checkpoint": "",
 }
-TEACHER_CHOICES: dict[str, Any] = {"ssl": ("barlow_twins", "simclr")}
+TEACHER_CHOICES: dict[str, Any] = {"kind": ("ssl", "supervised"),
+                                   "ssl": ("barlow_twins", "simclr")}
 
 
 def build_teacher(arch: str, dataset: ImageDataset) -> Encoder:

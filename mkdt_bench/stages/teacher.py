@@ -14,12 +14,15 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder
 from mkdt_bench.progress import Progress
 from mkdt_bench.stages.env import Env, normalized_train
+from mkdt_bench.supervised_teacher import train_supervised_teacher
 from mkdt_bench.teacher import build_teacher, encode, load_teacher_checkpoint, train_teacher
 
 
 def teacher_key(cfg: dict[str, Any], dataset: ImageDataset) -> str:
     """Cache key of the teacher: its config (or checkpoint's checksum) and the data."""
     tcfg = dict(cfg["teacher"])
+    if tcfg["kind"] == "ssl":  # the only kind before ``kind`` existed: stored keys stay valid
+        del tcfg["kind"]
     if tcfg["checkpoint"]:
         path = Path(tcfg["checkpoint"]).expanduser()
         if not path.is_file():
@@ -37,6 +40,10 @@ def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tupl
     def produce_teacher(tmp: Path) -> dict[str, Any]:
         if tcfg["checkpoint"]:
             model = load_teacher_checkpoint(tcfg["checkpoint"], tcfg["arch"], dataset)
+        elif tcfg["kind"] == "supervised":
+            model = train_supervised_teacher(dataset, tcfg, build_teacher(tcfg["arch"], dataset),
+                                             cache.scratch("teacher", tkey), env.torch_device,
+                                             Progress(env.progress))
         else:
             model = train_teacher(dataset, tcfg, cache.scratch("teacher", tkey),
                                   env.torch_device, Progress(env.progress))

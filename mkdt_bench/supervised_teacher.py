@@ -1,0 +1,97 @@
+"""A teacher trained **with labels** (``teacher.kind = "supervised"``): a proxy, not MKDT's
+SSL teacher.
+
+The paper's teacher is self-supervised (spec ``mkdt.md`` §1). On a CPU an SSL teacher trained
+for an hour probes far below one trained with labels for the same time, which leaves the
+CPU yardstick too little room between ``none`` and the teacher to rank methods
+(``results/cifar10-cpu-v2.md``). This module offers the labelled teacher as a clearly named
+stand-in: cross-entropy through a linear classifier on the encoder's pooled features, SGD
+with momentum and a cosine schedule, random crop (padding 4, raw-zero padding) and
+horizontal flip. Its representations are the same pooled ``features`` an SSL teacher gives,
+so every method and evaluator treats it alike; tables name the teacher they used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mkdt_bench.augment import crop_flip
+from mkdt_bench.cache import atomic_torch_save
+from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.errors import UserError
+from mkdt_bench.models import Encoder
+from mkdt_bench.progress import Progress
+from mkdt_bench.seeding import rng_state, seed_everything, set_rng_state
+from mkdt_bench.training import checked_step
+
+#: Padding of the random crop (the usual CIFAR recipe).
+CROP_PADDING = 4
+
+
+def train_supervised_teacher(dataset: ImageDataset, cfg: dict[str, Any], model: Encoder,
+                             scratch: Path, device: torch.device,
+                             progress: Progress | None = None) -> Encoder:
+    """Train ``model`` (a teacher encoder, head removed) by cross-entropy on the labelled
+    training images (``cfg["train_images"] > 0``: a seeded subset, as the SSL teacher).
+
+    Uses ``epochs``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay`` and ``seed`` of
+    the teacher config. A snapshot after every epoch makes a rerun resume to the same weights
+    on CPU; the classifier is dropped at the end.
+    """
+    progress = progress or Progress(False)
+    seed_everything(cfg["seed"])
+    images, labels = dataset.train_images, dataset.train_labels
+    if 0 < cfg["train_images"] < len(images):  # the SSL teacher's subset rule
+        subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg["seed"]))
+        keep = subset[: cfg["train_images"]]
+        images, labels = images[keep], labels[keep]
+    if len(images) < cfg["batch_size"]:
+        raise UserError(f"teacher.batch_size={cfg['batch_size']} is larger than the "
+                        f"{len(images)} training images; lower it")
+    model = model.to(device)
+    classifier = nn.Linear(model.feature_dim, dataset.num_classes).to(device)
+    params = list(model.parameters()) + list(classifier.parameters())
+    opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    mean = torch.tensor(dataset.mean).view(1, -1, 1, 1)
+    std = torch.tensor(dataset.std).view(1, -1, 1, 1)
+    start_epoch = 0
+    snap = scratch / "teacher_state.pt"
+    if snap.is_file():
+        state = torch.load(snap, weights_only=False)
+        model.load_state_dict(state["model"])
+        classifier.load_state_dict(state["head"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+    batches = len(images) // cfg["batch_size"]  # drop_last, as the SSL teacher
+    bar = progress.bar(cfg["epochs"], "teacher (supervised)", initial=start_epoch)
+    for epoch in range(start_epoch, cfg["epochs"]):
+        model.train()
+        order = torch.randperm(len(images), generator=generator)
+        total = 0.0
+        for b in range(batches):
+            idx = order[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]]
+            x = crop_flip(dataset.normalize(images[idx]), mean, std, CROP_PADDING, generator)
+            logits = classifier(model.features(x.to(device)))
+            loss = F.cross_entropy(logits, labels[idx].to(device))
+            total += checked_step(opt, loss, f"supervised teacher training at epoch {epoch}",
+                                  f"lower teacher.lr (now {cfg['lr']:g})")
+        sched.step()
+        atomic_torch_save({"model": model.state_dict(), "head": classifier.state_dict(),
+                           "opt": opt.state_dict(), "sched": sched.state_dict(),
+                           "generator": generator.get_state(), "rng": rng_state(),
+                           "epoch": epoch + 1}, snap)
+        bar.set_postfix(loss=f"{total / max(batches, 1):.3f}")
+        bar.update(1)
+    bar.close()
+    return model.eval()
