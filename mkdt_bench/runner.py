@@ -23,6 +23,7 @@ from mkdt_bench.cache import ArtifactCache, config_hash, file_sha256
 from mkdt_bench.config import resolve_budget
 from mkdt_bench.distilled import DistilledSet, check_compatible
 from mkdt_bench.errors import UserError
+from mkdt_bench.evaluators.pretrain import pretrain_key
 from mkdt_bench.executors import Executor, InProcessExecutor, Task
 from mkdt_bench.methods import METHODS, create_method
 from mkdt_bench.progress import Progress
@@ -114,8 +115,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                               "artifacts": [f"teacher/{tkey}", f"representations/{rkey}",
                                             *sub_keys, f"distilled/{dkey}", "encoder/"
                                             + encoder_key(arch, cfg["pretrain"], seed, dkey)]}
-                cells = cells_for({"distilled": dkey, "arch": arch, "pretrain": cfg["pretrain"],
-                                   **row_id}, seed)
+                cells = cells_for({"distilled": dkey, "arch": arch,
+                                   "pretrain": pretrain_key(cfg["pretrain"]), **row_id}, seed)
                 if not cells:
                     continue
                 distill_units[dkey] = DistillUnit(dkey, method, options, budget, distill_seed,
@@ -250,7 +251,8 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
                 for task in tasks:
                     for fraction in run["fractions"]:
                         key = config_hash({"distilled": dkey, "arch": arch,
-                                           "pretrain": cfg["pretrain"], "evaluator": evaluator,
+                                           "pretrain": pretrain_key(cfg["pretrain"]),
+                                           "evaluator": evaluator,
                                            "options": options, "task": task,
                                            "fraction": fraction, "seed": seed})
                         cell_keys.append(key)

@@ -4,6 +4,10 @@ MSE between the encoder's head output and the set's targets; SGD with momentum 0
 weight decay 1e-4, batch 256, shuffled, 20 epochs, constant lr = the set's learned lr
 when it has one (MKDT's eta), else 0.1. Unlike the reference code the initialisation is
 seeded (A.4 caveat), so a cell is reproducible.
+
+``steps > 0`` replaces the epoch count by a fixed number of optimiser steps for every set,
+whatever its size (reshuffled passes until ``steps`` updates): equal compute for a small
+set and the full data, not part of protocol A.
 """
 
 from __future__ import annotations
@@ -25,7 +29,18 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "weight_decay": 1e-4,
     "batch_size": 256,
+    "steps": 0,
 }
+
+#: Options added after encoders were stored, at the value that keeps the old behaviour:
+#: left out of encoder and cell keys at that value (see :func:`pretrain_key`).
+COMPATIBLE_DEFAULTS: dict[str, Any] = {"steps": 0}
+
+
+def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What names an encoder's pre-training: ``cfg`` without compatible defaults."""
+    return {k: v for k, v in cfg.items()
+            if not (k in COMPATIBLE_DEFAULTS and v == COMPATIBLE_DEFAULTS[k])}
 
 
 def pretrain_lr(distilled: DistilledSet, cfg: dict[str, Any]) -> float:
@@ -48,13 +63,16 @@ def pretrain_encoder(distilled: DistilledSet, arch: str, cfg: dict[str, Any], se
                           weight_decay=cfg["weight_decay"])
     generator = torch.Generator().manual_seed(seed)
     images, targets = distilled.images.to(device), distilled.targets.to(device)
-    steps = 0
+    steps, epoch = 0, 0
     model.train()
-    for epoch in range(cfg["epochs"]):
+    while (epoch < cfg["epochs"]) if cfg["steps"] <= 0 else (steps < cfg["steps"]):
         for batch in torch.randperm(len(images), generator=generator).split(cfg["batch_size"]):
+            if 0 < cfg["steps"] <= steps:
+                break
             batch = batch.to(device)
             loss = F.mse_loss(model(images[batch]), targets[batch])
             checked_step(opt, loss, f"pre-training at epoch {epoch} (lr {lr:g})",
                          "lower pretrain.lr or disable pretrain.use_learned_lr")
             steps += 1
+        epoch += 1
     return model.eval(), steps

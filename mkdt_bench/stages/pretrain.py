@@ -11,7 +11,7 @@ import torch
 
 from mkdt_bench.cache import ArtifactCache, atomic_torch_save
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.evaluators.pretrain import pretrain_encoder
+from mkdt_bench.evaluators.pretrain import pretrain_encoder, pretrain_key
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.stages.env import Env, prepare_process
 
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 def encoder_key(arch: str, pretrain: dict[str, Any], seed: int, distilled_key: str) -> str:
     """Cache key of an encoder pre-trained on the set ``distilled_key``."""
-    return ArtifactCache.key("encoder", {"arch": arch, "pretrain": pretrain, "seed": seed},
+    return ArtifactCache.key("encoder", {"arch": arch, "pretrain": pretrain_key(pretrain),
+                                         "seed": seed},
                              {"distilled": distilled_key})
 
 
