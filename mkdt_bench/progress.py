@@ -103,9 +103,9 @@ class GridProgress:
         self._start = self._clock()
         self._bar = None
         if progress.bars:
-            self._bar = tqdm(total=100.0, desc="grid", leave=False, file=progress.stream,
+            self._bar = tqdm(total=100.0, leave=False, file=progress.stream,
                              dynamic_ncols=True,
-                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+                             bar_format="grid: {percentage:3.0f}%|{bar}| {desc}")
             self._refresh()
 
     def _scale(self) -> float:
@@ -157,7 +157,7 @@ class GridProgress:
         left, _ = self.remaining()
         done = sum(self.finished.values())
         self._bar.n = 100.0 * done / (done + left) if done + left > 0 else 0.0
-        self._bar.set_postfix_str(self._status())
+        self._bar.set_description_str(self._status())
 
     def done(self, key: str, seconds: float, peak_mib: float | None = None,
              failed: bool = False) -> None:

@@ -443,10 +443,11 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
                             signature=cell_signature(run["dataset"], arch, evaluator, options,
                                                      task, fraction, False)))
             needed = any(not c.missing for c in cells)
+            status = (CACHED if cache.exists("encoder", ekey) else
+                      TO_COMPUTE if needed else NOT_NEEDED)
             steps.append(Step(
-                "encoder", ekey, f"{name} {arch} seed {seed}",
-                CACHED if cache.exists("encoder", ekey) else TO_COMPUTE if needed else CACHED,
-                f"encoder:{unit}" if needed and not cache.exists("encoder", ekey) else "",
+                "encoder", ekey, f"{name} {arch} seed {seed}", status,
+                f"encoder:{unit}" if status == TO_COMPUTE else "",
                 like=like("encoder", {"arch": arch, "pretrain": cfg["pretrain"], "seed": seed},
                           {"distilled": dkey}),
                 signature=encoder_signature(dataset.fingerprint, name, len(distilled), arch,
