@@ -317,7 +317,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     dataset = cached_dataset(cfg["run"]["dataset"], env.data_root, env.cache_dir)
     estimates = plan_estimates(plan, CostBook(cache, store, device), cfg, dataset,
                                env.torch_device)
-    warning = cost_warning(plan, estimates, cfg, dataset, device)
+    warning = cost_warning(plan, estimates, cfg, dataset, device, preset)
     if args.dry_run:
         print(render_plan(plan, estimates, cfg, device))
         if warning:

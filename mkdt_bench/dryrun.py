@@ -103,7 +103,7 @@ def render_plan(plan: Plan, estimates: dict[tuple[str, str], Estimate], cfg: dic
 
 
 def cost_warning(plan: Plan, estimates: dict[tuple[str, str], Estimate], cfg: dict[str, Any],
-                 dataset: Any, device: str) -> str | None:
+                 dataset: Any, device: str, preset: str | None = None) -> str | None:
     """A warning when the estimated time of the steps to compute is above
     :data:`WARN_SECONDS`, naming the largest step and settings that fit in about an hour."""
     seconds, _, unknown = total(list(estimates.values()))
@@ -116,20 +116,21 @@ def cost_warning(plan: Plan, estimates: dict[tuple[str, str], Estimate], cfg: di
     lines = [f"warning: this run is estimated at {duration(seconds)}{more} on {device}; the "
              f"largest step is {biggest.stage} {biggest.label}: {duration(estimate.seconds)}, "
              f"{estimate.basis}."]
-    lines.append("To fit a few hours: " + "; or ".join(_smaller(biggest, estimate, cfg, dataset,
-                                                                device)) + ".")
+    lines.append("To fit a few hours: " + "; or ".join(
+        _smaller(biggest, estimate, cfg, dataset, device, preset)) + ".")
     lines.append("`mkdt-bench run --dry-run` with the same arguments lists every step.")
     return "\n".join(lines)
 
 
 def _smaller(step: Step, estimate: Estimate, cfg: dict[str, Any], dataset: Any,
-             device: str) -> list[str]:
+             device: str, preset: str | None) -> list[str]:
     """Settings that bring the largest step to about :data:`TARGET_SECONDS`."""
     ratio = TARGET_SECONDS / (estimate.seconds or TARGET_SECONDS)
     out = []
     if step.stage == TEACHER:
         teacher = cfg["teacher"]
-        if device == "cpu" and dataset.channels == 3 and dataset.image_size == 32:
+        if (device == "cpu" and dataset.channels == 3 and dataset.image_size == 32
+                and preset != "cifar10-cpu"):
             out.append("--preset cifar10-cpu (CIFAR-10 scaled for a 2-core CPU, about an "
                        "hour there; keep --dataset to use it on your copy)")
         epochs = int(teacher["epochs"] * ratio)

@@ -143,6 +143,8 @@ def test_cost_warning_names_settings_that_fit():
     estimates = {(teacher.stage, teacher.key): Estimate(40 * 3600.0, None, "measured (1 like it)")}
     warning = cost_warning(plan, estimates, cfg, Cifar(), "cpu")
     assert "--preset cifar10-cpu" in warning and "--set teacher.epochs=5" in warning
+    already = cost_warning(plan, estimates, cfg, Cifar(), "cpu", preset="cifar10-cpu")
+    assert "--preset" not in already and "--set teacher.epochs=5" in already
     assert cost_warning(plan, {(teacher.stage, teacher.key): Estimate(WARN_SECONDS / 2)}, cfg,
                         Cifar(), "cpu") is None
 
