@@ -34,9 +34,11 @@ def is_terminal(stream: IO[str]) -> bool:
 
 
 def duration(seconds: float) -> str:
-    """``12.3 s`` under a minute, else ``h:mm:ss``."""
+    """``12.3 s`` under a minute, ``h:mm:ss`` under two days, else ``N.N days``."""
     if seconds < 60:
         return f"{seconds:.1f} s"
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
     s = int(round(seconds))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 

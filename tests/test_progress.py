@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from mkdt_bench.cli import main
-from mkdt_bench.progress import GridProgress, GridTask, Progress
+from mkdt_bench.progress import GridProgress, GridTask, Progress, duration
 
 
 class Terminal(io.StringIO):
@@ -113,3 +113,7 @@ def test_a_run_logs_plain_lines_without_a_terminal(tmp_path):
     assert [line.split(" ")[1] for line in done] == ["teacher", "distilled", "encoder", "cell",
                                                      "cell"]
     assert all(" MiB (" in line and " steps, " in line for line in done)
+
+
+def test_durations_read_at_a_glance():
+    assert [duration(s) for s in (12.34, 3725, 5 * 86400)] == ["12.3 s", "1:02:05", "5.0 days"]
