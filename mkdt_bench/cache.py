@@ -75,6 +75,17 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def check_writable(root: str | Path) -> None:
+    """A UserError when ``root`` cannot become a cache directory; creates nothing (the
+    nearest existing folder on its path must be a writable folder)."""
+    path = Path(root).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cache directory {str(path)!r} is not writable "
+                        f"({str(existing)!r} is not a writable folder); "
+                        "choose another with --cache-dir")
+
+
 class ArtifactCache:
     """Artifacts keyed by ``(stage, key)`` under ``root``.
 
@@ -86,8 +97,12 @@ class ArtifactCache:
                                    config=config)
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, create: bool = True) -> None:
+        """``create=False``: a read-only view (``exists``, ``manifest``, ``artifacts``) that
+        creates nothing, for planning (``mkdt-bench run --dry-run``)."""
         self.root = Path(root).expanduser()
+        if not create:
+            return
         try:
             (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mkdt_bench import __version__
 from mkdt_bench.errors import UserError
 
 QUICK = "quick"
@@ -29,6 +30,25 @@ def _csv(kind: type = str):
             raise argparse.ArgumentTypeError(
                 f"{text!r} must be a comma-separated list of {kind.__name__} values") from None
     return parse
+
+
+def _fractions(text: str) -> list[float]:
+    """``--fractions 0.01,0.05`` or ``1%,5%`` (as the tables print them)."""
+    from mkdt_bench.config import parse_fraction
+
+    try:
+        return [parse_fraction(t.strip()) for t in text.split(",") if t.strip()]
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _override(text: str) -> str:
+    """``--set KEY=VALUE`` in one word (``--set teacher.epochs 5`` gives a hint)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must look like SECTION.KEY=VALUE, one word without spaces around '=' "
+            f"(e.g. --set {text}=VALUE)")
+    return text
 
 
 def _methods(text: str) -> list[str]:
@@ -70,6 +90,7 @@ def _report(p: argparse.ArgumentParser, paired: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mkdt-bench", description="Benchmark dataset distillation for "
                      "self-supervised pre-training.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a grid of methods and print the comparison table")
@@ -83,19 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget", help="images in each distilled set: a count or a percentage")
     run.add_argument("--archs", type=_csv(), help="encoders to pre-train (convnet, resnet18, "
                                                   "timm:NAME, ...)")
-    run.add_argument("--fractions", type=_csv(float), help="label fractions, e.g. 0.01,0.05")
+    run.add_argument("--fractions", type=_fractions, help="label fractions, e.g. 0.01,0.05 "
+                     "or 1%%,5%%")
     run.add_argument("--seeds", type=_csv(int), help="seeds, e.g. 0,1,2")
     run.add_argument("--tasks", type=_csv(), help="downstream data sets (default: the source)")
     run.add_argument("--evaluators", type=_csv(), help="downstream protocols (default: linear)")
     run.add_argument("--teacher-checkpoint", help="load the teacher instead of training it")
     run.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    run.add_argument("--set", dest="overrides", action="append", default=[],
+    run.add_argument("--set", dest="overrides", action="append", default=[], type=_override,
                      metavar="SECTION.KEY=VALUE", help="override any option, repeatable")
     _report(run)
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and "
+                     "every step (cached or to compute, with its estimated time and memory "
+                     "where the cache measured its like) and exit; computes and writes nothing")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (on a "
+                     "terminal) or per-step lines (otherwise)")
     run.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"],
                      help="where units run: this process (default) or Ray tasks "
-                          "(pip install 'mkdt-bench[ray]')")
+                          "(needs Ray: pip install -e '.[ray]' in a checkout)")
     run.add_argument("--ray-address", help="Ray cluster to join (e.g. auto or HOST:6379; "
                                            "default: start a local instance)")
     run.add_argument("--retries", type=int, default=2, metavar="N",
@@ -113,15 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       "set's own source)")
     ev.add_argument("--data-root", help="where downloadable data sets live")
     ev.add_argument("--archs", type=_csv(), help="encoders to pre-train (default convnet)")
-    ev.add_argument("--fractions", type=_csv(float), help="label fractions, e.g. 0.01,0.05")
+    ev.add_argument("--fractions", type=_fractions, help="label fractions, e.g. 0.01,0.05 "
+                    "or 1%%,5%%")
     ev.add_argument("--seeds", type=_csv(int), help="seeds, e.g. 0,1,2")
     ev.add_argument("--tasks", type=_csv(), help="downstream data sets (default: the source)")
     ev.add_argument("--evaluators", type=_csv(), help="downstream protocols (default: linear)")
     ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    ev.add_argument("--set", dest="overrides", action="append", default=[],
+    ev.add_argument("--set", dest="overrides", action="append", default=[], type=_override,
                     metavar="SECTION.KEY=VALUE", help="override pretrain/evaluator options")
     _report(ev, paired=False)
-    ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars (on a "
+                    "terminal) or per-step lines (otherwise)")
     ev.add_argument("--threads", type=int, default=0, metavar="N",
                     help="torch CPU threads (default 0: torch's choice)")
 
@@ -216,26 +244,37 @@ def print_tables(frame: Any, methods: list[str] | None, args: argparse.Namespace
             print(f"\n{note}")
 
 
+def check_executor_args(args: argparse.Namespace) -> None:
+    """Refuse executor flags that do not go together (before anything is planned)."""
+    if args.retries < 0:
+        raise UserError(f"--retries {args.retries} must be 0 or more")
+    if args.executor == "inprocess" and args.ray_address:
+        raise UserError("--ray-address needs --executor ray")
+
+
 def make_executor(args: argparse.Namespace, device: str) -> Any:
     """The executor ``--executor`` names; Ray tasks ask for one GPU when CUDA is used."""
     from mkdt_bench.executors import InProcessExecutor, RayExecutor
 
-    if args.retries < 0:
-        raise UserError(f"--retries {args.retries} must be 0 or more")
+    check_executor_args(args)
     if args.executor == "inprocess":
-        if args.ray_address:
-            raise UserError("--ray-address needs --executor ray")
         return InProcessExecutor()
     return RayExecutor(address=args.ray_address, retries=args.retries,
                        gpus_per_task=1 if device.startswith("cuda") else 0)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mkdt_bench.cache import ArtifactCache
+    """Plan the grid (computing and writing nothing), then print the plan (``--dry-run``)
+    or warn when it would take hours, and run it."""
+    from mkdt_bench.cache import ArtifactCache, check_writable
     from mkdt_bench.config import build_config
+    from mkdt_bench.data import no_writes
+    from mkdt_bench.data._decode import NotDownloaded
+    from mkdt_bench.dryrun import cost_warning, plan_estimates, render_config, render_plan
+    from mkdt_bench.estimate import CostBook
     from mkdt_bench.results import ResultStore
-    from mkdt_bench.runner import run_grid
-    from mkdt_bench.stages.env import Env
+    from mkdt_bench.runner import plan_grid, run_plan
+    from mkdt_bench.stages.env import Env, cached_dataset, prepare_process
 
     preset = args.preset or (QUICK if args.dataset is None else None)
     flags = {"dataset": args.dataset, "methods": args.methods, "budget": args.budget,
@@ -250,22 +289,59 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name} is empty; give at least one value")
     if args.threads < 0:
         raise UserError(f"--threads {args.threads} must be 0 or more")
+    check_executor_args(args)
     cfg = build_config(preset, flags, overrides)
     cache_dir, db = _paths(args)
-    ArtifactCache(cache_dir)  # fails early on an unusable cache directory
-    store = ResultStore(db)
+    check_writable(cache_dir)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
               device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads)
-    executor = make_executor(args, env.torch_device.type)
+    prepare_process(env)
+    # Planning reads the cache and the database and writes neither: a refused input
+    # leaves nothing behind, and --dry-run also loads the data without caching a decode.
+    store, cache = ResultStore.read_only(db), ArtifactCache(cache_dir, create=False)
+    device = env.torch_device.type
+    if args.dry_run:
+        print(f"# mkdt-bench run --dry-run: nothing is computed or written\n"
+              f"# resolved configuration (defaults < preset {preset or '(none)'} < flags < "
+              f"--set)\n\n{render_config(cfg)}")
+        print(f"# plan: cache {cache_dir}, results {db}"
+              f"{'' if db.exists() else ' (does not exist yet)'}\n")
+        try:
+            with no_writes():
+                plan = plan_grid(cfg, env, store, cache)
+        except NotDownloaded as e:
+            print(f"{e}; the steps depend on the data, so they are not listed")
+            return 0
+    else:
+        plan = plan_grid(cfg, env, store, cache)
+    dataset = cached_dataset(cfg["run"]["dataset"], env.data_root, env.cache_dir)
+    estimates = plan_estimates(plan, CostBook(cache, store, device), cfg, dataset,
+                               env.torch_device)
+    warning = cost_warning(plan, estimates, cfg, dataset, device, preset)
+    if args.dry_run:
+        print(render_plan(plan, estimates, cfg, device))
+        if warning:
+            print(warning)
+        return 0
+    if warning:
+        print(warning, file=sys.stderr)
+    store.close()
+    ArtifactCache(cache_dir)
+    store = ResultStore(db)
+    executor = make_executor(args, device)
     start = time.perf_counter()
-    frame = run_grid(cfg, env, store, executor)
-    print_tables(frame, cfg["run"]["methods"], args)
+    frame = run_plan(plan, env, store, executor, estimates)
+    run = cfg["run"]
+    pool = "the training pool" if plan.n_source < plan.n_train else "training images"
+    print(f"{run['dataset']}: sets of {plan.budget:,} images (budget {run['budget']} of "
+          f"{plan.n_source:,} {pool})\n")
+    print_tables(frame, run["methods"], args)
     return _summary(frame, start, db)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Pre-train and evaluate encoders on a stored DistilledSet, like a method's output."""
-    from mkdt_bench.cache import ArtifactCache
+    from mkdt_bench.cache import check_writable
     from mkdt_bench.config import build_config
     from mkdt_bench.distilled import DistilledSet
     from mkdt_bench.results import ResultStore
@@ -286,13 +362,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
              "device": args.device, "data_root": args.data_root, "teacher_row": False}
     cfg = build_config(None, flags, list(args.overrides))
     cache_dir, db = _paths(args)
-    ArtifactCache(cache_dir)
-    store = ResultStore(db)
+    check_writable(cache_dir)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
               device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads)
     name = args.name or f"import:{directory.resolve().name}"
+    plan = plan_external(cfg, env, ResultStore.read_only(db), directory, name)
+    store = ResultStore(db)
     start = time.perf_counter()
-    frame = run_plan(plan_external(cfg, env, store, directory, name), env, store)
+    frame = run_plan(plan, env, store)
     print_tables(frame, [name], args)
     return _summary(frame, start, db)
 
@@ -470,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished work is cached, rerun to resume", file=sys.stderr)
+        from mkdt_bench.progress import interrupted_message
+
+        print(interrupted_message(), file=sys.stderr)
         return 130
 
 

@@ -148,11 +148,8 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     for name in [*run["archs"], cfg["teacher"]["arch"]]:
         MODELS.get(name)
     for name in [run["dataset"], *run["tasks"]]:
-        DATASETS.get(name)
-    for f in run["fractions"]:
-        if not isinstance(f, (int, float)) or not 0 < f <= 1:
-            raise UserError(f"label fraction {f!r} must be a number in (0, 1]")
-    run["fractions"] = [float(f) for f in run["fractions"]]
+        _check_dataset(name, DATASETS)
+    run["fractions"] = [parse_fraction(f) for f in run["fractions"]]
     for s in run["seeds"]:
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
             raise UserError(f"seed {s!r} must be a non-negative integer")
@@ -173,11 +170,37 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
                     **{**cfg["methods"][name], **extra}).config
             except UserError as e:
                 raise UserError(f"{label}: {e}") from None
-    parse_budget(run["budget"])
+    kind, value = parse_budget(run["budget"])
+    run["budget"] = f"{value * 100:g}%" if kind == "fraction" else str(int(value))
     if run["train_pool"] < 0:
         raise UserError(f"run.train_pool={run['train_pool']} must be 0 (every training image) "
                         "or a positive image count")
     return cfg
+
+
+def _check_dataset(name: str, registry: Any) -> None:
+    """A registered data set name; a folder's path gets the ``imagefolder:`` hint."""
+    try:
+        registry.get(name)
+    except UserError as e:
+        looks_like_path = "/" in name or name.startswith(("~", ".")) or Path(name).is_dir()
+        if ":" in name or not looks_like_path:
+            raise
+        raise UserError(f"{e}; a folder of images is read as imagefolder:{name} "
+                        "(PATH/train/<class>/<image> and PATH/test/<class>/<image>)") from None
+
+
+def parse_fraction(value: Any) -> float:
+    """A label fraction in (0, 1]: ``0.05``, or ``"5%"`` as the tables print it."""
+    text = str(value).strip()
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        number = float("nan")
+    if isinstance(value, bool) or not 0 < number <= 1:
+        raise UserError(f"label fraction {value!r} must be a number in (0, 1] or a "
+                        "percentage in (0%, 100%] (e.g. 0.05 or 5%)")
+    return number
 
 
 def parse_budget(budget: Any) -> tuple[str, float]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mkdt_bench.errors import UserError
@@ -41,12 +42,20 @@ def coerce(where: str, key: str, value: Any, default: Any, choices: Mapping[str,
                     f"(default {default!r})")
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'epochs'?)`` for the closest known name (case ignored), else ``""``."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+
+
 def resolve_options(where: str, given: Mapping[str, Any], defaults: Mapping[str, Any],
                     choices: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Defaults overridden by ``given``; unknown keys and wrong types raise UserError."""
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise UserError(f"{where}: unknown option {unknown[0]!r}; allowed: "
+        hint = did_you_mean(unknown[0], defaults)
+        raise UserError(f"{where}: unknown option {unknown[0]!r}{hint}; allowed: "
                         f"{', '.join(sorted(defaults)) or '(none)'}")
     out = dict(defaults)
     for key, value in given.items():

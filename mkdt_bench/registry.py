@@ -18,13 +18,13 @@ Entry points are loaded lazily, the first time a registry is queried.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 from mkdt_bench.errors import UserError
+from mkdt_bench.options import did_you_mean
 
 T = TypeVar("T")
 
@@ -103,8 +103,7 @@ class Registry(Generic[T]):
             if prefix in self._prefixes:
                 return self._prefixes[prefix](argument)
         known = self.names() + self.prefixes()
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, known)
         raise UserError(f"unknown {self.kind} {name!r}{hint}; known: {', '.join(known)}")
 
     def create(self, name: str, **kwargs: Any) -> Any:

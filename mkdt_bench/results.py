@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,6 +102,28 @@ class ResultStore:
         except (sqlite3.DatabaseError, OSError) as e:
             raise UserError(f"results database {str(self.path)!r} cannot be used: {e}; "
                             "give a new SQLite file with --results-db") from None
+
+    @classmethod
+    def read_only(cls, path: str | Path) -> ResultStore:
+        """The database opened for reading, creating and writing nothing (for planning): a
+        missing file reads as empty; a database that a run has open (its ``-wal`` and
+        ``-shm`` files exist) is read through them, any other opened as immutable."""
+        store = cls.__new__(cls)
+        store.path = Path(path).expanduser()
+        wal = [store.path.with_name(store.path.name + s) for s in ("-wal", "-shm")]
+        try:
+            if not store.path.exists():
+                store._conn = sqlite3.connect(":memory:")
+                store._conn.execute(SCHEMA)
+            else:
+                mode = "mode=ro" if all(p.is_file() for p in wal) else "immutable=1"
+                uri = f"file:{urllib.parse.quote(str(store.path.absolute()))}?{mode}"
+                store._conn = sqlite3.connect(uri, uri=True, timeout=60)
+                store._conn.execute("SELECT count(*) FROM results").fetchone()
+        except (sqlite3.DatabaseError, OSError) as e:
+            raise UserError(f"results database {str(store.path)!r} cannot be used: {e}; "
+                            "give a new SQLite file with --results-db") from None
+        return store
 
     def close(self) -> None:
         self._conn.close()

@@ -13,7 +13,7 @@ pre-training for its distilled set, a cell for its encoder; only this process wr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,21 @@ from mkdt_bench.cache import ArtifactCache, config_hash, file_sha256
 from mkdt_bench.config import resolve_budget
 from mkdt_bench.distilled import DistilledSet, check_compatible
 from mkdt_bench.errors import UserError
+from mkdt_bench.estimate import (
+    CostBook,
+    Estimate,
+    cell_signature,
+    distill_signature,
+    encoder_signature,
+    like,
+    substage_signature,
+    teacher_signature,
+)
 from mkdt_bench.evaluators.pretrain import pretrain_key
 from mkdt_bench.executors import Executor, InProcessExecutor, Task
 from mkdt_bench.methods import METHODS, create_method
-from mkdt_bench.progress import Progress
-from mkdt_bench.results import FAILED, TEACHER_ROW, ResultStore
+from mkdt_bench.progress import GridTask, Measured, Progress
+from mkdt_bench.results import FAILED, TEACHER_ROW, ResultStore, short_task_name
 from mkdt_bench.stages.distill import (
     DistillUnit,
     MethodInputs,
@@ -45,13 +55,51 @@ from mkdt_bench.stages.env import (
 )
 from mkdt_bench.stages.evaluate import Cell, EvalUnit, run_eval
 from mkdt_bench.stages.pretrain import encoder_key, run_pretrain
-from mkdt_bench.stages.teacher import ensure_teacher
+from mkdt_bench.stages.teacher import ensure_teacher, representations_key, teacher_key
 from mkdt_bench.variants import parse_label
+
+#: Task key of the teacher (and its representations), which the driver runs first.
+TEACHER = "teacher"
+#: Key prefix of the tasks whose results are result rows.
+EVALUATE = "evaluate:"
+
+#: What a step of the plan needs: computing, nothing (in the cache, or a cell in the
+#: database), or nothing because every cell that would use it is stored already.
+TO_COMPUTE, CACHED, NOT_NEEDED, NO_DATA = "to compute", "cached", "not needed", "n/a (no data)"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One piece of a grid's work as planned: an artifact or a cell, what it needs
+    (``status``), the executor task that computes it, and what its cost is matched on
+    (:mod:`mkdt_bench.estimate`): ``like`` (manifests of the same stage and config, seed
+    aside), ``peers`` (artifacts of the same work, e.g. the other expert trajectories of
+    a method) and ``signature`` (result rows of the same configuration)."""
+
+    stage: str
+    key: str
+    label: str
+    status: str
+    task: str = ""
+    like: str = ""
+    peers: tuple[str, ...] = ()
+    signature: str = ""
+
+
+@dataclass(frozen=True)
+class TeacherUnit:
+    """The teacher and its representations (keys ``teacher_key``, ``representations_key``),
+    trained or loaded by the driver before any other unit."""
+
+    cfg: dict[str, Any]
+    teacher_key: str
+    representations_key: str
 
 
 @dataclass
 class Plan:
-    """The resolved grid: units still to run and the keys of every cell it covers."""
+    """The resolved grid: units still to run, the keys of every cell it covers, and every
+    step with its status (what ``--dry-run`` lists and the progress weighs)."""
 
     sub_units: list[MethodSubUnit]
     distill_units: list[DistillUnit]
@@ -59,11 +107,23 @@ class Plan:
     eval_units: list[EvalUnit]
     cell_keys: list[str]
     budget: int
+    teacher: TeacherUnit | None = None
+    steps: list[Step] = field(default_factory=list)
+    n_train: int = 0
+    n_source: int = 0
+
+    @property
+    def to_compute(self) -> list[Step]:
+        return [s for s in self.steps if s.status == TO_COMPUTE]
 
 
-def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
-    """Train/load the teacher, then list the sub-units, distillations and cells not yet
-    computed."""
+def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
+              cache: ArtifactCache | None = None) -> Plan:
+    """The grid's units and steps, computing and writing nothing: the data set is loaded
+    (and its tasks), every cache key derived from the config, and each step looked up in
+    ``cache`` (default: a read-only view of ``env.cache_dir``) and ``store`` (which may be
+    :meth:`ResultStore.read_only`). The teacher is trained later, by :func:`run_plan`."""
+    cache = cache or ArtifactCache(env.cache_dir, create=False)
     run = cfg["run"]
     dataset = cached_dataset(run["dataset"], env.data_root, env.cache_dir)
     n_train = len(dataset.train_images)
@@ -71,15 +131,22 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
     budget = resolve_budget(run["budget"], n_source)
     tasks = run["tasks"] or [run["dataset"]]
     missing = load_tasks(tasks, env, dataset)
-    tkey, rkey = ensure_teacher(cfg, env, dataset)
-    inputs = MethodInputs(run["dataset"], rkey, tkey, cfg["teacher"]["arch"],
+    tkey = teacher_key(cfg, dataset)
+    rkey = representations_key(tkey)
+    teacher_arch = cfg["teacher"]["arch"]
+    inputs = MethodInputs(run["dataset"], rkey, tkey, teacher_arch,
                           n_source if n_source < n_train else 0)
-    base = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint, "teacher": tkey}
+    fingerprint = dataset.fingerprint
+    base = {"dataset": run["dataset"], "fingerprint": fingerprint, "teacher": tkey}
     distill_units: dict[str, DistillUnit] = {}
     eval_units: list[EvalUnit] = []
     cell_keys: list[str] = []
+    cell_steps: list[Step] = []
+    encoder_steps: dict[str, Step] = {}
+    distilled_labels: dict[str, tuple[str, str, dict[str, Any], int]] = {}
 
-    def cells_for(encoder_id: dict[str, Any], seed: int) -> tuple[Cell, ...]:
+    def cells_for(encoder_id: dict[str, Any], seed: int, row: str, arch: str,
+                  unit: int) -> tuple[Cell, ...]:
         out = []
         for evaluator in run["evaluators"]:
             options = cfg["evaluators"][evaluator]
@@ -88,9 +155,17 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                     key = config_hash({**encoder_id, "evaluator": evaluator, "options": options,
                                        "task": task, "fraction": fraction, "seed": seed})
                     cell_keys.append(key)
+                    status, task_key = CACHED, ""
                     if not store.has(key):
+                        status = NO_DATA if task in missing else TO_COMPUTE
+                        task_key = f"{EVALUATE}{unit}:{len(out)}"
                         out.append(Cell(key, evaluator, options, task, fraction,
                                         dataset.image_size, missing.get(task, "")))
+                    cell_steps.append(Step(
+                        "cell", key, f"{row} {arch} seed {seed}: {evaluator} "
+                        f"{short_task_name(task)} @ {fraction * 100:g}%", status, task_key,
+                        signature=cell_signature(run["dataset"], arch, evaluator, options, task,
+                                                 fraction, row == TEACHER_ROW)))
         return tuple(out)
 
     for label in run["methods"]:
@@ -107,16 +182,30 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
             dkey = ArtifactCache.key("distilled", {"method": method, "options": key_options,
                                                    "budget": budget, "seed": distill_seed},
                                      {"images": inputs.key})
+            distilled_labels.setdefault(dkey, (label, method, options, distill_seed))
             for arch in run["archs"]:
+                ekey = encoder_key(arch, cfg["pretrain"], seed, dkey)
                 row_config = {**base, "method": method, **row_id, "method_options": options,
                               "budget": budget, "train_pool": inputs.pool,
                               "distill_seed": distill_seed, "arch": arch,
                               "pretrain": cfg["pretrain"], "teacher_config": cfg["teacher"],
                               "artifacts": [f"teacher/{tkey}", f"representations/{rkey}",
-                                            *sub_keys, f"distilled/{dkey}", "encoder/"
-                                            + encoder_key(arch, cfg["pretrain"], seed, dkey)]}
+                                            *sub_keys, f"distilled/{dkey}", f"encoder/{ekey}"]}
                 cells = cells_for({"distilled": dkey, "arch": arch,
-                                   "pretrain": pretrain_key(cfg["pretrain"]), **row_id}, seed)
+                                   "pretrain": pretrain_key(cfg["pretrain"]), **row_id}, seed,
+                                  label, arch, len(eval_units))
+                needed = any(not c.missing for c in cells)
+                if ekey not in encoder_steps or (needed and
+                                                 encoder_steps[ekey].status == NOT_NEEDED):
+                    status = (CACHED if cache.exists("encoder", ekey) else
+                              TO_COMPUTE if needed else NOT_NEEDED)
+                    encoder_steps[ekey] = Step(
+                        "encoder", ekey, f"{label} {arch} seed {seed}", status,
+                        f"encoder:{len(eval_units)}" if status == TO_COMPUTE else "",
+                        like=like("encoder", {"arch": arch, "pretrain": cfg["pretrain"],
+                                              "seed": seed}, {"distilled": dkey}),
+                        signature=encoder_signature(fingerprint, label, budget, arch,
+                                                    cfg["pretrain"]))
                 if not cells:
                     continue
                 distill_units[dkey] = DistillUnit(dkey, method, options, budget, distill_seed,
@@ -127,29 +216,62 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
         n_teacher = min(cfg["teacher"]["train_images"] or len(dataset.train_images),
                         len(dataset.train_images))
         for seed in run["seeds"]:
-            cells = cells_for({"teacher": tkey}, seed)
+            cells = cells_for({"teacher": tkey}, seed, TEACHER_ROW, teacher_arch,
+                              len(eval_units))
             if cells:
-                eval_units.append(EvalUnit(TEACHER_ROW, cfg["teacher"]["arch"], seed,
+                eval_units.append(EvalUnit(TEACHER_ROW, teacher_arch, seed,
                                            n_teacher, run["dataset"], tkey, {}, cells,
                                            {**base, "teacher_config": cfg["teacher"],
                                             "artifacts": [f"teacher/{tkey}"]}))
-    cache = ArtifactCache(env.cache_dir)
     sub_units: dict[tuple[str, str], MethodSubUnit] = {}
+    sub_steps: dict[tuple[str, str], Step] = {}
     distill_after: dict[str, tuple[tuple[str, str], ...]] = {}
-    for unit in distill_units.values():
-        if cache.exists("distilled", unit.key):
+    distill_steps = []
+    for dkey, (label, method, options, distill_seed) in distilled_labels.items():
+        cached = cache.exists("distilled", dkey)
+        status = CACHED if cached else TO_COMPUTE if dkey in distill_units else NOT_NEEDED
+        distill_steps.append(Step(
+            "distilled", dkey, f"{label} seed {distill_seed} ({budget} images)", status,
+            f"distilled:{dkey}" if status == TO_COMPUTE else "",
+            like=like("distilled", {"method": method, "options": options, "budget": budget,
+                                    "seed": distill_seed}, {"images": inputs.key}),
+            signature=distill_signature(fingerprint, teacher_arch, method, options, budget,
+                                        inputs.pool)))
+        if status != TO_COMPUTE:
             continue
-        needed = [sub for sub in create_method(unit.method, **unit.options).sub_units(inputs.key)
-                  if not cache.exists(sub.stage, sub.key)]
-        for sub in needed:
+        subs = create_method(method, **options).sub_units(inputs.key)
+        peers = tuple(f"{sub.stage}/{sub.key}" for sub in subs)
+        needed = []
+        for i, sub in enumerate(subs):
+            if cache.exists(sub.stage, sub.key):
+                sub_steps.setdefault((sub.stage, sub.key), Step(
+                    sub.stage, sub.key, f"{label} {sub.stage} {i + 1}/{len(subs)}", CACHED))
+                continue
+            needed.append(sub)
             sub_units[sub.stage, sub.key] = MethodSubUnit(sub, inputs)
-        distill_after[unit.key] = tuple((sub.stage, sub.key) for sub in needed)
+            sub_steps.setdefault((sub.stage, sub.key), Step(
+                sub.stage, sub.key, f"{label} {sub.stage} {i + 1}/{len(subs)}", TO_COMPUTE,
+                f"{sub.stage}:{sub.key}", peers=peers,
+                signature=substage_signature(fingerprint, teacher_arch, method, options,
+                                             inputs.pool)))
+        distill_after[dkey] = tuple((sub.stage, sub.key) for sub in needed)
+    work = bool(eval_units or sub_units)
+    teacher_cached = cache.exists("teacher", tkey) and cache.exists("representations", rkey)
+    tcfg = cfg["teacher"]
+    source = "checkpoint" if tcfg["checkpoint"] else (
+        f"{tcfg['ssl'] if tcfg['kind'] == 'ssl' else tcfg['kind']}, {tcfg['epochs']} "
+        f"epoch{'' if tcfg['epochs'] == 1 else 's'}")
+    teacher_step = Step(
+        TEACHER, tkey, f"{teacher_arch} ({source}) + representations",
+        CACHED if teacher_cached else TO_COMPUTE if work else NOT_NEEDED,
+        TEACHER if work and not teacher_cached else "",
+        like=like("teacher", tcfg, {"data": fingerprint}),
+        signature=teacher_signature(fingerprint, tcfg))
+    steps = [teacher_step, *sub_steps.values(), *distill_steps, *encoder_steps.values(),
+             *cell_steps]
     return Plan(list(sub_units.values()), list(distill_units.values()), distill_after,
-                eval_units, cell_keys, budget)
-
-
-#: Key prefix of the tasks whose results are result rows.
-EVALUATE = "evaluate:"
+                eval_units, cell_keys, budget, TeacherUnit(cfg, tkey, rkey) if work else None,
+                steps, n_train, n_source)
 
 
 def grid_tasks(plan: Plan) -> list[Task]:
@@ -185,16 +307,51 @@ def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
     return run_plan(plan_grid(cfg, env, store), env, store, executor)
 
 
-def run_plan(plan: Plan, env: Env, store: ResultStore,
-             executor: Executor | None = None) -> pd.DataFrame:
-    """Execute a plan's tasks, write their rows, and return all of the plan's rows."""
+def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None = None,
+             estimates: dict[tuple[str, str], Estimate] | None = None) -> pd.DataFrame:
+    """Train or load the plan's teacher, execute its tasks, write their rows, and return
+    all of the plan's rows.
+
+    Progress is weighed by each step's estimated cost (``estimates``, by default what the
+    cache and the database measured; :mod:`mkdt_bench.estimate`): bars on a terminal, else
+    one line per finished step."""
     executor = executor or InProcessExecutor()
     prepare_process(env)
     package_versions()  # read the git revision now, not when the first row is written
     progress = Progress(env.progress)
     tasks = grid_tasks(plan)
-    bar = progress.bar(len(tasks), "grid")
-    for task, result in executor.run(tasks, env):
+    steps = {step.task: step for step in plan.steps if step.task}
+    if estimates is None and progress.enabled:
+        book = CostBook(ArtifactCache(env.cache_dir, create=False), store,
+                        env.torch_device.type)
+        estimates = {(s.stage, s.key): book.estimate(s) for s in plan.to_compute}
+    estimates = estimates or {}
+
+    def weighed(key: str) -> GridTask:
+        step = steps.get(key)
+        if step is None or step.status != TO_COMPUTE:
+            return GridTask(key, "", "", 0.0)
+        estimate = estimates.get((step.stage, step.key))
+        # pre-trainings and cells of one grid cost alike; a method's units do not
+        group = step.stage if step.stage in ("encoder", "cell") else \
+            f"{step.stage}:{step.label.split(' ')[0]}"
+        return GridTask(key, f"{step.stage} {step.label}", group,
+                        estimate.seconds if estimate else None)
+
+    keys = ([TEACHER] if plan.teacher is not None else []) + [t.key for t in tasks]
+    grid = progress.grid([weighed(key) for key in keys])
+    here = isinstance(executor, InProcessExecutor)
+    if plan.teacher is not None:
+        with Measured(progress.enabled) as measured:
+            run_teacher(plan.teacher, env)
+        grid.done(TEACHER, measured.seconds, measured.peak_mib)
+    results = iter(executor.run(tasks, env))
+    while True:
+        with Measured(progress.enabled) as measured:
+            item = next(results, None)
+        if item is None:
+            break
+        task, result = item
         if task.key.startswith(EVALUATE):
             rows = result
             if isinstance(result, Exception):
@@ -206,9 +363,25 @@ def run_plan(plan: Plan, env: Env, store: ResultStore,
                                    f"{r.seed} failed: {r.error}")
         elif isinstance(result, Exception):
             progress.write(f"{task.key} failed: {error_text(result)}")
-        bar.update(1)
-    bar.close()
+        peak = measured.peak_mib if here else _artifact_peak(env, steps.get(task.key))
+        grid.done(task.key, measured.seconds, peak, failed=isinstance(result, Exception))
+    grid.close()
     return store.frame(cell_key=plan.cell_keys)
+
+
+def run_teacher(unit: TeacherUnit, env: Env) -> None:
+    """Train (or load) the teacher and encode the training set, unless cached."""
+    run = unit.cfg["run"]
+    ensure_teacher(unit.cfg, env, cached_dataset(run["dataset"], env.data_root, env.cache_dir))
+
+
+def _artifact_peak(env: Env, step: Step | None) -> float | None:
+    """The peak memory an artifact's manifest recorded (a unit run elsewhere, e.g. Ray)."""
+    cache = ArtifactCache(env.cache_dir, create=False)
+    if step is None or step.stage == "cell" or not cache.exists(step.stage, step.key):
+        return None
+    manifest = cache.manifest(step.stage, step.key)
+    return manifest.get("peak_cuda_mib", manifest.get("peak_rss_mib"))
 
 
 # --------------------------------------------------------------------------- external sets
@@ -241,11 +414,13 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
         return {"num_images": len(distilled), "method": name, "imported_from": str(directory)}
 
     cache.get_or_create("distilled", dkey, produce, config={"import": content})
-    eval_units, cell_keys = [], []
+    eval_units, cell_keys, steps = [], [], []
     for seed in run["seeds"]:
         for arch in run["archs"]:
             ekey = encoder_key(arch, cfg["pretrain"], seed, dkey)
-            cells = []
+            unit = len(eval_units)
+            cells: list[Cell] = []
+            cell_steps = []
             for evaluator in run["evaluators"]:
                 options = cfg["evaluators"][evaluator]
                 for task in tasks:
@@ -256,9 +431,28 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
                                            "options": options, "task": task,
                                            "fraction": fraction, "seed": seed})
                         cell_keys.append(key)
+                        status, task_key = CACHED, ""
                         if not store.has(key):
+                            status = NO_DATA if task in missing else TO_COMPUTE
+                            task_key = f"{EVALUATE}{unit}:{len(cells)}"
                             cells.append(Cell(key, evaluator, options, task, fraction,
                                               dataset.image_size, missing.get(task, "")))
+                        cell_steps.append(Step(
+                            "cell", key, f"{name} {arch} seed {seed}: {evaluator} "
+                            f"{short_task_name(task)} @ {fraction * 100:g}%", status, task_key,
+                            signature=cell_signature(run["dataset"], arch, evaluator, options,
+                                                     task, fraction, False)))
+            needed = any(not c.missing for c in cells)
+            status = (CACHED if cache.exists("encoder", ekey) else
+                      TO_COMPUTE if needed else NOT_NEEDED)
+            steps.append(Step(
+                "encoder", ekey, f"{name} {arch} seed {seed}", status,
+                f"encoder:{unit}" if status == TO_COMPUTE else "",
+                like=like("encoder", {"arch": arch, "pretrain": cfg["pretrain"], "seed": seed},
+                          {"distilled": dkey}),
+                signature=encoder_signature(dataset.fingerprint, name, len(distilled), arch,
+                                            cfg["pretrain"])))
+            steps += cell_steps
             row_config = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint,
                           "imported_from": str(directory), "files_sha256": content,
                           "set_method": distilled.method, "arch": arch,
@@ -267,4 +461,5 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
             if cells:
                 eval_units.append(EvalUnit(name, arch, seed, len(distilled), run["dataset"],
                                            dkey, cfg["pretrain"], tuple(cells), row_config))
-    return Plan([], [], {}, eval_units, cell_keys, len(distilled))
+    return Plan([], [], {}, eval_units, cell_keys, len(distilled), steps=steps,
+                n_train=len(dataset.train_images), n_source=len(dataset.train_images))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+from mkdt_bench.data._decode import no_writes
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.registry import Registry
 
@@ -61,4 +62,4 @@ from mkdt_bench.data import (  # noqa: E402,F401
     torchvision_sets,
 )
 
-__all__ = ["DATASETS", "ImageDataset", "load_dataset"]
+__all__ = ["DATASETS", "ImageDataset", "load_dataset", "no_writes"]

@@ -3,10 +3,12 @@ and fingerprints."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +17,44 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from mkdt_bench.errors import UserError
+from mkdt_bench.errors import MissingDataError, UserError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
 )
 # Bump when the cached payload changes meaning, so stale cache files are not read.
 _CACHE_FORMAT = 1
+
+_WRITES = contextvars.ContextVar("mkdt_bench_data_writes", default=True)
+
+
+@contextmanager
+def no_writes() -> Iterator[None]:
+    """Load data sets without writing anything: decoded tensors are not cached and absent
+    files are not downloaded (a :class:`~mkdt_bench.errors.MissingDataError` instead).
+    ``mkdt-bench run --dry-run`` plans inside it."""
+    token = _WRITES.set(False)
+    try:
+        yield
+    finally:
+        _WRITES.reset(token)
+
+
+def writes_allowed() -> bool:
+    """False inside :func:`no_writes`."""
+    return _WRITES.get()
+
+
+class NotDownloaded(MissingDataError):
+    """Inside :func:`no_writes`: a data set's files are absent and a run would try to
+    download them."""
+
+
+def no_download(name: str, folder: Path) -> None:
+    """Inside :func:`no_writes`: raise :class:`NotDownloaded` instead of downloading."""
+    if not writes_allowed():
+        raise NotDownloaded(f"{name} is not in {folder}; a run would try to download it "
+                               "(a dry run downloads nothing)", folder)
 
 
 def image_files(directory: Path) -> list[str]:
@@ -123,7 +156,7 @@ class SplitFiles:
 def decode_folder_splits(source: Path, train: SplitFiles, test: SplitFiles, classes: list[str],
                          cache_dir: Path, size: int | None = None) -> DecodedSplits:
     """Decode both splits (resized to ``size`` when given, see :func:`decode_images`), or read
-    them back from ``cache_dir/datasets/<key>.pt``.
+    them back from ``cache_dir/datasets/<key>.pt`` (written only outside :func:`no_writes`).
 
     The key hashes the absolute ``source`` path, ``size`` and, for every file, its path
     relative to ``source``, size, mtime and label, so any change gives a fresh decode.
@@ -146,7 +179,8 @@ def decode_folder_splits(source: Path, train: SplitFiles, test: SplitFiles, clas
         test_labels=torch.tensor(test.labels, dtype=torch.int64),
         classes=list(classes), mean=mean, std=std,
     )
-    _atomic_save(vars(decoded), path)
+    if writes_allowed():
+        _atomic_save(vars(decoded), path)
     return decoded
 
 

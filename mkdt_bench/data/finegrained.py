@@ -26,7 +26,7 @@ import numpy as np
 from torchvision.datasets import FGVCAircraft, Flowers102
 
 from mkdt_bench.data import DATASETS
-from mkdt_bench.data._decode import SplitFiles, decode_folder_splits, fingerprint
+from mkdt_bench.data._decode import SplitFiles, decode_folder_splits, fingerprint, no_download
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import MissingDataError, UserError
 
@@ -59,6 +59,7 @@ def _torchvision_split(name: str, folder: Path,
     try:
         dataset = make(False)
     except (RuntimeError, OSError):
+        no_download(name, folder)
         try:
             dataset = make(True)
         except Exception as exc:

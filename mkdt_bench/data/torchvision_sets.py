@@ -9,7 +9,7 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from mkdt_bench.data import DATASETS
-from mkdt_bench.data._decode import fingerprint
+from mkdt_bench.data._decode import fingerprint, no_download
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import MissingDataError
 
@@ -26,6 +26,7 @@ def _open(name: str, cls: type[CIFAR10], root: Path, train: bool) -> CIFAR10:
         return cls(str(root), train=train, download=False)
     except RuntimeError:
         pass  # files absent or corrupt: try to download them
+    no_download(name, root / cls.base_folder)
     try:
         return cls(str(root), train=train, download=True)
     except Exception as exc:

@@ -31,6 +31,11 @@ def teacher_key(cfg: dict[str, Any], dataset: ImageDataset) -> str:
     return ArtifactCache.key("teacher", tcfg, {"data": dataset.fingerprint})
 
 
+def representations_key(tkey: str) -> str:
+    """Cache key of the teacher ``tkey``'s representations of the training set."""
+    return ArtifactCache.key("representations", {}, {"teacher": tkey})
+
+
 def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tuple[str, str]:
     """Train (or load) the teacher and encode the training set; returns both cache keys."""
     cache = ArtifactCache(env.cache_dir)
@@ -52,7 +57,7 @@ def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tupl
 
     cache.get_or_create("teacher", tkey, produce_teacher, config=tcfg,
                         inputs={"data": dataset.fingerprint})
-    rkey = ArtifactCache.key("representations", {}, {"teacher": tkey})
+    rkey = representations_key(tkey)
 
     def produce_representations(tmp: Path) -> dict[str, Any]:
         model = load_teacher(env, tkey, tcfg["arch"], dataset)

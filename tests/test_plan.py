@@ -1,0 +1,156 @@
+"""Planning before work: ``plan_grid`` produces nothing, ``run --dry-run`` lists the resolved
+config and every step (cached or to compute, with measured estimates) on a cold and a warm
+cache and writes nothing, and a run estimated at hours is announced with a warning."""
+
+from __future__ import annotations
+
+import sqlite3
+import tomllib
+from pathlib import Path
+
+import pytest
+from test_bad_input import image_tree
+
+from mkdt_bench.cache import ArtifactCache
+from mkdt_bench.cli import main
+from mkdt_bench.config import build_config
+from mkdt_bench.dryrun import WARN_SECONDS, cost_warning, render_config
+from mkdt_bench.estimate import Estimate
+from mkdt_bench.results import ResultStore
+from mkdt_bench.runner import CACHED, TEACHER, TO_COMPUTE, plan_grid
+from mkdt_bench.stages.env import Env
+
+TINY = ["--threads", "1", "--methods", "random,none", "--fractions", "5%",
+        "--set", "teacher.arch=convnet:width=8", "--set", "teacher.epochs=1",
+        "--set", "teacher.proj_dim=16", "--set", "teacher.batch_size=128",
+        "--set", "pretrain.epochs=1", "--no-progress"]
+
+
+def files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and modification time."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+
+
+def test_plan_grid_produces_nothing(tmp_path):
+    """Planning derives every key without training the teacher (it used to train it)."""
+    cfg = build_config(flags={"methods": ["random", "mkdt"], "seeds": [0]},
+                       overrides=["teacher.arch='convnet:width=8'", "teacher.epochs=1"])
+    env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
+    plan = plan_grid(cfg, env, ResultStore.read_only(tmp_path / "r.sqlite"))
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "r.sqlite").exists()
+    teacher = plan.steps[0]
+    assert teacher.stage == TEACHER and teacher.status == TO_COMPUTE
+    assert plan.teacher is not None and plan.teacher.teacher_key == teacher.key
+    stages = [s.stage for s in plan.steps]
+    assert stages.count("expert") == cfg["methods"]["mkdt"]["num_experts"]
+    assert stages.count("distilled") == 2 and stages.count("encoder") == 2
+    assert {s.status for s in plan.steps} == {TO_COMPUTE}
+
+
+def test_dry_run_on_a_cold_cache_writes_nothing(tmp_path, capsys):
+    """A folder data set, a cache that does not exist: the plan is printed, and neither the
+    cache (no decoded-data copy, no artifacts) nor the database comes into being."""
+    folder = image_tree(tmp_path / "images")
+    cache = tmp_path / "cache"
+    code = main(["run", "--dry-run", "--dataset", f"imagefolder:{folder}", "--cache-dir",
+                 str(cache), "--budget", "2", "--seeds", "0", *TINY])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert not cache.exists()
+    config = tomllib.loads(out.split("# plan:")[0])
+    assert config["run"]["budget"] == "2" and config["teacher"]["arch"] == "convnet:width=8"
+    assert "does not exist yet" in out and "budget 2 = 2 images a set" in out
+    table = out.split("# plan:")[1]
+    assert table.count(TO_COMPUTE) >= 1 + 2 + 2 + 3  # teacher, 2 sets, 2 encoders, 3 cells
+    assert CACHED not in table.split("total:")[0]
+    assert "rough model [1]" in table and "[1] teacher convnet:width=8" in table
+    assert "no measurement" in table and "not in the total" in table
+
+
+@pytest.mark.slow
+def test_dry_run_on_a_warm_cache(tmp_path, capsys):
+    """After a run: the same grid is all cached; a grid with a new seed lists that seed's
+    steps as to compute with estimates measured by the run; nothing is written."""
+    cache = tmp_path / "cache"
+    args = ["run", "--cache-dir", str(cache), "--seeds", "0", "--budget", "2 %", *TINY]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("digits: sets of 28 images (budget 2% of 1,437 training images)")
+    before = files(cache)
+    rows = sqlite3.connect(cache / "results.sqlite").execute(
+        "SELECT COUNT(*) FROM results").fetchone()[0]
+
+    assert main([*args, "--dry-run"]) == 0
+    plan = capsys.readouterr().out.split("# plan:")[1]
+    assert "total: 0 steps to compute (" in plan and TO_COMPUTE not in plan.split("total:")[0]
+
+    assert main([*args, "--seeds", "0,1", "--dry-run"]) == 0
+    plan = capsys.readouterr().out.split("# plan:")[1]
+    new = [line for line in plan.splitlines() if TO_COMPUTE in line and "seed 1" in line]
+    # 2 encoders and 3 cells (random, none, teacher) of seed 1; the quick preset distils
+    # each method once (shared_distillation), so there is no new set
+    assert len(new) == 2 + 3 and len(new) == plan.split("total:")[0].count(TO_COMPUTE), plan
+    assert all("measured (" in line for line in new), plan
+    assert "estimated time on cpu" in plan and "no measurement" not in plan
+
+    # another teacher seed: the teacher is to compute, and the dry run does not train it
+    assert main([*args, "--set", "teacher.seed=1", "--dry-run"]) == 0
+    plan = capsys.readouterr().out.split("# plan:")[1]
+    teacher = next(line for line in plan.splitlines() if line.startswith("teacher "))
+    assert teacher.split()[:3] == ["teacher", "to", "compute"]
+    assert files(cache) == before
+    assert sqlite3.connect(cache / "results.sqlite").execute(
+        "SELECT COUNT(*) FROM results").fetchone()[0] == rows
+    assert ArtifactCache(cache, create=False).artifacts() == sorted(
+        (p.parent.parent.name, p.parent.name) for p in cache.glob("artifacts/*/*/manifest.json"))
+
+
+def test_dry_run_warns_when_the_teacher_takes_hours(tmp_path, capsys):
+    code = main(["run", "--dry-run", "--cache-dir", str(tmp_path), "--seeds", "0", *TINY,
+                 "--set", "teacher.epochs=2000000"])
+    out = capsys.readouterr().out
+    assert code == 0 and not any(tmp_path.iterdir())
+    warning = out[out.index("warning: "):]
+    assert "the largest step is teacher convnet:width=8" in warning
+    assert "rough model" in warning and "--set teacher.epochs=" in warning
+    assert "--teacher-checkpoint" in warning
+
+
+def test_a_run_warns_before_its_work(tmp_path, capsys, monkeypatch):
+    import mkdt_bench.runner as runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_plan", interrupted)
+    code = main(["run", "--cache-dir", str(tmp_path), "--seeds", "0", *TINY,
+                 "--set", "teacher.epochs=2000000"])
+    err = capsys.readouterr().err
+    assert code == 130 and err.index("warning: ") < err.index("interrupted")
+
+
+def test_cost_warning_names_settings_that_fit():
+    cfg = build_config(flags={"seeds": [0]})  # the default 200-epoch ResNet-18 teacher
+    env_cache = Path("/nonexistent")
+    plan = plan_grid(cfg, Env(cache_dir=str(env_cache), progress=False),
+                     ResultStore.read_only(env_cache / "r.sqlite"))
+
+    class Cifar:
+        channels, image_size = 3, 32
+
+    teacher = plan.steps[0]
+    estimates = {(teacher.stage, teacher.key): Estimate(40 * 3600.0, None, "measured (1 like it)")}
+    warning = cost_warning(plan, estimates, cfg, Cifar(), "cpu")
+    assert "--preset cifar10-cpu" in warning and "--set teacher.epochs=5" in warning
+    already = cost_warning(plan, estimates, cfg, Cifar(), "cpu", preset="cifar10-cpu")
+    assert "--preset" not in already and "--set teacher.epochs=5" in already
+    assert cost_warning(plan, {(teacher.stage, teacher.key): Estimate(WARN_SECONDS / 2)}, cfg,
+                        Cifar(), "cpu") is None
+
+
+def test_rendered_config_reads_back_as_the_same_preset(tmp_path):
+    cfg = build_config("cifar10-cpu", overrides=["teacher.epochs=7", "methods.mkdt.lr_img=1e-05"])
+    preset = tmp_path / "resolved.toml"
+    preset.write_text(render_config(cfg))
+    assert build_config(str(preset)) == cfg
