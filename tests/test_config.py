@@ -22,7 +22,8 @@ def test_paper_preset_numbers():
     cfg = build_config("cifar10-paper")
     assert cfg["run"]["budget"] == "2%"
     assert cfg["pretrain"] == {"epochs": 20, "lr": 0.1, "use_learned_lr": True,
-                               "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 256}
+                               "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 256,
+                               "steps": 0}
     assert cfg["evaluators"]["linear"]["steps"] == 20
 
 
