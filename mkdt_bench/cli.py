@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="SECTION.KEY=VALUE", help="override any option, repeatable")
+    run.add_argument("--recompute", type=_csv(), default=[], metavar="STAGE,...",
+                     help="compute these stages of the grid again although they are stored: "
+                          "teacher, pretrain, methods.NAME, evaluators.NAME (and whatever was "
+                          "computed from them); each old artifact is replaced once its "
+                          "successor is complete")
     _report(run)
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"],
@@ -234,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mkdt_bench.cache import ArtifactCache
     from mkdt_bench.config import build_config
     from mkdt_bench.results import ResultStore
-    from mkdt_bench.runner import run_grid
+    from mkdt_bench.runner import parse_recompute, run_grid
     from mkdt_bench.stages.env import Env
 
     preset = args.preset or (QUICK if args.dataset is None else None)
@@ -251,6 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise UserError(f"--threads {args.threads} must be 0 or more")
     cfg = build_config(preset, flags, overrides)
+    recompute = parse_recompute(args.recompute, cfg) if args.recompute else None
     cache_dir, db = _paths(args)
     ArtifactCache(cache_dir)  # fails early on an unusable cache directory
     store = ResultStore(db)
@@ -258,7 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads)
     executor = make_executor(args, env.torch_device.type)
     start = time.perf_counter()
-    frame = run_grid(cfg, env, store, executor)
+    frame = run_grid(cfg, env, store, executor, recompute)
     print_tables(frame, cfg["run"]["methods"], args)
     return _summary(frame, start, db)
 

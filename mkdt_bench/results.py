@@ -110,6 +110,20 @@ class ResultStore:
             "SELECT 1 FROM results WHERE cell_key = ? AND status = 'ok'", (cell_key,))
         return cur.fetchone() is not None
 
+    def done(self, cell_keys: list[str]) -> dict[str, tuple[float, dict[str, float] | None]]:
+        """``{cell_key: (created, built_from)}`` of the ok rows among ``cell_keys``
+        (``built_from``: the stamps of the artifacts the row was computed from; ``None``
+        for rows from before they were recorded)."""
+        out = {}
+        for i in range(0, len(cell_keys), 500):
+            chunk = cell_keys[i:i + 500]
+            cur = self._conn.execute(
+                "SELECT cell_key, created, config FROM results WHERE status = 'ok' AND "
+                f"cell_key IN ({', '.join('?' * len(chunk))})", chunk)
+            for key, created, config in cur:
+                out[key] = (float(created), json.loads(config).get("built_from"))
+        return out
+
     def add(self, rows: Iterable[ResultRow]) -> None:
         """Insert rows in one transaction (a failed cell is replaced when it later succeeds)."""
         records = []

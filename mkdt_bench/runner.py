@@ -13,16 +13,19 @@ pre-training for its distilled set, a cell for its encoder; only this process wr
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mkdt_bench.cache import ArtifactCache, config_hash, file_sha256
+from mkdt_bench.cache import ArtifactCache, config_hash, file_sha256, is_stale
+from mkdt_bench.code_version import code_key, code_version
 from mkdt_bench.config import resolve_budget
 from mkdt_bench.distilled import DistilledSet, check_compatible
 from mkdt_bench.errors import UserError
+from mkdt_bench.evaluators import EVALUATORS
 from mkdt_bench.executors import Executor, InProcessExecutor, Task
 from mkdt_bench.methods import METHODS, create_method
 from mkdt_bench.progress import Progress
@@ -60,9 +63,101 @@ class Plan:
     budget: int
 
 
-def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
+@dataclass(frozen=True)
+class Recompute:
+    """Stages to compute again although their results are stored (``--recompute``).
+
+    What the named stages stored before ``since`` counts as stale: the teacher (and its
+    representations), a method's sub-units, sets and what it cached for them, the
+    encoders (``pretrain``), or an evaluator's cells. Everything computed from a stale
+    artifact follows it (:class:`~mkdt_bench.cache.ArtifactCache` freshness), and each
+    replacement takes the old one's place only once complete.
+    """
+
+    stages: frozenset[str]
+    since: float
+
+    def after(self, stage: str) -> float:
+        """``since`` for a named stage, else 0 (nothing forced)."""
+        return self.since if stage in self.stages else 0.0
+
+
+def parse_recompute(stages: list[str], cfg: dict[str, Any]) -> Recompute:
+    """Check ``--recompute`` values against the grid; a UserError names a bad one and
+    lists what this grid has."""
+    run = cfg["run"]
+    allowed = ["teacher", "pretrain",
+               *dict.fromkeys(f"methods.{parse_label(label)[0]}" for label in run["methods"]),
+               *(f"evaluators.{name}" for name in run["evaluators"])]
+    for stage in stages:
+        if stage not in allowed:
+            raise UserError(f"--recompute {stage!r} is not a stage of this grid; choose from "
+                            f"{', '.join(allowed)}")
+    return Recompute(frozenset(stages), time.time())
+
+
+class _Freshness:
+    """Which artifacts of a plan must be computed: missing, stale (see
+    :meth:`ArtifactCache.current`), forced by ``--recompute``, or computed from an input
+    that will be computed again; decided once per artifact, inputs first."""
+
+    def __init__(self, cache: ArtifactCache) -> None:
+        self.cache = cache
+        self.needed: dict[str, bool] = {}
+
+    def check(self, artifact: str, inputs: list[str], fresh_after: float = 0.0) -> bool:
+        """Whether ``artifact`` must be computed; ``inputs`` are checked before. An input
+        that is absent (e.g. pruned) does not make a stored product stale."""
+        if artifact not in self.needed:
+            stage, key = artifact.split("/", 1)
+            stamps = self.cache.stamps(inputs)
+            self.needed[artifact] = any(self.needed.get(i, False) for i in stamps) or not \
+                self.cache.current(stage, key, stamps, fresh_after)
+        return self.needed[artifact]
+
+    def row_stale(self, row: tuple[float, dict[str, float] | None], artifacts: list[str],
+                  fresh_after: float = 0.0) -> bool:
+        """Whether a stored row (created, built_from) predates one of its artifacts."""
+        created, built_from = row
+        stamps = self.cache.stamps(artifacts)
+        if created < fresh_after or any(self.needed.get(a, False) for a in stamps):
+            return True
+        return is_stale({"created": created, "built_from": built_from}, stamps)
+
+
+def grid_cells(cfg: dict[str, Any], encoder_id: dict[str, Any], seed: int, tasks: list[str],
+               image_size: int, missing: dict[str, str]) -> list[Cell]:
+    """Every (evaluator, task, label fraction) cell of an encoder (``encoder_id``: the keys
+    that name it), keyed by a hash of all of it and of the evaluator's code version."""
+    out = []
+    for evaluator in cfg["run"]["evaluators"]:
+        options = cfg["evaluators"][evaluator]
+        cls = EVALUATORS.get(evaluator)
+        code = code_key(cls)
+        for task in tasks:
+            for fraction in cfg["run"]["fractions"]:
+                key = config_hash({**encoder_id, "evaluator": evaluator, "options": options,
+                                   "task": task, "fraction": fraction, "seed": seed,
+                                   **({"evaluator_code": code} if code else {})})
+                out.append(Cell(key, evaluator, options, task, fraction, image_size,
+                                missing.get(task, ""), code_version(cls)))
+    return out
+
+
+def cells_to_compute(cells: list[Cell], artifacts: list[str], store: ResultStore,
+                     fresh: _Freshness, recompute: Recompute) -> tuple[Cell, ...]:
+    """The cells without a stored row that is current (computed from the present
+    ``artifacts``, and not before ``--recompute evaluators.NAME``)."""
+    done = store.done([c.key for c in cells])
+    return tuple(c for c in cells if c.key not in done or fresh.row_stale(
+        done[c.key], artifacts, recompute.after(f"evaluators.{c.evaluator}")))
+
+
+def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
+              recompute: Recompute | None = None) -> Plan:
     """Train/load the teacher, then list the sub-units, distillations and cells not yet
-    computed."""
+    computed (or stale, or named by ``recompute``)."""
+    recompute = recompute or Recompute(frozenset(), 0.0)
     run = cfg["run"]
     dataset = cached_dataset(run["dataset"], env.data_root, env.cache_dir)
     n_train = len(dataset.train_images)
@@ -70,79 +165,92 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
     budget = resolve_budget(run["budget"], n_source)
     tasks = run["tasks"] or [run["dataset"]]
     missing = load_tasks(tasks, env, dataset)
-    tkey, rkey = ensure_teacher(cfg, env, dataset)
+    tkey, rkey = ensure_teacher(cfg, env, dataset, recompute.after("teacher"))
     inputs = MethodInputs(run["dataset"], rkey, tkey, cfg["teacher"]["arch"],
                           n_source if n_source < n_train else 0)
-    base = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint, "teacher": tkey}
+    base = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint, "teacher": tkey,
+            "source_images": n_source}
+    cache = ArtifactCache(env.cache_dir)
+    fresh = _Freshness(cache)
+    reps = f"representations/{rkey}"
+    fresh.needed.update({f"teacher/{tkey}": False, reps: False})  # ensured just now
     distill_units: dict[str, DistillUnit] = {}
+    sub_units: dict[tuple[str, str], MethodSubUnit] = {}
+    distill_after: dict[str, tuple[tuple[str, str], ...]] = {}
     eval_units: list[EvalUnit] = []
     cell_keys: list[str] = []
 
-    def cells_for(encoder_id: dict[str, Any], seed: int) -> tuple[Cell, ...]:
-        out = []
-        for evaluator in run["evaluators"]:
-            options = cfg["evaluators"][evaluator]
-            for task in tasks:
-                for fraction in run["fractions"]:
-                    key = config_hash({**encoder_id, "evaluator": evaluator, "options": options,
-                                       "task": task, "fraction": fraction, "seed": seed})
-                    cell_keys.append(key)
-                    if not store.has(key):
-                        out.append(Cell(key, evaluator, options, task, fraction,
-                                        dataset.image_size, missing.get(task, "")))
-        return tuple(out)
+    def cells_for(encoder_id: dict[str, Any], seed: int) -> list[Cell]:
+        cells = grid_cells(cfg, encoder_id, seed, tasks, dataset.image_size, missing)
+        cell_keys.extend(c.key for c in cells)
+        return cells
 
+    def to_compute(cells: list[Cell], artifacts: list[str]) -> tuple[Cell, ...]:
+        return cells_to_compute(cells, artifacts, store, fresh, recompute)
+
+    # sub-units forced by --recompute first: other methods may share them (mkdt, highloss)
+    for label in run["methods"]:
+        method = parse_label(label)[0]
+        if recompute.after(f"methods.{method}"):
+            for sub in create_method(method, **cfg["methods"][label]).sub_units(inputs.key):
+                fresh.check(f"{sub.stage}/{sub.key}", [reps], recompute.since)
     for label in run["methods"]:
         method = parse_label(label)[0]
         options = cfg["methods"][label]
-        seeded = METHODS.get(method).seeded and not run["shared_distillation"]
-        sub_keys = [f"{sub.stage}/{sub.key}"
-                    for sub in create_method(method, **options).sub_units(inputs.key)]
+        cls = METHODS.get(method)
+        seeded = cls.seeded and not run["shared_distillation"]
+        code = code_key(cls)
+        method_after = recompute.after(f"methods.{method}")
+        subs = create_method(method, **options).sub_units(inputs.key)
+        sub_keys = [f"{sub.stage}/{sub.key}" for sub in subs]
         # a variant's rows are its own even where its set equals another row's
         row_id = {"row": label} if label != method else {}
         for seed in run["seeds"]:
             distill_seed = seed if seeded else 0
-            key_options = METHODS.get(method).key_options(options)
-            dkey = ArtifactCache.key("distilled", {"method": method, "options": key_options,
-                                                   "budget": budget, "seed": distill_seed},
-                                     {"images": inputs.key})
+            key_config = {"method": method, "options": cls.key_options(options),
+                          "budget": budget, "seed": distill_seed,
+                          **({"code": code} if code else {})}
+            dkey = ArtifactCache.key("distilled", key_config, {"images": inputs.key})
+            distilled = f"distilled/{dkey}"
             for arch in run["archs"]:
+                ekey = encoder_key(arch, cfg["pretrain"], seed, dkey)
+                artifacts = [f"teacher/{tkey}", reps, *sub_keys, distilled, f"encoder/{ekey}"]
                 row_config = {**base, "method": method, **row_id, "method_options": options,
-                              "budget": budget, "train_pool": inputs.pool,
-                              "distill_seed": distill_seed, "arch": arch,
-                              "pretrain": cfg["pretrain"], "teacher_config": cfg["teacher"],
-                              "artifacts": [f"teacher/{tkey}", f"representations/{rkey}",
-                                            *sub_keys, f"distilled/{dkey}", "encoder/"
-                                            + encoder_key(arch, cfg["pretrain"], seed, dkey)]}
-                cells = cells_for({"distilled": dkey, "arch": arch, "pretrain": cfg["pretrain"],
-                                   **row_id}, seed)
+                              "method_code": code_version(cls), "budget": budget,
+                              "train_pool": inputs.pool, "distill_seed": distill_seed,
+                              "arch": arch, "pretrain": cfg["pretrain"],
+                              "teacher_config": cfg["teacher"], "artifacts": artifacts}
+                all_cells = cells_for({"distilled": dkey, "arch": arch,
+                                       "pretrain": cfg["pretrain"], **row_id}, seed)
+                for sub in subs:
+                    fresh.check(f"{sub.stage}/{sub.key}", [reps], method_after)
+                fresh.check(distilled, [reps, *sub_keys], method_after)
+                fresh.check(f"encoder/{ekey}", [distilled], recompute.after("pretrain"))
+                cells = to_compute(all_cells, artifacts)
                 if not cells:
                     continue
-                distill_units[dkey] = DistillUnit(dkey, method, options, budget, distill_seed,
-                                                  inputs)
+                if dkey not in distill_units:
+                    distill_units[dkey] = DistillUnit(dkey, method, options, budget,
+                                                      distill_seed, inputs, code,
+                                                      tuple(sub_keys), method_after)
+                    needed = [sub for sub in subs if fresh.needed[distilled]
+                              and fresh.needed[f"{sub.stage}/{sub.key}"]]
+                    for sub in needed:
+                        sub_units[sub.stage, sub.key] = MethodSubUnit(sub, inputs, method_after)
+                    distill_after[dkey] = tuple((sub.stage, sub.key) for sub in needed)
                 eval_units.append(EvalUnit(label, arch, seed, budget, run["dataset"], dkey,
-                                           cfg["pretrain"], cells, row_config))
+                                           cfg["pretrain"], cells, row_config,
+                                           fresh_after=recompute.after("pretrain")))
     if run["teacher_row"]:
         n_teacher = min(cfg["teacher"]["train_images"] or len(dataset.train_images),
                         len(dataset.train_images))
         for seed in run["seeds"]:
-            cells = cells_for({"teacher": tkey}, seed)
+            cells = to_compute(cells_for({"teacher": tkey}, seed), [f"teacher/{tkey}"])
             if cells:
                 eval_units.append(EvalUnit(TEACHER_ROW, cfg["teacher"]["arch"], seed,
                                            n_teacher, run["dataset"], tkey, {}, cells,
                                            {**base, "teacher_config": cfg["teacher"],
                                             "artifacts": [f"teacher/{tkey}"]}))
-    cache = ArtifactCache(env.cache_dir)
-    sub_units: dict[tuple[str, str], MethodSubUnit] = {}
-    distill_after: dict[str, tuple[tuple[str, str], ...]] = {}
-    for unit in distill_units.values():
-        if cache.exists("distilled", unit.key):
-            continue
-        needed = [sub for sub in create_method(unit.method, **unit.options).sub_units(inputs.key)
-                  if not cache.exists(sub.stage, sub.key)]
-        for sub in needed:
-            sub_units[sub.stage, sub.key] = MethodSubUnit(sub, inputs)
-        distill_after[unit.key] = tuple((sub.stage, sub.key) for sub in needed)
     return Plan(list(sub_units.values()), list(distill_units.values()), distill_after,
                 eval_units, cell_keys, budget)
 
@@ -173,15 +281,17 @@ def grid_tasks(plan: Plan) -> list[Task]:
 
 
 def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
-             executor: Executor | None = None) -> pd.DataFrame:
-    """Run every missing cell of the grid and return all of the grid's rows.
+             executor: Executor | None = None,
+             recompute: Recompute | None = None) -> pd.DataFrame:
+    """Run every missing (or stale, or ``recompute``d) cell of the grid and return all of
+    the grid's rows.
 
     A failed unit does not stop the grid: a failed distillation fails the cells that
     need it, a failed evaluation unit its own cells; a rerun computes only what is missing.
     The driver alone writes the database.
     """
     prepare_process(env)
-    return run_plan(plan_grid(cfg, env, store), env, store, executor)
+    return run_plan(plan_grid(cfg, env, store, recompute), env, store, executor)
 
 
 def run_plan(plan: Plan, env: Env, store: ResultStore,
@@ -240,29 +350,25 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
         return {"num_images": len(distilled), "method": name, "imported_from": str(directory)}
 
     cache.get_or_create("distilled", dkey, produce, config={"import": content})
+    fresh = _Freshness(cache)
+    fresh.needed[f"distilled/{dkey}"] = False
     eval_units, cell_keys = [], []
     for seed in run["seeds"]:
         for arch in run["archs"]:
             ekey = encoder_key(arch, cfg["pretrain"], seed, dkey)
-            cells = []
-            for evaluator in run["evaluators"]:
-                options = cfg["evaluators"][evaluator]
-                for task in tasks:
-                    for fraction in run["fractions"]:
-                        key = config_hash({"distilled": dkey, "arch": arch,
-                                           "pretrain": cfg["pretrain"], "evaluator": evaluator,
-                                           "options": options, "task": task,
-                                           "fraction": fraction, "seed": seed})
-                        cell_keys.append(key)
-                        if not store.has(key):
-                            cells.append(Cell(key, evaluator, options, task, fraction,
-                                              dataset.image_size, missing.get(task, "")))
+            all_cells = grid_cells(cfg, {"distilled": dkey, "arch": arch,
+                                         "pretrain": cfg["pretrain"]}, seed, tasks,
+                                   dataset.image_size, missing)
+            cell_keys.extend(c.key for c in all_cells)
+            artifacts = [f"distilled/{dkey}", f"encoder/{ekey}"]
+            fresh.check(f"encoder/{ekey}", [f"distilled/{dkey}"])
+            cells = cells_to_compute(all_cells, artifacts, store, fresh,
+                                     Recompute(frozenset(), 0.0))
             row_config = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint,
                           "imported_from": str(directory), "files_sha256": content,
                           "set_method": distilled.method, "arch": arch,
-                          "pretrain": cfg["pretrain"],
-                          "artifacts": [f"distilled/{dkey}", f"encoder/{ekey}"]}
+                          "pretrain": cfg["pretrain"], "artifacts": artifacts}
             if cells:
                 eval_units.append(EvalUnit(name, arch, seed, len(distilled), run["dataset"],
-                                           dkey, cfg["pretrain"], tuple(cells), row_config))
+                                           dkey, cfg["pretrain"], cells, row_config))
     return Plan([], [], {}, eval_units, cell_keys, len(distilled))

@@ -28,8 +28,16 @@ def teacher_key(cfg: dict[str, Any], dataset: ImageDataset) -> str:
     return ArtifactCache.key("teacher", tcfg, {"data": dataset.fingerprint})
 
 
-def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tuple[str, str]:
-    """Train (or load) the teacher and encode the training set; returns both cache keys."""
+def representations_key(tkey: str) -> str:
+    """Cache key of the teacher's representations of the training set."""
+    return ArtifactCache.key("representations", {}, {"teacher": tkey})
+
+
+def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset,
+                   fresh_after: float = 0.0) -> tuple[str, str]:
+    """Train (or load) the teacher and encode the training set; returns both cache keys.
+    ``fresh_after``: a stored teacher created before it is trained again (``--recompute
+    teacher``); the representations follow the teacher they were computed from."""
     cache = ArtifactCache(env.cache_dir)
     tkey = teacher_key(cfg, dataset)
     tcfg = cfg["teacher"]
@@ -44,8 +52,8 @@ def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tupl
         return {"arch": tcfg["arch"]}
 
     cache.get_or_create("teacher", tkey, produce_teacher, config=tcfg,
-                        inputs={"data": dataset.fingerprint})
-    rkey = ArtifactCache.key("representations", {}, {"teacher": tkey})
+                        inputs={"data": dataset.fingerprint}, fresh_after=fresh_after)
+    rkey = representations_key(tkey)
 
     def produce_representations(tmp: Path) -> dict[str, Any]:
         model = load_teacher(env, tkey, tcfg["arch"], dataset)
@@ -55,7 +63,7 @@ def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tupl
         return {"shape": list(reps.shape)}
 
     cache.get_or_create("representations", rkey, produce_representations,
-                        inputs={"teacher": tkey})
+                        inputs={"teacher": tkey}, built_from=cache.stamps([f"teacher/{tkey}"]))
     return tkey, rkey
 
 
