@@ -359,7 +359,8 @@ def show_set(distilled: DistilledSet, out: str | Path, title: str,
     head, margin = 44, 8  # title band and border, in pixels (1 px = 1 figure pixel)
     fig_w, fig_h = max(width + 2 * margin, 480), height + head + margin
     fig = Figure(figsize=(fig_w / 100, fig_h / 100), dpi=100)
-    ax = fig.add_axes((margin / fig_w, margin / fig_h, width / fig_w, height / fig_h))
+    left = (fig_w - width) // 2  # whole pixels: the grid's pixels stay the image's
+    ax = fig.add_axes((left / fig_w, margin / fig_h, width / fig_w, height / fig_h))
     ax.imshow(pixels, interpolation="nearest", vmin=0, vmax=1)
     ax.set_axis_off()
     fig.text(0.5, 1 - 6 / fig_h, title, ha="center", va="top", fontsize=9, wrap=True)
