@@ -441,6 +441,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         if not directory.is_dir():
             raise UserError(f"distilled set directory {args.directory!r} does not exist")
         label = None
+        if (directory / "manifest.json").is_file():  # a set of the cache: its seed, budget
+            import json
+
+            config = json.loads((directory / "manifest.json").read_text()).get("config", {})
+            seed, budget = config.get("seed", seed), config.get("budget", budget)
     distilled = DistilledSet.load(directory)
     title = set_title(distilled, label or distilled.method or directory.name, seed, budget,
                       args.max_images)

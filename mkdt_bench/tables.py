@@ -118,13 +118,13 @@ def _row_labels(groups: pd.DataFrame, layout: str, budget: float | None) -> pd.S
 
 
 def _column_labels(groups: pd.DataFrame, layout: str) -> pd.Series:
-    """``task @ fraction``; prefixed by the evaluator where a table has several, by the
-    encoder in the ``arch`` layout."""
+    """``task @ fraction``; prefixed by the evaluator where a table has several (or one
+    with several set-ups: ``linear {steps=100}``), by the encoder in the ``arch`` layout."""
     text = groups["task"].map(short_task_name) + " @ " + groups["fraction"].map(
         lambda f: f"{f * 100:g}%")
     evaluators = groups["evaluator"] + differences(groups["eval_parts"], groups["evaluator"]
                                                    ).map(lambda s: f" {{{s}}}" if s else "")
-    if evaluators.nunique() > 1 and layout == "default":
+    if evaluators.nunique() > 1:
         text = evaluators + " " + text
     if layout == "arch":
         text = groups["encoder"] + " / " + text

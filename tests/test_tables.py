@@ -257,3 +257,21 @@ def test_csv_is_one_tidy_table_of_the_stored_numbers(tmp_path, cli):
     md = cli("table", "--results-db", str(db), "--layout", "paper", "--budget-table")
     assert "## digits" in md.stdout and "| full (1,437)" in md.stdout
     assert "equal pre-training steps for every set of one size" in md.stdout.lower()
+
+
+def test_an_evaluator_with_two_setups_gets_two_columns(tmp_path):
+    rows = grid(values={"random": [50, 52, 57]})
+    for r in rows:
+        r.config["evaluator_options"] = {"steps": 20}
+    more = grid(values={"random": [60, 61, 62]})
+    for r in more:
+        r.config["evaluator_options"] = {"steps": 100}
+        r.cell_key += "-100"
+    for layout in ("default", "paper", "arch"):
+        (table,) = comparison_tables(frame(rows + more, tmp_path), layout)
+        columns = [c.split(" / ")[-1] for c in table.cells.columns]
+        assert sorted(columns) == ["linear {steps=100} digits @ 1%",
+                                   "linear {steps=100} digits @ 5%",
+                                   "linear {steps=20} digits @ 1%",
+                                   "linear {steps=20} digits @ 5%"]
+        assert table.cells.iloc[-1].str.startswith("61.00 ± ").sum() == 1
