@@ -321,10 +321,8 @@ def budget_tables(frame: pd.DataFrame, method_order: list[str] | None = None) ->
     tables = []
     for part in _split(groups, "default"):
         part = _order(part, method_order)
-        rows = _row_labels(part.assign(set_setup=""), "paper", None).str.replace(
-            r" \[[\d,]+-image budget\]$", "", regex=True)
-        several = part["encoder"].nunique() > 1
-        if several:
+        rows = _row_labels(part, "paper", None)  # one budget: no budget suffix
+        if part["encoder"].nunique() > 1:
             rows = rows + part["encoder"].map(lambda e: f" [{e}]")
         out = {}
         for row, sets in part.groupby(rows, sort=False):
