@@ -97,6 +97,7 @@ def stored_sets(cache: Path) -> dict[str, dict]:
             for p in (cache / "artifacts" / "distilled").glob("*/manifest.json")}
 
 
+@pytest.mark.slow
 def test_plugin_name_reaches_the_class_and_its_records(plugin_site, tmp_path):
     listed = cli(plugin_site, "list")
     assert listed.returncode == 0 and "kcenter" in listed.stdout
