@@ -9,6 +9,12 @@ Writes are atomic: the producer fills a temporary directory beside the final one
 manifest is written last, and one ``os.rename`` publishes it. A file lock around each
 producer stops two processes from computing the same artifact. Resumable producers get a
 stable scratch directory (:meth:`ArtifactCache.scratch`) for their snapshots.
+
+Freshness (make's rule, without clocks): a manifest records ``built_from``, the
+``created`` stamp of every artifact it was computed from. An artifact whose input has
+been recomputed since (another stamp), or one created before a ``fresh_after`` time
+(``--recompute``), is stale: the next request computes a replacement, which takes its
+place only once complete.
 """
 
 from __future__ import annotations
@@ -86,6 +92,24 @@ def check_writable(root: str | Path) -> None:
                         "choose another with --cache-dir")
 
 
+def is_stale(manifest: Mapping[str, Any], built_from: Mapping[str, float],
+             fresh_after: float = 0.0) -> bool:
+    """Whether an artifact (its manifest) predates ``fresh_after`` or one of its inputs
+    ``built_from``: recorded with another ``created`` stamp, or, for an artifact from before
+    stamps were recorded, created after it."""
+    created = float(manifest.get("created", 0.0))
+    if created < fresh_after:
+        return True
+    recorded = manifest.get("built_from")
+    for artifact, stamp in built_from.items():
+        if recorded is not None and artifact in recorded:
+            if float(recorded[artifact]) != stamp:
+                return True
+        elif stamp > created:
+            return True
+    return False
+
+
 class ArtifactCache:
     """Artifacts keyed by ``(stage, key)`` under ``root``.
 
@@ -97,10 +121,16 @@ class ArtifactCache:
                                    config=config)
     """
 
-    def __init__(self, root: str | Path, create: bool = True) -> None:
-        """``create=False``: a read-only view (``exists``, ``manifest``, ``artifacts``) that
-        creates nothing, for planning (``mkdt-bench run --dry-run``)."""
+    def __init__(self, root: str | Path, built_from: Mapping[str, float] | None = None,
+                 fresh_after: float = 0.0, create: bool = True) -> None:
+        """``built_from`` and ``fresh_after``: the defaults of :meth:`get_or_create` (a
+        method's context gets those of its distillation, so that the artifacts the method
+        caches itself follow its inputs). ``create=False``: a read-only view (``exists``,
+        ``manifest``, ``artifacts``) that creates nothing, for planning
+        (``mkdt-bench run --dry-run``)."""
         self.root = Path(root).expanduser()
+        self.built_from = dict(built_from or {})
+        self.fresh_after = fresh_after
         if not create:
             return
         try:
@@ -130,6 +160,24 @@ class ArtifactCache:
 
     def manifest(self, stage: str, key: str) -> dict[str, Any]:
         return json.loads((self.path(stage, key) / MANIFEST).read_text())
+
+    def stamps(self, artifacts: list[str]) -> dict[str, float]:
+        """``{"stage/key": created}`` of the published artifacts among ``artifacts``: what a
+        product of them records as ``built_from``."""
+        out = {}
+        for artifact in artifacts:
+            stage, key = artifact.split("/", 1)
+            if self.exists(stage, key):
+                out[artifact] = float(self.manifest(stage, key)["created"])
+        return out
+
+    def current(self, stage: str, key: str, built_from: Mapping[str, float] | None = None,
+                fresh_after: float = 0.0) -> bool:
+        """Published, created after ``fresh_after``, and computed from the present versions
+        of its inputs ``built_from`` (``{"stage/key": created}`` as they are now)."""
+        if not self.exists(stage, key):
+            return False
+        return not is_stale(self.manifest(stage, key), built_from or {}, fresh_after)
 
     def verify(self, stage: str, key: str) -> list[str]:
         """Names of files whose checksum no longer matches the manifest (empty when intact)."""
@@ -171,21 +219,36 @@ class ArtifactCache:
         produce: Callable[[Path], Mapping[str, Any] | None],
         config: Mapping[str, Any] | None = None,
         inputs: Mapping[str, str] | None = None,
+        built_from: Mapping[str, float] | None = None,
+        fresh_after: float | None = None,
     ) -> Path:
-        """The artifact's directory, producing it first when it is missing or corrupt.
+        """The artifact's directory, producing it first when it is missing, corrupt or stale.
 
         ``produce(tmp_dir)`` writes the artifact's files into ``tmp_dir`` and may return
         extra metadata for the manifest (timings, metrics). The manifest records the wall
         time and peak memory (:class:`~mkdt_bench.memory.PeakMemory`) of the ``produce``
         call that completed it (a resumed stage: of its last attempt).
+
+        ``built_from`` (``{"stage/key": created}`` of the inputs as they are now; default:
+        the cache's own, less this stage's) is recorded; a stored artifact recorded with
+        other stamps, or created before ``fresh_after`` (default: the cache's), is stale
+        and replaced by a new one, atomically once complete; its snapshots in the scratch
+        directory are discarded first.
         """
+        if built_from is None:
+            built_from = {a: t for a, t in self.built_from.items()
+                          if a.split("/", 1)[0] != stage}
+        fresh_after = self.fresh_after if fresh_after is None else fresh_after
         final = self.path(stage, key)
-        if self._intact(stage, key):
+        if self._intact(stage, key) and self.current(stage, key, built_from, fresh_after):
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(final) + ".lock"):
-            if self._intact(stage, key):  # another process finished it meanwhile
-                return final
+            if self._intact(stage, key):
+                if self.current(stage, key, built_from, fresh_after):
+                    return final  # another process finished it meanwhile
+                # stale: snapshots of its computation are stale too
+                shutil.rmtree(self.root / "scratch" / stage / key, ignore_errors=True)
             for stale in final.parent.glob(f".{key}.*.tmp"):  # left by a killed producer
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = final.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
@@ -198,13 +261,18 @@ class ArtifactCache:
                 files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
                 manifest = {
                     "stage": stage, "key": key, "config": dict(config or {}),
-                    "inputs": dict(inputs or {}), "files": files, "seconds": seconds,
-                    **memory.result(), "created": time.time(), **extra,
+                    "inputs": dict(inputs or {}), "built_from": dict(built_from),
+                    "files": files, "seconds": seconds, **memory.result(),
+                    "created": time.time(), **extra,
                 }
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-                if final.exists():
-                    shutil.rmtree(final)
-                os.rename(tmp, final)
+                if final.exists():  # a stale one: out of the way, then the new one in
+                    old = final.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
+                    os.rename(final, old)
+                    os.rename(tmp, final)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.rename(tmp, final)
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)

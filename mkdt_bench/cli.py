@@ -70,13 +70,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _report(p: argparse.ArgumentParser, paired: bool = True) -> None:
     """How results are printed (run, eval and table share these)."""
-    from mkdt_bench.results import LAYOUTS, METRICS
+    from mkdt_bench.results import METRICS
+    from mkdt_bench.tables import FORMATS, LAYOUTS
 
-    p.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+    p.add_argument("--format", default="markdown", choices=FORMATS,
+                   help="markdown: tables with a caption line each; latex: table floats "
+                        "(booktabs) to \\input; csv: one tidy table, a row per cell group")
     p.add_argument("--layout", default="default", choices=LAYOUTS,
-                   help="default: one table, budget/arch in the row when mixed; paper: rows = "
-                        "pre-training set (method, budget), one table per evaluator and arch; "
-                        "arch: methods x architectures, one table per evaluator")
+                   help="default: one table per source, teacher and budget; paper: rows = "
+                        "pre-training set (method, images), one table per evaluator and "
+                        "encoder; arch: methods x encoders, one table per evaluator")
     p.add_argument("--metric", default="accuracy", choices=METRICS,
                    help="top-1 accuracy or mean per-class accuracy (Aircraft/Flowers)")
     p.add_argument("--ci", action="store_true", help="add a 95%% t-interval of the mean")
@@ -85,9 +88,13 @@ def _report(p: argparse.ArgumentParser, paired: bool = True) -> None:
     if paired:
         p.add_argument("--paired", metavar="BASELINE", help="also print each method's "
                        "difference from BASELINE (e.g. random) with a paired t-test over seeds")
+    p.add_argument("--out", dest="out_file", metavar="FILE", help="write the tables (or "
+                   "CSV) to FILE instead of standard output")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mkdt_bench.results import METRICS
+
     parser = _Parser(prog="mkdt-bench", description="Benchmark dataset distillation for "
                      "self-supervised pre-training.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -113,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--set", dest="overrides", action="append", default=[], type=_override,
                      metavar="SECTION.KEY=VALUE", help="override any option, repeatable")
+    run.add_argument("--recompute", type=_csv(), default=[], metavar="STAGE,...",
+                     help="compute these stages of the grid again although they are stored: "
+                          "teacher, pretrain, methods.NAME, evaluators.NAME (and whatever was "
+                          "computed from them); each old artifact is replaced once its "
+                          "successor is complete")
     _report(run)
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and "
                      "every step (cached or to compute, with its estimated time and memory "
@@ -169,18 +181,40 @@ def build_parser() -> argparse.ArgumentParser:
                            "already normalised")
     _common(conv)
 
-    plot = sub.add_parser("plot", help="PNG figures of stored results: accuracy versus "
-                                       "label fraction (and versus budget)")
+    plot = sub.add_parser("plot", help="figures of stored results: accuracy versus label "
+                                       "fraction (and versus set size over budgets)")
     _common(plot)
     plot.add_argument("--dataset", help="only this source data set")
     plot.add_argument("--methods", type=_methods, help="only these methods (rows)")
-    plot.add_argument("--out", default="plots", help="folder for the PNG files (default plots)")
+    plot.add_argument("--budget", type=int, metavar="IMAGES",
+                      help="only the grid of this budget (images)")
+    plot.add_argument("--arch", help="only this encoder")
+    plot.add_argument("--evaluator", help="only this evaluator")
+    plot.add_argument("--task", help="only this downstream task")
+    plot.add_argument("--teacher", metavar="KEY", help="only this teacher (cache key or "
+                                                        "its first characters)")
+    plot.add_argument("--metric", default="accuracy", choices=METRICS)
+    plot.add_argument("--ci", action="store_true", help="error bars: 95%% t-interval of the "
+                                                        "mean (default: population std)")
+    plot.add_argument("--format", default="png", help="file type in an --out folder: png "
+                      "(200 dpi), or vector pdf or svg")
+    plot.add_argument("--out", default="plots", help="folder for the figures (default plots), "
+                      "or one file (.png, .pdf, .svg) when the selection makes one figure")
 
-    show = sub.add_parser("show", help="a PNG grid of a DistilledSet's images")
-    show.add_argument("directory", metavar="DIR", help="DistilledSet directory")
+    show = sub.add_parser("show", help="a PNG grid of a distilled set's images: a set of the "
+                                       "cache (--method, --seed) or a DistilledSet directory")
+    show.add_argument("directory", nargs="?", metavar="DIR", help="DistilledSet directory "
+                      "(instead of --method)")
+    show.add_argument("--method", help="the method (or variant, mkdt[init=random]) whose "
+                                       "stored set to show")
+    show.add_argument("--seed", type=int, help="its seed (needed when several are stored)")
+    show.add_argument("--budget", type=int, metavar="IMAGES",
+                      help="its grid's budget (needed when several are stored)")
     show.add_argument("--out", required=True, help="PNG file to write")
     show.add_argument("--max-images", type=int, default=100, help="at most this many (100)")
-    show.add_argument("--debug", action="store_true")
+    show.add_argument("--cache-dir", help="artifact cache (default $MKDT_BENCH_CACHE or "
+                                          "~/.cache/mkdt-bench)")
+    show.add_argument("--debug", action="store_true", help="show tracebacks")
 
     table = sub.add_parser("table", help="render stored results as a table")
     _common(table)
@@ -205,43 +239,52 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
     from mkdt_bench.cache import default_cache_dir
 
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    db = Path(args.results_db).expanduser() if args.results_db else cache / "results.sqlite"
+    results_db = getattr(args, "results_db", None)
+    db = Path(results_db).expanduser() if results_db else cache / "results.sqlite"
     return cache, db
 
 
-def print_tables(frame: Any, methods: list[str] | None, args: argparse.Namespace) -> None:
-    """The comparison table(s) in ``--layout`` (plus the methods x architectures table when
-    the default layout meets several architectures), the paired differences from a
-    baseline (``--paired``) and the budget table (``--budget-table``)."""
-    from mkdt_bench.results import (
-        budget_table,
-        equal_pretraining,
-        layout_tables,
-        paired_table,
+def report(frame: Any, methods: list[str] | None, args: argparse.Namespace) -> str:
+    """The comparison table(s) in ``--layout`` (plus the methods x encoders tables when
+    the default layout meets several encoders), the paired differences from a baseline
+    (``--paired``) and the budget tables (``--budget-table``), in ``--format``; as CSV
+    one tidy table holding all of it."""
+    from mkdt_bench.tables import (
+        budget_tables,
+        comparison_tables,
+        paired_tables,
         render,
+        tidy_table,
     )
 
-    fmt, paired = args.format, getattr(args, "paired", None)
-    tables = layout_tables(frame, args.layout, methods, args.ci, args.metric)
-    archs = set(frame.loc[frame["method"] != "teacher", "arch"]) if not frame.empty else set()
-    if args.layout == "default" and len(archs) > 1:
-        tables += [(f"methods x architectures, {title}", table) for title, table in
-                   layout_tables(frame, "arch", methods, args.ci, args.metric)]
-    for title, table in tables:
-        if title:
-            print(f"\n### {title}\n")
-        print(render(table, fmt))
+    paired = getattr(args, "paired", None)
+    if args.format == "csv":
+        return tidy_table(frame, args.metric, paired, args.budget_table).to_csv(
+            index=False).rstrip("\n")
+    tables = comparison_tables(frame, args.layout, methods, args.ci, args.metric)
+    encoders = set(frame.loc[frame["method"] != "teacher", "arch"]) if not frame.empty else ()
+    if args.layout == "default" and len(encoders) > 1:
+        tables += comparison_tables(frame, "arch", methods, args.ci, args.metric)
     if paired:
-        print(f"\nDifference from {paired} in points, mean over shared seeds "
-              "(paired t-test):\n")
-        print(render(paired_table(frame, paired, method_order=methods, metric=args.metric),
-                     fmt))
+        tables += paired_tables(frame, paired, methods, args.metric)
     if args.budget_table:
-        print("\nBudget of each pre-training set (means over its rows):\n")
-        print(render(budget_table(frame, methods), fmt))
-        note = equal_pretraining(frame)
-        if note:
-            print(f"\n{note}")
+        tables += budget_tables(frame, methods)
+    return render(tables, args.format)
+
+
+def emit(text: str, args: argparse.Namespace) -> None:
+    """``text`` to ``--out`` (written atomically) or to standard output."""
+    from mkdt_bench.cache import atomic_write_bytes
+
+    if getattr(args, "out_file", None):
+        atomic_write_bytes(Path(args.out_file).expanduser(), (text + "\n").encode())
+    else:
+        print(text)
+
+
+def print_tables(frame: Any, methods: list[str] | None, args: argparse.Namespace) -> None:
+    """:func:`report` to ``--out`` or standard output."""
+    emit(report(frame, methods, args), args)
 
 
 def check_executor_args(args: argparse.Namespace) -> None:
@@ -273,7 +316,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mkdt_bench.dryrun import cost_warning, plan_estimates, render_config, render_plan
     from mkdt_bench.estimate import CostBook
     from mkdt_bench.results import ResultStore
-    from mkdt_bench.runner import plan_grid, run_plan
+    from mkdt_bench.runner import parse_recompute, plan_grid, run_plan
     from mkdt_bench.stages.env import Env, cached_dataset, prepare_process
 
     preset = args.preset or (QUICK if args.dataset is None else None)
@@ -291,6 +334,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--threads {args.threads} must be 0 or more")
     check_executor_args(args)
     cfg = build_config(preset, flags, overrides)
+    recompute = parse_recompute(args.recompute, cfg) if args.recompute else None
     cache_dir, db = _paths(args)
     check_writable(cache_dir)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
@@ -308,12 +352,12 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{'' if db.exists() else ' (does not exist yet)'}\n")
         try:
             with no_writes():
-                plan = plan_grid(cfg, env, store, cache)
+                plan = plan_grid(cfg, env, store, recompute, cache)
         except NotDownloaded as e:
             print(f"{e}; the steps depend on the data, so they are not listed")
             return 0
     else:
-        plan = plan_grid(cfg, env, store, cache)
+        plan = plan_grid(cfg, env, store, recompute, cache)
     dataset = cached_dataset(cfg["run"]["dataset"], env.data_root, env.cache_dir)
     estimates = plan_estimates(plan, CostBook(cache, store, device), cfg, dataset,
                                env.torch_device)
@@ -331,11 +375,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     executor = make_executor(args, device)
     start = time.perf_counter()
     frame = run_plan(plan, env, store, executor, estimates)
-    run = cfg["run"]
-    pool = "the training pool" if plan.n_source < plan.n_train else "training images"
-    print(f"{run['dataset']}: sets of {plan.budget:,} images (budget {run['budget']} of "
-          f"{plan.n_source:,} {pool})\n")
-    print_tables(frame, run["methods"], args)
+    print_tables(frame, cfg["run"]["methods"], args)
     return _summary(frame, start, db)
 
 
@@ -417,6 +457,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selected(frame: Any, args: argparse.Namespace) -> Any:
+    """The rows ``plot``'s filters select; the teacher rows (the ceiling, of their own
+    size and encoder) stay whatever --methods, --budget and --arch say."""
+    import json
+
+    teacher = frame["method"] == "teacher"
+    keep = teacher | True
+    for column, value in (("method", args.methods), ("budget", args.budget),
+                          ("arch", args.arch)):
+        if value is not None:
+            keep &= teacher | frame[column].isin(value if isinstance(value, list) else [value])
+    for column, value in (("dataset", args.dataset), ("evaluator", args.evaluator),
+                          ("task", args.task)):
+        if value is not None:
+            keep &= frame[column] == value
+    if args.teacher:
+        keep &= frame["config"].map(lambda c: json.loads(c).get("teacher", "")).str.startswith(
+            args.teacher)
+    return frame[keep]
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from mkdt_bench.plots import plot_results
     from mkdt_bench.results import ResultStore
@@ -424,20 +485,44 @@ def cmd_plot(args: argparse.Namespace) -> int:
     _, db = _paths(args)
     if not db.is_file():
         raise UserError(f"results database {str(db)!r} does not exist; run a grid first")
-    frame = ResultStore(db).frame(dataset=args.dataset, method=args.methods)
-    if frame.empty:
-        raise UserError(f"no result rows in {db} match --dataset/--methods")
-    for path in plot_results(frame, args.out):
+    frame = ResultStore(db).frame()
+    frame = _selected(frame, args) if not frame.empty else frame
+    if frame.empty or (frame["method"] == "teacher").all():
+        raise UserError(f"no result rows in {db} match --dataset/--methods/--budget/--arch/"
+                        "--evaluator/--task/--teacher")
+    for path in plot_results(frame, args.out, args.format, args.ci, args.metric):
         print(path)
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from mkdt_bench.plots import show_set
+    from mkdt_bench.distilled import DistilledSet
+    from mkdt_bench.plots import find_stored_set, set_title, show_set
 
-    if not Path(args.directory).is_dir():
-        raise UserError(f"distilled set directory {args.directory!r} does not exist")
-    print(show_set(args.directory, args.out, args.max_images))
+    if (args.directory is None) == (args.method is None):
+        raise UserError("show needs a DistilledSet directory or --method (with --seed and, "
+                        "where several budgets are stored, --budget), not both")
+    seed, budget = args.seed, args.budget
+    if args.method:
+        cache_dir, _ = _paths(args)
+        directory, manifest = find_stored_set(cache_dir, args.method, seed, budget)
+        label = args.method
+        config = manifest.get("config", {})
+        seed, budget = config.get("seed", seed), config.get("budget", budget)
+    else:
+        directory = Path(args.directory).expanduser()
+        if not directory.is_dir():
+            raise UserError(f"distilled set directory {args.directory!r} does not exist")
+        label = None
+        if (directory / "manifest.json").is_file():  # a set of the cache: its seed, budget
+            import json
+
+            config = json.loads((directory / "manifest.json").read_text()).get("config", {})
+            seed, budget = config.get("seed", seed), config.get("budget", budget)
+    distilled = DistilledSet.load(directory)
+    title = set_title(distilled, label or distilled.method or directory.name, seed, budget,
+                      args.max_images)
+    print(show_set(distilled, args.out, title, args.max_images))
     return 0
 
 
@@ -452,12 +537,12 @@ def cmd_table(args: argparse.Namespace) -> int:
     frame = store.frame(dataset=args.dataset)
     if args.methods:
         frame = frame[frame["method"].isin(args.methods + ["teacher"])]
-    for dataset, group in frame.groupby("dataset", sort=False):
-        print(f"## {dataset}\n")
-        print_tables(group, args.methods, args)
-        print()
-    if frame.empty:
-        print("(no results)")
+    if args.format != "markdown":  # one CSV, or LaTeX floats whose captions name the source
+        emit(report(frame, args.methods, args), args)
+        return 0
+    parts = [f"## {dataset}\n\n{report(group, args.methods, args)}"
+             for dataset, group in frame.groupby("dataset", sort=False)]
+    emit("\n\n".join(parts) if parts else "(no results)", args)
     return 0
 
 

@@ -13,7 +13,9 @@ point in the registry's group, e.g. in their ``pyproject.toml``::
     [project.entry-points."mkdt_bench.methods"]
     my-method = "my_package.my_method:MyMethod"
 
-Entry points are loaded lazily, the first time a registry is queried.
+Entry points are loaded lazily, the first time a registry is queried. A registry of
+classes with a ``name`` attribute (methods, evaluators) gives each class the name it is
+registered under, the entry point's name included (:func:`named_class`).
 """
 
 from __future__ import annotations
@@ -35,11 +37,15 @@ class Registry(Generic[T]):
     Args:
         kind: what the registry holds, used in error messages ("method", "model", ...).
         entry_point_group: the ``importlib.metadata`` group scanned for plug-ins.
+        on_add: ``(name, obj) -> obj`` applied to everything registered, by decorator or
+            entry point (e.g. :func:`named_class`); what it returns is what is stored.
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None,
+                 on_add: Callable[[str, T], T] | None = None) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self._on_add = on_add
         self._items: dict[str, T] = {}
         self._plugins_loaded = entry_point_group is None
         # Prefix handlers resolve parametrised names such as "timm:resnet50" or
@@ -55,10 +61,13 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def add(self, name: str, obj: T) -> None:
-        if name in self._items and self._items[name] is not obj:
+    def add(self, name: str, obj: T) -> T:
+        """Register ``obj`` as ``name``; returns what is stored (``on_add``'s result)."""
+        stored = self._on_add(name, obj) if self._on_add else obj
+        if name in self._items and self._items[name] is not stored:
             raise ValueError(f"{self.kind} {name!r} is already registered")
-        self._items[name] = obj
+        self._items[name] = stored
+        return stored
 
     def register_prefix(self, prefix: str) -> Callable[[Callable[[str], T]], Callable[[str], T]]:
         """Decorator for a factory that resolves ``"<prefix>:<argument>"`` names."""
@@ -75,7 +84,7 @@ class Registry(Generic[T]):
         self._plugins_loaded = True
         for ep in entry_points(group=self.entry_point_group):
             if ep.name not in self._items:
-                self._items[ep.name] = ep.load()
+                self.add(ep.name, ep.load())
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style wildcard, sorted."""
@@ -109,3 +118,15 @@ class Registry(Generic[T]):
     def create(self, name: str, **kwargs: Any) -> Any:
         """Look up ``name`` and call it with ``kwargs`` (the ``create_model`` pattern)."""
         return self.get(name)(**kwargs)  # type: ignore[operator]
+
+
+def named_class(name: str, cls: type) -> type:
+    """``cls`` carrying its registered name in its ``name`` attribute (what error messages,
+    stored sets and result rows show): set on the class itself unless the class declares
+    another name of its own, then on a subclass (one class under two names)."""
+    own = cls.__dict__.get("name", "")
+    if own in ("", name):
+        cls.name = name  # type: ignore[attr-defined]
+        return cls
+    return type(cls.__name__, (cls,), {"name": name, "__module__": cls.__module__,
+                                       "__doc__": cls.__doc__})

@@ -13,13 +13,15 @@ pre-training for its distilled set, a cell for its encoder; only this process wr
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mkdt_bench.cache import ArtifactCache, config_hash, file_sha256
+from mkdt_bench.cache import ArtifactCache, config_hash, file_sha256, is_stale
+from mkdt_bench.code_version import code_key, code_version
 from mkdt_bench.config import resolve_budget
 from mkdt_bench.distilled import DistilledSet, check_compatible
 from mkdt_bench.errors import UserError
@@ -33,6 +35,7 @@ from mkdt_bench.estimate import (
     substage_signature,
     teacher_signature,
 )
+from mkdt_bench.evaluators import EVALUATORS
 from mkdt_bench.evaluators.pretrain import pretrain_key
 from mkdt_bench.executors import Executor, InProcessExecutor, Task
 from mkdt_bench.methods import METHODS, create_method
@@ -94,6 +97,7 @@ class TeacherUnit:
     cfg: dict[str, Any]
     teacher_key: str
     representations_key: str
+    fresh_after: float = 0.0  # --recompute teacher: a stored teacher older than this
 
 
 @dataclass
@@ -117,12 +121,105 @@ class Plan:
         return [s for s in self.steps if s.status == TO_COMPUTE]
 
 
+@dataclass(frozen=True)
+class Recompute:
+    """Stages to compute again although their results are stored (``--recompute``).
+
+    What the named stages stored before ``since`` counts as stale: the teacher (and its
+    representations), a method's sub-units, sets and what it cached for them, the
+    encoders (``pretrain``), or an evaluator's cells. Everything computed from a stale
+    artifact follows it (:class:`~mkdt_bench.cache.ArtifactCache` freshness), and each
+    replacement takes the old one's place only once complete.
+    """
+
+    stages: frozenset[str]
+    since: float
+
+    def after(self, stage: str) -> float:
+        """``since`` for a named stage, else 0 (nothing forced)."""
+        return self.since if stage in self.stages else 0.0
+
+
+def parse_recompute(stages: list[str], cfg: dict[str, Any]) -> Recompute:
+    """Check ``--recompute`` values against the grid; a UserError names a bad one and
+    lists what this grid has."""
+    run = cfg["run"]
+    allowed = ["teacher", "pretrain",
+               *dict.fromkeys(f"methods.{parse_label(label)[0]}" for label in run["methods"]),
+               *(f"evaluators.{name}" for name in run["evaluators"])]
+    for stage in stages:
+        if stage not in allowed:
+            raise UserError(f"--recompute {stage!r} is not a stage of this grid; choose from "
+                            f"{', '.join(allowed)}")
+    return Recompute(frozenset(stages), time.time())
+
+
+class _Freshness:
+    """Which artifacts of a plan must be computed: missing, stale (see
+    :meth:`ArtifactCache.current`), forced by ``--recompute``, or computed from an input
+    that will be computed again; decided once per artifact, inputs first."""
+
+    def __init__(self, cache: ArtifactCache) -> None:
+        self.cache = cache
+        self.needed: dict[str, bool] = {}
+
+    def check(self, artifact: str, inputs: list[str], fresh_after: float = 0.0) -> bool:
+        """Whether ``artifact`` must be computed; ``inputs`` are checked before. An input
+        that is absent (e.g. pruned) does not make a stored product stale."""
+        if artifact not in self.needed:
+            stage, key = artifact.split("/", 1)
+            stamps = self.cache.stamps(inputs)
+            self.needed[artifact] = any(self.needed.get(i, False) for i in stamps) or not \
+                self.cache.current(stage, key, stamps, fresh_after)
+        return self.needed[artifact]
+
+    def row_stale(self, row: tuple[float, dict[str, float] | None], artifacts: list[str],
+                  fresh_after: float = 0.0) -> bool:
+        """Whether a stored row (created, built_from) predates one of its artifacts."""
+        created, built_from = row
+        stamps = self.cache.stamps(artifacts)
+        if created < fresh_after or any(self.needed.get(a, False) for a in stamps):
+            return True
+        return is_stale({"created": created, "built_from": built_from}, stamps)
+
+
+def grid_cells(cfg: dict[str, Any], encoder_id: dict[str, Any], seed: int, tasks: list[str],
+               image_size: int | None, missing: dict[str, str]) -> list[Cell]:
+    """Every (evaluator, task, label fraction) cell of an encoder (``encoder_id``: the keys
+    that name it), keyed by a hash of all of it and of the evaluator's code version."""
+    out = []
+    for evaluator in cfg["run"]["evaluators"]:
+        options = cfg["evaluators"][evaluator]
+        cls = EVALUATORS.get(evaluator)
+        code = code_key(cls)
+        for task in tasks:
+            for fraction in cfg["run"]["fractions"]:
+                key = config_hash({**encoder_id, "evaluator": evaluator, "options": options,
+                                   "task": task, "fraction": fraction, "seed": seed,
+                                   **({"evaluator_code": code} if code else {})})
+                out.append(Cell(key, evaluator, options, task, fraction, image_size,
+                                missing.get(task, ""), code_version(cls)))
+    return out
+
+
+def cells_to_compute(cells: list[Cell], artifacts: list[str], store: ResultStore,
+                     fresh: _Freshness, recompute: Recompute) -> tuple[Cell, ...]:
+    """The cells without a stored row that is current (computed from the present
+    ``artifacts``, and not before ``--recompute evaluators.NAME``)."""
+    done = store.done([c.key for c in cells])
+    return tuple(c for c in cells if c.key not in done or fresh.row_stale(
+        done[c.key], artifacts, recompute.after(f"evaluators.{c.evaluator}")))
+
+
 def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
-              cache: ArtifactCache | None = None) -> Plan:
+              recompute: Recompute | None = None, cache: ArtifactCache | None = None) -> Plan:
     """The grid's units and steps, computing and writing nothing: the data set is loaded
     (and its tasks), every cache key derived from the config, and each step looked up in
     ``cache`` (default: a read-only view of ``env.cache_dir``) and ``store`` (which may be
-    :meth:`ResultStore.read_only`). The teacher is trained later, by :func:`run_plan`."""
+    :meth:`ResultStore.read_only`): what is missing, stale (computed from an input that has
+    changed since), or named by ``recompute`` is to compute. The teacher is trained later,
+    by :func:`run_plan`."""
+    recompute = recompute or Recompute(frozenset(), 0.0)
     cache = cache or ArtifactCache(env.cache_dir, create=False)
     run = cfg["run"]
     dataset = cached_dataset(run["dataset"], env.data_root, env.cache_dir)
@@ -137,67 +234,86 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
     inputs = MethodInputs(run["dataset"], rkey, tkey, teacher_arch,
                           n_source if n_source < n_train else 0)
     fingerprint = dataset.fingerprint
-    base = {"dataset": run["dataset"], "fingerprint": fingerprint, "teacher": tkey}
+    base = {"dataset": run["dataset"], "fingerprint": fingerprint, "teacher": tkey,
+            "source_images": n_source}
+    fresh = _Freshness(cache)
+    teacher, reps = f"teacher/{tkey}", f"representations/{rkey}"
+    teacher_needed = fresh.check(teacher, [], recompute.after("teacher"))
+    teacher_needed = fresh.check(reps, [teacher]) or teacher_needed
     distill_units: dict[str, DistillUnit] = {}
     eval_units: list[EvalUnit] = []
     cell_keys: list[str] = []
     cell_steps: list[Step] = []
     encoder_steps: dict[str, Step] = {}
-    distilled_labels: dict[str, tuple[str, str, dict[str, Any], int]] = {}
+    #: distilled key -> (row label, method, options, seed, --recompute time)
+    distilled_labels: dict[str, tuple[str, str, dict[str, Any], int, float]] = {}
 
     def cells_for(encoder_id: dict[str, Any], seed: int, row: str, arch: str,
-                  unit: int) -> tuple[Cell, ...]:
-        out = []
-        for evaluator in run["evaluators"]:
-            options = cfg["evaluators"][evaluator]
-            for task in tasks:
-                for fraction in run["fractions"]:
-                    key = config_hash({**encoder_id, "evaluator": evaluator, "options": options,
-                                       "task": task, "fraction": fraction, "seed": seed})
-                    cell_keys.append(key)
-                    status, task_key = CACHED, ""
-                    if not store.has(key):
-                        status = NO_DATA if task in missing else TO_COMPUTE
-                        task_key = f"{EVALUATE}{unit}:{len(out)}"
-                        out.append(Cell(key, evaluator, options, task, fraction,
-                                        dataset.image_size, missing.get(task, "")))
-                    cell_steps.append(Step(
-                        "cell", key, f"{row} {arch} seed {seed}: {evaluator} "
-                        f"{short_task_name(task)} @ {fraction * 100:g}%", status, task_key,
-                        signature=cell_signature(run["dataset"], arch, evaluator, options, task,
-                                                 fraction, row == TEACHER_ROW)))
+                  artifacts: list[str]) -> tuple[Cell, ...]:
+        """The encoder's cells still to compute; every cell becomes a step."""
+        cells = grid_cells(cfg, encoder_id, seed, tasks, dataset.image_size, missing)
+        cell_keys.extend(c.key for c in cells)
+        todo = {c.key for c in cells_to_compute(cells, artifacts, store, fresh, recompute)}
+        out: list[Cell] = []
+        for cell in cells:
+            status, task_key = CACHED, ""
+            if cell.key in todo:
+                status = NO_DATA if cell.missing else TO_COMPUTE
+                task_key = f"{EVALUATE}{len(eval_units)}:{len(out)}"
+                out.append(cell)
+            cell_steps.append(Step(
+                "cell", cell.key, f"{row} {arch} seed {seed}: {cell.evaluator} "
+                f"{short_task_name(cell.task)} @ {cell.fraction * 100:g}%", status, task_key,
+                signature=cell_signature(run["dataset"], arch, cell.evaluator, cell.options,
+                                         cell.task, cell.fraction, row == TEACHER_ROW)))
         return tuple(out)
 
+    # sub-units forced by --recompute first: other methods may share them (mkdt, highloss)
+    for label in run["methods"]:
+        method = parse_label(label)[0]
+        if recompute.after(f"methods.{method}"):
+            for sub in create_method(method, **cfg["methods"][label]).sub_units(inputs.key):
+                fresh.check(f"{sub.stage}/{sub.key}", [reps], recompute.since)
     for label in run["methods"]:
         method = parse_label(label)[0]
         options = cfg["methods"][label]
-        seeded = METHODS.get(method).seeded and not run["shared_distillation"]
-        sub_keys = [f"{sub.stage}/{sub.key}"
-                    for sub in create_method(method, **options).sub_units(inputs.key)]
+        cls = METHODS.get(method)
+        seeded = cls.seeded and not run["shared_distillation"]
+        code = code_key(cls)
+        method_after = recompute.after(f"methods.{method}")
+        subs = create_method(method, **options).sub_units(inputs.key)
+        sub_keys = [f"{sub.stage}/{sub.key}" for sub in subs]
         # a variant's rows are its own even where its set equals another row's
         row_id = {"row": label} if label != method else {}
         for seed in run["seeds"]:
             distill_seed = seed if seeded else 0
-            key_options = METHODS.get(method).key_options(options)
-            dkey = ArtifactCache.key("distilled", {"method": method, "options": key_options,
-                                                   "budget": budget, "seed": distill_seed},
-                                     {"images": inputs.key})
-            distilled_labels.setdefault(dkey, (label, method, options, distill_seed))
+            key_config = {"method": method, "options": cls.key_options(options),
+                          "budget": budget, "seed": distill_seed,
+                          **({"code": code} if code else {})}
+            dkey = ArtifactCache.key("distilled", key_config, {"images": inputs.key})
+            distilled = f"distilled/{dkey}"
+            distilled_labels.setdefault(dkey, (label, method, options, distill_seed,
+                                               method_after))
+            for sub in subs:
+                fresh.check(f"{sub.stage}/{sub.key}", [reps], method_after)
+            fresh.check(distilled, [reps, *sub_keys], method_after)
             for arch in run["archs"]:
                 ekey = encoder_key(arch, cfg["pretrain"], seed, dkey)
+                encoder = f"encoder/{ekey}"
+                artifacts = [teacher, reps, *sub_keys, distilled, encoder]
                 row_config = {**base, "method": method, **row_id, "method_options": options,
-                              "budget": budget, "train_pool": inputs.pool,
-                              "distill_seed": distill_seed, "arch": arch,
-                              "pretrain": cfg["pretrain"], "teacher_config": cfg["teacher"],
-                              "artifacts": [f"teacher/{tkey}", f"representations/{rkey}",
-                                            *sub_keys, f"distilled/{dkey}", f"encoder/{ekey}"]}
+                              "method_code": code_version(cls), "budget": budget,
+                              "train_pool": inputs.pool, "distill_seed": distill_seed,
+                              "arch": arch, "pretrain": cfg["pretrain"],
+                              "teacher_config": cfg["teacher"], "artifacts": artifacts}
+                encoder_needed = fresh.check(encoder, [distilled], recompute.after("pretrain"))
                 cells = cells_for({"distilled": dkey, "arch": arch,
                                    "pretrain": pretrain_key(cfg["pretrain"]), **row_id}, seed,
-                                  label, arch, len(eval_units))
+                                  label, arch, artifacts)
                 needed = any(not c.missing for c in cells)
                 if ekey not in encoder_steps or (needed and
                                                  encoder_steps[ekey].status == NOT_NEEDED):
-                    status = (CACHED if cache.exists("encoder", ekey) else
+                    status = (CACHED if not encoder_needed else
                               TO_COMPUTE if needed else NOT_NEEDED)
                     encoder_steps[ekey] = Step(
                         "encoder", ekey, f"{label} {arch} seed {seed}", status,
@@ -208,28 +324,30 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
                                                     cfg["pretrain"]))
                 if not cells:
                     continue
-                distill_units[dkey] = DistillUnit(dkey, method, options, budget, distill_seed,
-                                                  inputs)
+                if dkey not in distill_units:
+                    distill_units[dkey] = DistillUnit(dkey, method, options, budget,
+                                                      distill_seed, inputs, code,
+                                                      tuple(sub_keys), method_after)
                 eval_units.append(EvalUnit(label, arch, seed, budget, run["dataset"], dkey,
-                                           cfg["pretrain"], cells, row_config))
+                                           cfg["pretrain"], cells, row_config,
+                                           fresh_after=recompute.after("pretrain")))
     if run["teacher_row"]:
         n_teacher = min(cfg["teacher"]["train_images"] or len(dataset.train_images),
                         len(dataset.train_images))
         for seed in run["seeds"]:
-            cells = cells_for({"teacher": tkey}, seed, TEACHER_ROW, teacher_arch,
-                              len(eval_units))
+            cells = cells_for({"teacher": tkey}, seed, TEACHER_ROW, teacher_arch, [teacher])
             if cells:
                 eval_units.append(EvalUnit(TEACHER_ROW, teacher_arch, seed,
                                            n_teacher, run["dataset"], tkey, {}, cells,
                                            {**base, "teacher_config": cfg["teacher"],
-                                            "artifacts": [f"teacher/{tkey}"]}))
+                                            "artifacts": [teacher]}))
     sub_units: dict[tuple[str, str], MethodSubUnit] = {}
     sub_steps: dict[tuple[str, str], Step] = {}
     distill_after: dict[str, tuple[tuple[str, str], ...]] = {}
     distill_steps = []
-    for dkey, (label, method, options, distill_seed) in distilled_labels.items():
-        cached = cache.exists("distilled", dkey)
-        status = CACHED if cached else TO_COMPUTE if dkey in distill_units else NOT_NEEDED
+    for dkey, (label, method, options, distill_seed, method_after) in distilled_labels.items():
+        status = (CACHED if not fresh.needed[f"distilled/{dkey}"] else
+                  TO_COMPUTE if dkey in distill_units else NOT_NEEDED)
         distill_steps.append(Step(
             "distilled", dkey, f"{label} seed {distill_seed} ({budget} images)", status,
             f"distilled:{dkey}" if status == TO_COMPUTE else "",
@@ -243,35 +361,34 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
         peers = tuple(f"{sub.stage}/{sub.key}" for sub in subs)
         needed = []
         for i, sub in enumerate(subs):
-            if cache.exists(sub.stage, sub.key):
-                sub_steps.setdefault((sub.stage, sub.key), Step(
-                    sub.stage, sub.key, f"{label} {sub.stage} {i + 1}/{len(subs)}", CACHED))
+            name = f"{label} {sub.stage} {i + 1}/{len(subs)}"
+            if not fresh.needed[f"{sub.stage}/{sub.key}"]:
+                sub_steps.setdefault((sub.stage, sub.key),
+                                     Step(sub.stage, sub.key, name, CACHED))
                 continue
             needed.append(sub)
-            sub_units[sub.stage, sub.key] = MethodSubUnit(sub, inputs)
+            sub_units[sub.stage, sub.key] = MethodSubUnit(sub, inputs, method_after)
             sub_steps.setdefault((sub.stage, sub.key), Step(
-                sub.stage, sub.key, f"{label} {sub.stage} {i + 1}/{len(subs)}", TO_COMPUTE,
-                f"{sub.stage}:{sub.key}", peers=peers,
+                sub.stage, sub.key, name, TO_COMPUTE, f"{sub.stage}:{sub.key}", peers=peers,
                 signature=substage_signature(fingerprint, teacher_arch, method, options,
                                              inputs.pool)))
         distill_after[dkey] = tuple((sub.stage, sub.key) for sub in needed)
     work = bool(eval_units or sub_units)
-    teacher_cached = cache.exists("teacher", tkey) and cache.exists("representations", rkey)
     tcfg = cfg["teacher"]
     source = "checkpoint" if tcfg["checkpoint"] else (
         f"{tcfg['ssl'] if tcfg['kind'] == 'ssl' else tcfg['kind']}, {tcfg['epochs']} "
         f"epoch{'' if tcfg['epochs'] == 1 else 's'}")
     teacher_step = Step(
         TEACHER, tkey, f"{teacher_arch} ({source}) + representations",
-        CACHED if teacher_cached else TO_COMPUTE if work else NOT_NEEDED,
-        TEACHER if work and not teacher_cached else "",
+        TO_COMPUTE if work and teacher_needed else NOT_NEEDED if teacher_needed else CACHED,
+        TEACHER if work and teacher_needed else "",
         like=like("teacher", tcfg, {"data": fingerprint}),
         signature=teacher_signature(fingerprint, tcfg))
     steps = [teacher_step, *sub_steps.values(), *distill_steps, *encoder_steps.values(),
              *cell_steps]
+    teacher_unit = TeacherUnit(cfg, tkey, rkey, recompute.after("teacher")) if work else None
     return Plan(list(sub_units.values()), list(distill_units.values()), distill_after,
-                eval_units, cell_keys, budget, TeacherUnit(cfg, tkey, rkey) if work else None,
-                steps, n_train, n_source)
+                eval_units, cell_keys, budget, teacher_unit, steps, n_train, n_source)
 
 
 def grid_tasks(plan: Plan) -> list[Task]:
@@ -296,15 +413,17 @@ def grid_tasks(plan: Plan) -> list[Task]:
 
 
 def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
-             executor: Executor | None = None) -> pd.DataFrame:
-    """Run every missing cell of the grid and return all of the grid's rows.
+             executor: Executor | None = None,
+             recompute: Recompute | None = None) -> pd.DataFrame:
+    """Run every missing (or stale, or ``recompute``d) cell of the grid and return all of
+    the grid's rows.
 
     A failed unit does not stop the grid: a failed distillation fails the cells that
     need it, a failed evaluation unit its own cells; a rerun computes only what is missing.
     The driver alone writes the database.
     """
     prepare_process(env)
-    return run_plan(plan_grid(cfg, env, store), env, store, executor)
+    return run_plan(plan_grid(cfg, env, store, recompute), env, store, executor)
 
 
 def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None = None,
@@ -372,7 +491,8 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
 def run_teacher(unit: TeacherUnit, env: Env) -> None:
     """Train (or load) the teacher and encode the training set, unless cached."""
     run = unit.cfg["run"]
-    ensure_teacher(unit.cfg, env, cached_dataset(run["dataset"], env.data_root, env.cache_dir))
+    ensure_teacher(unit.cfg, env, cached_dataset(run["dataset"], env.data_root, env.cache_dir),
+                   unit.fresh_after)
 
 
 def _artifact_peak(env: Env, step: Step | None) -> float | None:
@@ -414,36 +534,39 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
         return {"num_images": len(distilled), "method": name, "imported_from": str(directory)}
 
     cache.get_or_create("distilled", dkey, produce, config={"import": content})
-    eval_units, cell_keys, steps = [], [], []
+    fresh = _Freshness(cache)
+    fresh.needed[f"distilled/{dkey}"] = False
+    eval_units: list[EvalUnit] = []
+    cell_keys: list[str] = []
+    steps: list[Step] = []
     for seed in run["seeds"]:
         for arch in run["archs"]:
             ekey = encoder_key(arch, cfg["pretrain"], seed, dkey)
             unit = len(eval_units)
+            artifacts = [f"distilled/{dkey}", f"encoder/{ekey}"]
+            encoder_needed = fresh.check(f"encoder/{ekey}", [f"distilled/{dkey}"])
+            all_cells = grid_cells(cfg, {"distilled": dkey, "arch": arch,
+                                         "pretrain": pretrain_key(cfg["pretrain"])}, seed,
+                                   tasks, dataset.image_size, missing)
+            cell_keys.extend(c.key for c in all_cells)
+            todo = {c.key for c in cells_to_compute(all_cells, artifacts, store, fresh,
+                                                     Recompute(frozenset(), 0.0))}
             cells: list[Cell] = []
             cell_steps = []
-            for evaluator in run["evaluators"]:
-                options = cfg["evaluators"][evaluator]
-                for task in tasks:
-                    for fraction in run["fractions"]:
-                        key = config_hash({"distilled": dkey, "arch": arch,
-                                           "pretrain": pretrain_key(cfg["pretrain"]),
-                                           "evaluator": evaluator,
-                                           "options": options, "task": task,
-                                           "fraction": fraction, "seed": seed})
-                        cell_keys.append(key)
-                        status, task_key = CACHED, ""
-                        if not store.has(key):
-                            status = NO_DATA if task in missing else TO_COMPUTE
-                            task_key = f"{EVALUATE}{unit}:{len(cells)}"
-                            cells.append(Cell(key, evaluator, options, task, fraction,
-                                              dataset.image_size, missing.get(task, "")))
-                        cell_steps.append(Step(
-                            "cell", key, f"{name} {arch} seed {seed}: {evaluator} "
-                            f"{short_task_name(task)} @ {fraction * 100:g}%", status, task_key,
-                            signature=cell_signature(run["dataset"], arch, evaluator, options,
-                                                     task, fraction, False)))
+            for cell in all_cells:
+                status, task_key = CACHED, ""
+                if cell.key in todo:
+                    status = NO_DATA if cell.missing else TO_COMPUTE
+                    task_key = f"{EVALUATE}{unit}:{len(cells)}"
+                    cells.append(cell)
+                cell_steps.append(Step(
+                    "cell", cell.key, f"{name} {arch} seed {seed}: {cell.evaluator} "
+                    f"{short_task_name(cell.task)} @ {cell.fraction * 100:g}%", status,
+                    task_key, signature=cell_signature(run["dataset"], arch, cell.evaluator,
+                                                       cell.options, cell.task, cell.fraction,
+                                                       False)))
             needed = any(not c.missing for c in cells)
-            status = (CACHED if cache.exists("encoder", ekey) else
+            status = (CACHED if not encoder_needed else
                       TO_COMPUTE if needed else NOT_NEEDED)
             steps.append(Step(
                 "encoder", ekey, f"{name} {arch} seed {seed}", status,
@@ -456,8 +579,7 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
             row_config = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint,
                           "imported_from": str(directory), "files_sha256": content,
                           "set_method": distilled.method, "arch": arch,
-                          "pretrain": cfg["pretrain"],
-                          "artifacts": [f"distilled/{dkey}", f"encoder/{ekey}"]}
+                          "pretrain": cfg["pretrain"], "artifacts": artifacts}
             if cells:
                 eval_units.append(EvalUnit(name, arch, seed, len(distilled), run["dataset"],
                                            dkey, cfg["pretrain"], tuple(cells), row_config))

@@ -34,7 +34,8 @@ def test_run_table_and_cache_hit(tmp_path):
     assert first.returncode == 0, first.stderr
     lines = [ln for ln in first.stdout.splitlines() if ln.startswith("|")]
     assert lines[0].split("|")[2].strip() == "digits @ 1%"
-    assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["teacher", "random", "none"]
+    assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["teacher", "random", "none (0)"]
+    assert first.stdout.startswith("Table: Top-1 accuracy (%) on the test split of digits")
     assert "±" in first.stdout
     before = artifacts(cache)
     # teacher, representations, 1 random set (the quick preset distils once for all seeds)
@@ -71,22 +72,33 @@ def test_list():
 
 
 def test_table_layouts_intervals_metric_and_budget(tmp_path):
-    from test_results import _grid_rows
+    from test_tables import row
 
     from mkdt_bench.results import ResultStore
 
+    rows = []
+    for method, base in (("random", 50.0), ("mkdt", 55.0)):
+        for arch, shift in (("convnet", 0.0), ("resnet18", 3.0)):
+            for seed in range(3):
+                acc = base + shift + seed
+                rows.append(row(method, seed, acc, arch=arch, timings={
+                    "storage_bytes": 2048.0, "pretrain_steps": 80.0, "pretrain_s": 1.5}))
+                rows[-1].metrics = {"mean_per_class_accuracy": acc - 1}
+                rows.append(row(method, seed, None, arch=arch, task="cub2011", status="missing",
+                                error="missing: /data/CUB_200_2011/images.txt"))
     db = tmp_path / "r.sqlite"
-    ResultStore(db).add(_grid_rows())
+    ResultStore(db).add(rows)
     out = cli("table", "--results-db", str(db), "--layout", "paper", "--ci",
-                  "--metric", "mean_per_class_accuracy", "--budget-table", "--paired", "random")
+              "--metric", "mean_per_class_accuracy", "--budget-table", "--paired", "random")
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "### linear / convnet" in text and "### linear / resnet18" in text
-    assert "| mkdt (100)" in text and "n/a (missing: /data/CUB_200_2011/images.txt)" in text
+    assert "encoder convnet; evaluator linear" in text and "encoder resnet18;" in text
+    assert "Mean per-class accuracy (%)" in text
+    assert "| mkdt (143)" in text and "n/a (missing: /data/CUB_200_2011/images.txt)" in text
     assert "58.00 ± 0.82 [" in text  # mkdt on resnet18, per-class accuracy 57, 58, 59
-    assert "storage (KiB)" in text and "equal pre-training steps for every set of one size" in text
+    assert "storage (KiB)" in text and "pre-training steps for every set of one size" in text
     assert "+5.00 (p=n/a, n=3)" in text  # mkdt - random per seed is exactly 5
     default = cli("table", "--results-db", str(db))
-    assert "### methods x architectures, linear" in default.stdout
+    assert "encoders convnet, resnet18 (column groups)" in default.stdout
     bad = cli("table", "--results-db", str(db), "--layout", "wide")
     assert bad.returncode == 2 and "invalid choice: 'wide'" in bad.stderr

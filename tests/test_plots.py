@@ -1,70 +1,189 @@
-"""``mkdt-bench plot`` and ``show``: figures are written, non-empty, and bad input is refused."""
+"""``mkdt-bench plot`` and ``show``: figures never pool cell groups, say what they show,
+draw the teacher and ``none`` as reference lines; ``show`` finds a stored set by method
+and seed, upscales small images, and refuses empty sets in one line."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from types import SimpleNamespace
 
+import numpy as np
+import pytest
 import torch
+from matplotlib.container import ErrorbarContainer
 from PIL import Image
+from test_tables import frame, grid
 
+from mkdt_bench.cache import ArtifactCache
+from mkdt_bench.cli import main
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.results import ResultRow, ResultStore
+from mkdt_bench.plots import DPI, figures
+from mkdt_bench.results import ResultStore
+
+TWO_BUDGETS = (grid(143, {"teacher": [66, 67, 68], "random": [48, 50, 52],
+                          "full": [66, 67, 68.5], "mkdt": [37, 38, 38.61],
+                          "krrst": [48, 50, 52], "none": [26, 27, 28]})
+               + grid(28, {"random": [40, 41, 42], "full": [66, 67, 68.5],
+                           "mkdt": [21, 22, 22.28], "none": [26, 27, 28]}))
 
 
-def _store(path):
-    store = ResultStore(path)
-    rows = []
-    for method in ("teacher", "random", "mkdt"):
-        for budget in ((10,) if method == "teacher" else (10, 50)):
-            for fraction in (0.01, 0.05):
-                for seed in (0, 1):
-                    rows.append(ResultRow(
-                        cell_key=f"{method}-{budget}-{fraction}-{seed}", dataset="digits",
-                        method=method, budget=budget, arch="convnet", evaluator="linear",
-                        task="digits", fraction=fraction, seed=seed,
-                        accuracy=50 + 100 * fraction + seed + budget / 10))
-    store.add(rows)
-    return store
+@pytest.fixture
+def cli(capsys):
+    """The command line in this process: ``cli(*args)`` -> returncode, stdout, stderr."""
+    def run(*args: str) -> SimpleNamespace:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+    return run
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *args], capture_output=True,
-                          text=True, timeout=300)
+def series(ax) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{legend label: (x, y)}`` of every errorbar series of an axes."""
+    out = {}
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            line = container.lines[0]
+            out[container.get_label()] = (np.asarray(line.get_xdata(), float),
+                                          np.asarray(line.get_ydata(), float))
+    return out
 
 
-def test_plot_writes_fraction_and_budget_figures(tmp_path):
-    _store(tmp_path / "r.sqlite")
-    out = cli("plot", "--results-db", str(tmp_path / "r.sqlite"), "--cache-dir",
-              str(tmp_path / "c"), "--out", str(tmp_path / "plots"))
+def test_budgets_are_never_pooled_in_a_figure(tmp_path):
+    made = dict(figures(frame(TWO_BUDGETS, tmp_path)))
+    assert sorted(made) == ["digits-143img-convnet-linear-digits-fractions",
+                            "digits-28img-convnet-linear-digits-fractions",
+                            "digits-convnet-linear-digits-budgets-1pct-labels",
+                            "digits-convnet-linear-digits-budgets-5pct-labels"]
+    ten = series(made["digits-143img-convnet-linear-digits-fractions"].axes[0])
+    two = series(made["digits-28img-convnet-linear-digits-fractions"].axes[0])
+    assert ten["mkdt"][1] == pytest.approx([np.mean([37, 38, 38.61]), np.mean([38, 39, 39.61])])
+    assert two["mkdt"][1] == pytest.approx([np.mean([21, 22, 22.28]), np.mean([22, 23, 23.28])])
+    budgets = series(made["digits-convnet-linear-digits-budgets-1pct-labels"].axes[0])
+    x, y = budgets["mkdt"]
+    assert list(y) == pytest.approx([np.mean([21, 22, 22.28]), np.mean([37, 38, 38.61])])
+    assert x[0] == pytest.approx(28, rel=0.1) and x[1] == pytest.approx(143, rel=0.1)
+    full = next(v for k, v in budgets.items() if k.startswith("full"))
+    assert np.allclose(full[0], 1437, rtol=0.15)  # placed by the images it holds
+    assert len(full[0]) == 2 and full[0][0] != full[0][1]  # one point per budget, apart
+
+
+def test_a_figure_is_readable_on_its_own(tmp_path):
+    made = dict(figures(frame(TWO_BUDGETS, tmp_path)))
+    ax = made["digits-143img-convnet-linear-digits-fractions"].axes[0]
+    assert ax.get_xscale() == "linear"
+    assert list(ax.get_xticks()) == pytest.approx([0.01, 0.05])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1 %", "5 %"]
+    title = ax.get_title()
+    for part in ("digits, linear evaluator", "encoder convnet", "from digits",
+                 "budget 143 images (9.95 % of 1,437)", "teacher SimCLR resnet10",
+                 "n = 3 seeds", "error bars: population std"):
+        assert part in title, part
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["teacher (ceiling)"].get_linestyle() == "--"
+    assert lines["none (floor: no pre-training)"].get_linestyle() == ":"
+    sets = series(ax)
+    assert set(sets) == {"random", "full (1,437 images)", "mkdt", "krrst"}  # no teacher/none
+    # random and krrst have equal means: their markers are offset, not on top of each other
+    assert not np.allclose(sets["random"][0], sets["krrst"][0])
+    assert sets["random"][1] == pytest.approx(sets["krrst"][1])
+    ci = dict(figures(frame(TWO_BUDGETS, tmp_path), ci=True))
+    assert "95 % t-interval" in ci["digits-28img-convnet-linear-digits-fractions"].axes[0] \
+        .get_title()
+
+
+def test_plot_files_and_filters(tmp_path, cli):
+    db = tmp_path / "r.sqlite"
+    ResultStore(db).add(TWO_BUDGETS)
+    out = cli("plot", "--results-db", str(db), "--out", str(tmp_path / "plots"))
     assert out.returncode == 0, out.stderr
     paths = out.stdout.split()
-    names = sorted(p.rsplit("-", 2)[-2] + "-" + p.rsplit("-", 1)[-1] for p in paths)
-    assert len(paths) == 3 and any(p.endswith("-fractions.png") for p in paths)
-    assert sum("-budget-" in p for p in paths) == 2, names
-    for p in paths:
-        with Image.open(p) as image:
-            assert image.size[0] > 300 and image.getextrema() != ((255, 255),) * 4
+    assert len(paths) == 4
+    with Image.open(paths[0]) as image:
+        assert image.info["dpi"][0] == pytest.approx(DPI, abs=1) and DPI >= 150
+    one = cli("plot", "--results-db", str(db), "--budget", "28", "--out",
+              str(tmp_path / "fig.pdf"))
+    assert one.returncode == 0, one.stderr
+    assert (tmp_path / "fig.pdf").read_bytes().startswith(b"%PDF")
+    svg = cli("plot", "--results-db", str(db), "--budget", "143", "--out",
+              str(tmp_path / "fig.svg"), "--methods", "mkdt,random")
+    assert svg.returncode == 0 and "<svg" in (tmp_path / "fig.svg").read_text()
+    assert "teacher (ceiling)" in (tmp_path / "fig.svg").read_text()  # kept by --methods
+    several = cli("plot", "--results-db", str(db), "--out", str(tmp_path / "all.png"))
+    assert several.returncode == 2 and "makes 4 figures" in several.stderr
+    assert len(several.stderr.strip().splitlines()) == 1
+    none = cli("plot", "--results-db", str(db), "--arch", "resnet18", "--out", str(tmp_path))
+    assert none.returncode == 2 and "no result rows" in none.stderr
 
 
-def test_plot_without_results_is_one_line(tmp_path):
+def test_plot_without_results_is_one_line(tmp_path, cli):
     out = cli("plot", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "plots"))
     assert out.returncode == 2 and "does not exist" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_show_writes_a_denormalised_grid(tmp_path):
+def store_set(cache_dir, method: str, seed: int, budget: int, images: torch.Tensor,
+              mean=(0.5,), std=(0.25,), options: dict | None = None) -> None:
+    """A distilled set in the cache, stored as the runner stores one."""
+    cache = ArtifactCache(cache_dir)
+    config = {"method": method, "options": options or {}, "budget": budget, "seed": seed}
+
+    def produce(tmp):
+        DistilledSet(images=images, targets=torch.zeros(len(images), 4), lr=None,
+                     source="digits", mean=mean, std=std, method=method).save(tmp)
+        return {"num_images": len(images), "method": method}
+
+    cache.get_or_create("distilled", ArtifactCache.key("distilled", config), produce,
+                        config=config)
+
+
+def test_show_picks_a_stored_set_by_method_and_seed(tmp_path, cli):
+    cache = tmp_path / "cache"
+    red = torch.zeros(5, 3, 8, 8)
+    red[0, 0] = 1.0  # image 0 is pure red once de-normalised; the others black
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)
-    raw = torch.rand(9, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    normalised = (red - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    store_set(cache, "random", 1, 143, normalised, mean, std)
+    store_set(cache, "random", 0, 143, normalised.flip(0), mean, std)
+    store_set(cache, "random", 1, 28, normalised[:2], mean, std)
+    store_set(cache, "none", 0, 143, normalised[:0], mean, std)
+    out = cli("show", "--method", "random", "--seed", "1", "--budget", "143", "--cache-dir",
+              str(cache), "--out", str(tmp_path / "set.png"), "--max-images", "4")
+    assert out.returncode == 0, out.stderr
+    with Image.open(tmp_path / "set.png") as image:
+        title = image.info["Title"]
+        pixels = np.asarray(image.convert("RGB"))
+    assert title == ("random, seed 1: 5 images of 3x8x8 from digits (budget 143); only the "
+                     "first 4 shown")
+    red_pixels = (pixels == [255, 0, 0]).all(axis=-1).sum()
+    assert red_pixels == 32 * 32  # one 8 x 8 image, upscaled 4x (nearest) to 32 x 32
+    ambiguous = cli("show", "--method", "random", "--seed", "1", "--cache-dir", str(cache),
+                    "--out", str(tmp_path / "x.png"))
+    assert ambiguous.returncode == 2 and "budget 143, seed 1; budget 28, seed 1" in \
+        ambiguous.stderr and "--budget" in ambiguous.stderr
+    absent = cli("show", "--method", "mkdt", "--seed", "0", "--cache-dir", str(cache),
+                 "--out", str(tmp_path / "x.png"))
+    assert absent.returncode == 2 and "no set of 'mkdt' is stored" in absent.stderr
+    empty = cli("show", "--method", "none", "--seed", "2", "--cache-dir", str(cache),
+                "--out", str(tmp_path / "x.png"))
+    assert empty.returncode == 2 and "holds no images" in empty.stderr
+    assert len(empty.stderr.strip().splitlines()) == 1 and "Traceback" not in empty.stderr
+
+
+def test_show_a_directory(tmp_path, cli):
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)
+    raw = torch.rand(9, 3, 40, 40, generator=torch.Generator().manual_seed(0))
     images = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     DistilledSet(images=images, targets=torch.zeros(9, 2), lr=None, source="x", mean=mean,
                  std=std, method="m").save(tmp_path / "set")
     out = cli("show", str(tmp_path / "set"), "--out", str(tmp_path / "set.png"))
     assert out.returncode == 0, out.stderr
     with Image.open(tmp_path / "set.png") as image:
-        assert image.size == (3 * 9 + 1, 3 * 9 + 1)  # 3 x 3 images of 8 px, padding 1
-        pixel = image.convert("RGB").getpixel((1, 1))  # top-left pixel of the first image
-    expected = tuple(int(v * 255 + 0.5) for v in raw[0, :, 0, 0].tolist())
-    assert all(abs(a - b) <= 1 for a, b in zip(pixel, expected))
+        assert image.info["Title"] == "m: 9 images of 3x40x40 from x"
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    expected = (raw[0].permute(1, 2, 0).reshape(-1, 3) * 255 + 0.5).int().numpy()
+    hits = (np.abs(pixels[:, None, :].astype(int) - expected[None, :64]) <= 1).all(-1).any(0)
+    assert hits.all()  # the first image's pixels appear de-normalised (40 px: not scaled)
     bad = cli("show", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png"))
     assert bad.returncode == 2 and "nowhere" in bad.stderr
+    both = cli("show", str(tmp_path / "set"), "--method", "random", "--out",
+               str(tmp_path / "x.png"))
+    assert both.returncode == 2 and "not both" in both.stderr

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from mkdt_bench.errors import UserError
-from mkdt_bench.registry import Registry
+from mkdt_bench.registry import Registry, named_class
 
 
 def test_register_get_and_list():
@@ -73,8 +73,23 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[mkdt_bench.methods]\nplugged = my_plugin:Plugged\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    reg: Registry = Registry("method", entry_point_group="mkdt_bench.methods")
+    reg: Registry = Registry("method", entry_point_group="mkdt_bench.methods",
+                             on_add=named_class)
     cls = reg.get("plugged")
     assert cls.__name__ == "Plugged" and cls(size=2).config == {"size": 2}
     assert "plugged" in reg.names()
+    assert cls.name == "plugged"  # the entry point's name reaches the class
+    with pytest.raises(UserError, match="method 'plugged': unknown option 'sise'"):
+        cls(sise=2)
     sys.modules.pop("my_plugin", None)
+
+
+def test_a_class_registered_under_another_name_keeps_its_own():
+    class Named:
+        name = "first"
+
+    reg: Registry = Registry("method", on_add=named_class)
+    reg.add("first", Named)
+    alias = reg.add("second", Named)
+    assert reg.get("first") is Named and Named.name == "first"
+    assert alias.name == "second" and issubclass(alias, Named)

@@ -146,7 +146,8 @@ def test_divergence_fails_its_cells_and_the_grid_finishes(tmp_path):
     assert "mkdt diverged at iteration" in out.stderr and "lower lr_img (now 1e+30)" in out.stderr
     rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip()
             for ln in out.stdout.splitlines() if ln.startswith("| ")}
-    assert rows["mkdt"] == "failed" and "±" in rows["random"] and "±" in rows["teacher"]
+    assert rows["mkdt"] == "failed"  # one seed: the others are values without "± 0.00"
+    assert float(rows["random"]) > 0 and float(rows["teacher"]) > 0
     snapshot = next((cache / "scratch" / "distilled").glob("*/mkdt_state.pt"))
     assert torch.isfinite(torch.load(snapshot, weights_only=False)["images"]).all()
     store = ResultStore(cache / "results.sqlite").frame()

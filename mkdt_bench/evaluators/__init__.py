@@ -9,18 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from mkdt_bench.evaluators.base import Evaluator
-from mkdt_bench.registry import Registry
+from mkdt_bench.registry import Registry, named_class
 
-EVALUATORS: Registry = Registry("evaluator", entry_point_group="mkdt_bench.evaluators")
+EVALUATORS: Registry = Registry("evaluator", entry_point_group="mkdt_bench.evaluators",
+                                on_add=named_class)
 
 
 def register_evaluator(name: str):
     """Class decorator: register an Evaluator subclass under ``name``."""
 
     def decorator(cls: type[Evaluator]) -> type[Evaluator]:
-        cls.name = name
-        EVALUATORS.add(name, cls)
-        return cls
+        return EVALUATORS.add(name, cls)
 
     return decorator
 

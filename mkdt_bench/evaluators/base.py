@@ -23,6 +23,11 @@ class Evaluator:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, Any]] = {}
+    #: The version of the evaluator's code: raise it (2, 3, ...) with every change that
+    #: changes its scores; from 2 on it is part of each cell's key. mkdt-bench's
+    #: evaluators are at 1 until they declare one; a plug-in that declares none is keyed by
+    #: the sha256 of its source files (:mod:`mkdt_bench.code_version`).
+    version: ClassVar[int | None] = None
 
     def __init__(self, **options: Any) -> None:
         self.config = resolve_options(f"evaluator {self.name!r}", options, self.defaults,

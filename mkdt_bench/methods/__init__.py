@@ -10,18 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from mkdt_bench.methods.base import Method, MethodContext
-from mkdt_bench.registry import Registry
+from mkdt_bench.registry import Registry, named_class
 
-METHODS: Registry = Registry("method", entry_point_group="mkdt_bench.methods")
+METHODS: Registry = Registry("method", entry_point_group="mkdt_bench.methods",
+                             on_add=named_class)
 
 
 def register_method(name: str):
     """Class decorator: register a Method subclass under ``name``."""
 
     def decorator(cls: type[Method]) -> type[Method]:
-        cls.name = name
-        METHODS.add(name, cls)
-        return cls
+        return METHODS.add(name, cls)
 
     return decorator
 

@@ -86,6 +86,11 @@ class Method:
     #: from before they existed: at that value they are left out of the cache key, so the
     #: stored sets stay valid (any other value is part of the key).
     compatible_defaults: ClassVar[dict[str, Any]] = {}
+    #: The version of the method's code: raise it (2, 3, ...) with every change that makes
+    #: different sets; from 2 on it is part of the sets' cache key, so stored sets of older
+    #: code are not reused. mkdt-bench's methods are at 1 until they declare one; a plug-in
+    #: that declares none is keyed by the sha256 of its source files (:mod:`.code_version`).
+    version: ClassVar[int | None] = None
 
     def __init__(self, **options: Any) -> None:
         self.config = resolve_options(f"method {self.name!r}", options, self.defaults,

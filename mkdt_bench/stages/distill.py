@@ -5,7 +5,7 @@ representations of the training set (or of its ``run.train_pool`` subset)."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,13 @@ class MethodInputs:
                                  {"representations": self.representations_key})
 
 
-def method_context(env: Env, inputs: MethodInputs, budget: int, seed: int,
-                   scratch: Path) -> MethodContext:
-    """The :class:`MethodContext` a method (or sub-unit) of ``inputs`` receives."""
-    cache = ArtifactCache(env.cache_dir)
+def method_context(env: Env, inputs: MethodInputs, budget: int, seed: int, scratch: Path,
+                   built_from: dict[str, float] | None = None,
+                   fresh_after: float = 0.0) -> MethodContext:
+    """The :class:`MethodContext` a method (or sub-unit) of ``inputs`` receives; what the
+    method caches through ``ctx.cache`` records ``built_from`` (the unit's inputs) and
+    replaces what was created before ``fresh_after`` (see :class:`ArtifactCache`)."""
+    cache = ArtifactCache(env.cache_dir, built_from=built_from, fresh_after=fresh_after)
     source = cached_dataset(inputs.dataset, env.data_root, env.cache_dir)
     images = normalized_train(inputs.dataset, env.data_root, env.cache_dir)
     reps = torch.load(cache.path("representations", inputs.representations_key)
@@ -73,22 +76,31 @@ def method_context(env: Env, inputs: MethodInputs, budget: int, seed: int,
 
 @dataclass(frozen=True)
 class MethodSubUnit:
-    """A method's sub-unit (e.g. one expert trajectory) on the teacher's representations."""
+    """A method's sub-unit (e.g. one expert trajectory) on the teacher's representations;
+    one created before ``fresh_after`` is computed again (``--recompute methods.NAME``)."""
 
     sub: SubUnit
     inputs: MethodInputs
+    fresh_after: float = 0.0
 
 
 def run_sub_unit(unit: MethodSubUnit, env: Env) -> None:
     """Produce the sub-unit's artifact in the cache."""
     prepare_process(env)
-    scratch = ArtifactCache(env.cache_dir).scratch(unit.sub.stage, unit.sub.key)
-    unit.sub.run(method_context(env, unit.inputs, 0, 0, scratch))
+    cache = ArtifactCache(env.cache_dir)
+    scratch = cache.scratch(unit.sub.stage, unit.sub.key)
+    built_from = cache.stamps([f"representations/{unit.inputs.representations_key}"])
+    unit.sub.run(method_context(env, unit.inputs, 0, 0, scratch, built_from, unit.fresh_after))
 
 
 @dataclass(frozen=True)
 class DistillUnit:
-    """One method run: (method, options, budget, seed) on the teacher's representations."""
+    """One method run: (method, options, budget, seed) on the teacher's representations.
+
+    ``code``: the method's code version (:mod:`mkdt_bench.code_version`); ``sub_artifacts``:
+    ``stage/key`` of the method's sub-units; ``fresh_after``: a set (and what the method
+    cached for it) created before it is computed again (``--recompute methods.NAME``).
+    """
 
     key: str
     method: str
@@ -96,18 +108,24 @@ class DistillUnit:
     budget: int
     seed: int
     inputs: MethodInputs
+    code: dict[str, Any] = field(default_factory=dict)
+    sub_artifacts: tuple[str, ...] = ()
+    fresh_after: float = 0.0
 
 
 def run_distill(unit: DistillUnit, env: Env) -> None:
-    """Produce the unit's DistilledSet in the cache (an intact one is kept; a corrupt one is
-    moved aside and recomputed before any evaluation loads it)."""
+    """Produce the unit's DistilledSet in the cache (an intact, current one is kept; a
+    corrupt one is moved aside and a stale one replaced before any evaluation loads it)."""
     prepare_process(env)
     cache = ArtifactCache(env.cache_dir)
+    built_from = cache.stamps([f"representations/{unit.inputs.representations_key}",
+                               *unit.sub_artifacts])
 
     def produce(tmp: Path) -> dict[str, Any]:
         method = create_method(unit.method, **unit.options)
         ctx = method_context(env, unit.inputs, unit.budget, unit.seed,
-                             cache.scratch("distilled", unit.key))
+                             cache.scratch("distilled", unit.key), built_from,
+                             unit.fresh_after)
         distilled = method.distill(ctx)
         distilled.config_hash = unit.key
         distilled.save(tmp)
@@ -115,5 +133,6 @@ def run_distill(unit: DistillUnit, env: Env) -> None:
 
     cache.get_or_create("distilled", unit.key, produce,
                         config={"method": unit.method, "options": unit.options,
-                                "budget": unit.budget, "seed": unit.seed},
-                        inputs={"images": unit.inputs.key})
+                                "budget": unit.budget, "seed": unit.seed, "code": unit.code},
+                        inputs={"images": unit.inputs.key}, built_from=built_from,
+                        fresh_after=unit.fresh_after)

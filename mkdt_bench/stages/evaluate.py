@@ -21,7 +21,8 @@ class Cell:
     """One result row to compute: (evaluator, task, label fraction) of an encoder.
 
     ``image_size``: the resolution resizing task loaders bring the task to (the source's);
-    ``missing``: the absent file of a task whose data are not there (an ``n/a`` row).
+    ``missing``: the absent file of a task whose data are not there (an ``n/a`` row);
+    ``code``: the evaluator's code version (:mod:`mkdt_bench.code_version`), recorded.
     """
 
     key: str
@@ -31,11 +32,13 @@ class Cell:
     fraction: float
     image_size: int | None = None
     missing: str = ""
+    code: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class EvalUnit:
-    """Pre-train one encoder (or take the teacher) and compute its missing cells."""
+    """Pre-train one encoder (or take the teacher) and compute its missing cells; an
+    encoder created before ``fresh_after`` is pre-trained again (``--recompute pretrain``)."""
 
     method: str
     arch: str
@@ -47,6 +50,7 @@ class EvalUnit:
     cells: tuple[Cell, ...]
     row_config: dict[str, Any] = field(default_factory=dict)
     upstream_error: str | None = None
+    fresh_after: float = 0.0
 
 
 def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
@@ -58,7 +62,10 @@ def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
     def row(cell: Cell, accuracy: float | None, timings: dict[str, float],
             metrics: dict[str, float], error: str | None = None,
             status: str = "failed") -> ResultRow:
-        config = {**unit.row_config, "evaluator_options": cell.options}
+        config = {**unit.row_config, "evaluator_options": cell.options,
+                  "evaluator_code": cell.code,
+                  "built_from": ArtifactCache(env.cache_dir).stamps(
+                      unit.row_config.get("artifacts", []))}
         return ResultRow(cell_key=cell.key, dataset=unit.dataset, method=unit.method,
                          budget=unit.budget, arch=unit.arch, evaluator=cell.evaluator,
                          task=cell.task, fraction=cell.fraction, seed=unit.seed,

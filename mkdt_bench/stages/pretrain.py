@@ -43,7 +43,9 @@ def pretrained_encoder(unit: EvalUnit, env: Env) -> tuple[Encoder, dict[str, flo
     path = cache.get_or_create("encoder", key, produce,
                                config={"arch": unit.arch, "pretrain": unit.pretrain,
                                        "seed": unit.seed},
-                               inputs={"distilled": unit.source_key})
+                               inputs={"distilled": unit.source_key},
+                               built_from=cache.stamps([f"distilled/{unit.source_key}"]),
+                               fresh_after=unit.fresh_after)
     model = create_model(unit.arch, in_channels=distilled.channels,
                          image_size=distilled.image_size,
                          out_dim=int(distilled.targets.shape[1]))

@@ -32,12 +32,15 @@ def teacher_key(cfg: dict[str, Any], dataset: ImageDataset) -> str:
 
 
 def representations_key(tkey: str) -> str:
-    """Cache key of the teacher ``tkey``'s representations of the training set."""
+    """Cache key of the teacher's representations of the training set."""
     return ArtifactCache.key("representations", {}, {"teacher": tkey})
 
 
-def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tuple[str, str]:
-    """Train (or load) the teacher and encode the training set; returns both cache keys."""
+def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset,
+                   fresh_after: float = 0.0) -> tuple[str, str]:
+    """Train (or load) the teacher and encode the training set; returns both cache keys.
+    ``fresh_after``: a stored teacher created before it is trained again (``--recompute
+    teacher``); the representations follow the teacher they were computed from."""
     cache = ArtifactCache(env.cache_dir)
     tkey = teacher_key(cfg, dataset)
     tcfg = cfg["teacher"]
@@ -56,7 +59,7 @@ def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tupl
         return {"arch": tcfg["arch"]}
 
     cache.get_or_create("teacher", tkey, produce_teacher, config=tcfg,
-                        inputs={"data": dataset.fingerprint})
+                        inputs={"data": dataset.fingerprint}, fresh_after=fresh_after)
     rkey = representations_key(tkey)
 
     def produce_representations(tmp: Path) -> dict[str, Any]:
@@ -67,7 +70,7 @@ def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset) -> tupl
         return {"shape": list(reps.shape)}
 
     cache.get_or_create("representations", rkey, produce_representations,
-                        inputs={"teacher": tkey})
+                        inputs={"teacher": tkey}, built_from=cache.stamps([f"teacher/{tkey}"]))
     return tkey, rkey
 
 
