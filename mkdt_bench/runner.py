@@ -40,7 +40,7 @@ from mkdt_bench.evaluators.pretrain import pretrain_key
 from mkdt_bench.executors import Executor, InProcessExecutor, Task
 from mkdt_bench.methods import METHODS, create_method
 from mkdt_bench.progress import GridTask, Measured, Progress
-from mkdt_bench.results import FAILED, TEACHER_ROW, ResultStore, short_task_name
+from mkdt_bench.results import FAILED, TEACHER_ROW, ResultStore
 from mkdt_bench.stages.distill import (
     DistillUnit,
     MethodInputs,
@@ -59,6 +59,7 @@ from mkdt_bench.stages.env import (
 from mkdt_bench.stages.evaluate import Cell, EvalUnit, run_eval
 from mkdt_bench.stages.pretrain import encoder_key, run_pretrain
 from mkdt_bench.stages.teacher import ensure_teacher, representations_key, teacher_key
+from mkdt_bench.summary import short_task_name
 from mkdt_bench.variants import parse_label
 
 #: Task key of the teacher (and its representations), which the driver runs first.

@@ -76,7 +76,8 @@ def test_dry_run_on_a_warm_cache(tmp_path, capsys):
     args = ["run", "--cache-dir", str(cache), "--seeds", "0", "--budget", "2 %", *TINY]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.startswith("digits: sets of 28 images (budget 2% of 1,437 training images)")
+    assert out.startswith("Table: ") and "budget 28 images (1.95 %)" in out
+    assert "1,437 training images" in out
     before = files(cache)
     rows = sqlite3.connect(cache / "results.sqlite").execute(
         "SELECT COUNT(*) FROM results").fetchone()[0]

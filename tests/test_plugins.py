@@ -104,8 +104,8 @@ def test_plugin_name_reaches_the_class_and_its_records(plugin_site, tmp_path):
     bad = cli(plugin_site, "run", "--methods", "kcenter", "--set",
               "methods.kcenter.normalize=false", "--cache-dir", str(tmp_path / "c"))
     assert bad.returncode == 2
-    assert bad.stderr.strip() == ("error: method 'kcenter': unknown option 'normalize'; "
-                                  "allowed: normalise")
+    assert bad.stderr.strip() == ("error: method 'kcenter': unknown option 'normalize' "
+                                  "(did you mean 'normalise'?); allowed: normalise")
     cache = tmp_path / "cache"
     run = cli(plugin_site, "run", "--methods", "kcenter", "--set",
               "methods.kcenter.normalise=false", "--cache-dir", str(cache), *FAST)

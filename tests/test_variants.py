@@ -8,9 +8,10 @@ from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.config import build_config
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-from mkdt_bench.results import ResultStore, comparison_table, paired_table
+from mkdt_bench.results import ResultStore
 from mkdt_bench.runner import plan_grid, run_grid
 from mkdt_bench.stages.env import Env
+from mkdt_bench.tables import comparison_tables, paired_tables
 from mkdt_bench.variants import canonical_label, parse_label, split_methods, split_variant
 
 FAST = ["teacher.arch='convnet:width=16'", "teacher.epochs=1", "teacher.proj_dim=32",
@@ -84,10 +85,10 @@ def test_variants_are_rows_of_their_own_end_to_end(tmp_path):
     one = DistilledSet.load(cache.path("distilled", sets["highloss[num_experts=1]"]))
     two = DistilledSet.load(cache.path("distilled", sets["highloss"]))
     assert one.extra["indices"] != two.extra["indices"]  # scored by another expert count
-    table = comparison_table(frame, labels)
-    assert list(table.index) == labels
-    paired = paired_table(frame, "random", labels)
-    assert "highloss[num_experts=1]" in paired.index
+    (table,) = comparison_tables(frame, method_order=labels)
+    assert list(table.cells.index) == labels
+    (paired,) = paired_tables(frame, "random", labels)
+    assert "highloss[num_experts=1]" in paired.cells.index
     again = run_grid(cfg, env, store)  # a rerun computes nothing and returns the same rows
     assert sorted(again["cell_key"]) == sorted(frame["cell_key"])
 
