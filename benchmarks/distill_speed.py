@@ -36,12 +36,8 @@ from _measure import add_student_args, add_unroll_args, peak_rss_mib, sync, time
 from _mtt_baseline import ReparamNet, baseline_loss
 
 from mkdt_bench.methods._alloc import retained_heap
-from mkdt_bench.methods._trajectories import (
-    FlatNet,
-    build_student,
-    meta_step,
-    syn_batches,
-)
+from mkdt_bench.methods._experts import build_student
+from mkdt_bench.methods._unroll import FlatNet, meta_step, syn_batches
 
 ENGINES = ("baseline", "full", "checkpoint")
 

@@ -25,7 +25,7 @@ import torch
 from _measure import add_student_args
 
 from mkdt_bench.methods._alloc import retained_heap
-from mkdt_bench.methods._trajectories import EXPERT_DEFAULTS, train_expert, train_experts
+from mkdt_bench.methods._experts import EXPERT_DEFAULTS, train_expert, train_experts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

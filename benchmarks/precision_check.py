@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from _measure import add_student_args, add_unroll_args, sync
 
-from mkdt_bench.methods._trajectories import FlatNet, build_student, meta_step, syn_batches
+from mkdt_bench.methods._experts import build_student
+from mkdt_bench.methods._unroll import FlatNet, meta_step, syn_batches
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mkdt_bench.methods._trajectories as traj
+import mkdt_bench.methods._unroll as unroll
 from mkdt_bench.models import create_model
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -80,17 +80,17 @@ def test_baseline_gradients_equal_the_engine():
         sys.path.remove(str(BENCHMARKS))
     torch.manual_seed(0)
     model = create_model("convnet", in_channels=1, image_size=8, out_dim=6, width=8)
-    net = traj.FlatNet(model)
+    net = unroll.FlatNet(model)
     start = net.flatten(model)
     g = torch.Generator().manual_seed(1)
     target = start + 0.05 * torch.randn(net.num_params, generator=g)
     data = [torch.randn(10, 1, 8, 8, generator=g), torch.randn(10, 6, generator=g),
             torch.tensor(0.1)]
-    batches = traj.syn_batches(10, 4, 5, g)
+    batches = unroll.syn_batches(10, 4, 5, g)
     ref = [t.clone().requires_grad_(True) for t in data]
     baseline_loss(ReparamNet(model), start, target, *ref, batches).backward()
     ours = [t.clone().requires_grad_(True) for t in data]
-    traj.meta_step(net, start, target, *ours, batches, "full")[1]()
+    unroll.meta_step(net, start, target, *ours, batches, "full")[1]()
     for want, got in zip(ref, ours):
         assert want.grad.abs().sum() > 0
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-7)

@@ -25,23 +25,23 @@ from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
 from mkdt_bench.methods._alloc import retained_heap
-from mkdt_bench.methods._trajectories import (
+from mkdt_bench.methods._experts import (
     EXPERT_DEFAULTS,
     HALF_KEY,
-    UNROLL_MODES,
-    ExpertCycle,
-    FlatNet,
     build_student,
     check_expert_config,
-    choose_unroll,
     ensure_experts,
     expert_config,
     expert_units,
-    high_loss_indices,
-    high_loss_scores,
     load_trajectories,
+)
+from mkdt_bench.methods._highloss import high_loss_indices, high_loss_scores, select_high_loss
+from mkdt_bench.methods._unroll import (
+    UNROLL_MODES,
+    ExpertCycle,
+    FlatNet,
+    choose_unroll,
     meta_step,
-    select_high_loss,
     syn_batches,
 )
 from mkdt_bench.methods.base import Method, MethodContext, SubUnit
