@@ -11,6 +11,8 @@ from typing import Any
 from mkdt_bench.errors import UserError
 
 QUICK = "quick"
+DEVICE_HELP = ("cpu, cuda, cuda:N or auto (default auto: the first CUDA device when one is "
+               "present, else the CPU; rows record the device used)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", type=_csv(), help="downstream data sets (default: the source)")
     run.add_argument("--evaluators", type=_csv(), help="downstream protocols (default: linear)")
     run.add_argument("--teacher-checkpoint", help="load the teacher instead of training it")
-    run.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    run.add_argument("--device", help=DEVICE_HELP)
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="SECTION.KEY=VALUE", help="override any option, repeatable")
     _report(run)
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", type=_csv(int), help="seeds, e.g. 0,1,2")
     ev.add_argument("--tasks", type=_csv(), help="downstream data sets (default: the source)")
     ev.add_argument("--evaluators", type=_csv(), help="downstream protocols (default: linear)")
-    ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    ev.add_argument("--device", help=DEVICE_HELP)
     ev.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="SECTION.KEY=VALUE", help="override pretrain/evaluator options")
     _report(ev, paired=False)
@@ -216,8 +218,8 @@ def print_tables(frame: Any, methods: list[str] | None, args: argparse.Namespace
             print(f"\n{note}")
 
 
-def make_executor(args: argparse.Namespace, device: str) -> Any:
-    """The executor ``--executor`` names; Ray tasks ask for one GPU when CUDA is used."""
+def make_executor(args: argparse.Namespace) -> Any:
+    """The executor ``--executor`` names (Ray tasks get a GPU each when they use CUDA)."""
     from mkdt_bench.executors import InProcessExecutor, RayExecutor
 
     if args.retries < 0:
@@ -226,8 +228,7 @@ def make_executor(args: argparse.Namespace, device: str) -> Any:
         if args.ray_address:
             raise UserError("--ray-address needs --executor ray")
         return InProcessExecutor()
-    return RayExecutor(address=args.ray_address, retries=args.retries,
-                       gpus_per_task=1 if device.startswith("cuda") else 0)
+    return RayExecutor(address=args.ray_address, retries=args.retries)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -255,8 +256,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     ArtifactCache(cache_dir)  # fails early on an unusable cache directory
     store = ResultStore(db)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
-              device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads)
-    executor = make_executor(args, env.torch_device.type)
+              device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads,
+              precision=cfg["run"]["precision"], deterministic=cfg["run"]["deterministic"])
+    executor = make_executor(args)
     start = time.perf_counter()
     frame = run_grid(cfg, env, store, executor)
     print_tables(frame, cfg["run"]["methods"], args)
@@ -289,7 +291,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ArtifactCache(cache_dir)
     store = ResultStore(db)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
-              device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads)
+              device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads,
+              precision=cfg["run"]["precision"], deterministic=cfg["run"]["deterministic"])
     name = args.name or f"import:{directory.resolve().name}"
     start = time.perf_counter()
     frame = run_plan(plan_external(cfg, env, store, directory, name), env, store)

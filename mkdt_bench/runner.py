@@ -40,11 +40,16 @@ from mkdt_bench.stages.env import (
     error_text,
     load_tasks,
     package_versions,
-    prepare_process,
+    prepare_threads,
 )
 from mkdt_bench.stages.evaluate import Cell, EvalUnit, run_eval
 from mkdt_bench.stages.pretrain import encoder_key, run_pretrain
-from mkdt_bench.stages.teacher import ensure_teacher
+from mkdt_bench.stages.teacher import (
+    TeacherUnit,
+    representations_key,
+    run_teacher,
+    teacher_key,
+)
 from mkdt_bench.variants import parse_label
 
 
@@ -52,6 +57,7 @@ from mkdt_bench.variants import parse_label
 class Plan:
     """The resolved grid: units still to run and the keys of every cell it covers."""
 
+    teacher: TeacherUnit | None  # None: teacher and representations are cached
     sub_units: list[MethodSubUnit]
     distill_units: list[DistillUnit]
     distill_after: dict[str, tuple[tuple[str, str], ...]]  # distilled key -> its sub-units
@@ -61,8 +67,8 @@ class Plan:
 
 
 def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
-    """Train/load the teacher, then list the sub-units, distillations and cells not yet
-    computed."""
+    """List the teacher, sub-units, distillations and cells not yet computed (the planner
+    itself computes nothing on a device)."""
     run = cfg["run"]
     dataset = cached_dataset(run["dataset"], env.data_root, env.cache_dir)
     n_train = len(dataset.train_images)
@@ -70,7 +76,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
     budget = resolve_budget(run["budget"], n_source)
     tasks = run["tasks"] or [run["dataset"]]
     missing = load_tasks(tasks, env, dataset)
-    tkey, rkey = ensure_teacher(cfg, env, dataset)
+    tkey = teacher_key(cfg, dataset)
+    rkey = representations_key(tkey)
     inputs = MethodInputs(run["dataset"], rkey, tkey, cfg["teacher"]["arch"],
                           n_source if n_source < n_train else 0)
     base = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint, "teacher": tkey}
@@ -103,8 +110,12 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
         for seed in run["seeds"]:
             distill_seed = seed if seeded else 0
             key_options = METHODS.get(method).key_options(options)
+            # bf16 autocast changes a set by more than rounding: it names the set
+            autocast = ({"precision": "bf16"} if env.precision == "bf16"
+                        and METHODS.get(method).uses_autocast else {})
             dkey = ArtifactCache.key("distilled", {"method": method, "options": key_options,
-                                                   "budget": budget, "seed": distill_seed},
+                                                   "budget": budget, "seed": distill_seed,
+                                                   **autocast},
                                      {"images": inputs.key})
             for arch in run["archs"]:
                 row_config = {**base, "method": method, **row_id, "method_options": options,
@@ -133,6 +144,9 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                                            {**base, "teacher_config": cfg["teacher"],
                                             "artifacts": [f"teacher/{tkey}"]}))
     cache = ArtifactCache(env.cache_dir)
+    teacher = None
+    if not (cache.exists("teacher", tkey) and cache.exists("representations", rkey)):
+        teacher = TeacherUnit({"run": run, "teacher": cfg["teacher"]}, tkey, rkey)
     sub_units: dict[tuple[str, str], MethodSubUnit] = {}
     distill_after: dict[str, tuple[tuple[str, str], ...]] = {}
     for unit in distill_units.values():
@@ -143,7 +157,7 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
         for sub in needed:
             sub_units[sub.stage, sub.key] = MethodSubUnit(sub, inputs)
         distill_after[unit.key] = tuple((sub.stage, sub.key) for sub in needed)
-    return Plan(list(sub_units.values()), list(distill_units.values()), distill_after,
+    return Plan(teacher, list(sub_units.values()), list(distill_units.values()), distill_after,
                 eval_units, cell_keys, budget)
 
 
@@ -152,16 +166,22 @@ EVALUATE = "evaluate:"
 
 
 def grid_tasks(plan: Plan) -> list[Task]:
-    """The plan as tasks whose dependencies follow the cache keys: a distillation starts
-    once its method's sub-units exist, a pre-training once its distilled set exists, and
-    each evaluation cell once its encoder exists."""
-    tasks = [Task(f"{u.sub.stage}:{u.sub.key}", run_sub_unit, u) for u in plan.sub_units]
+    """The plan as tasks whose dependencies follow the cache keys: the teacher first, a
+    distillation once its method's sub-units exist, a pre-training once its distilled set
+    exists, and each evaluation cell once its encoder (or the teacher) exists."""
+    tasks: list[Task] = []
+    teacher: tuple[str, ...] = ()
+    if plan.teacher is not None:
+        tasks.append(Task(f"teacher:{plan.teacher.key}", run_teacher, plan.teacher))
+        teacher = (f"teacher:{plan.teacher.key}",)
+    tasks += [Task(f"{u.sub.stage}:{u.sub.key}", run_sub_unit, u, teacher)
+              for u in plan.sub_units]
     distilled = {u.key for u in plan.distill_units}
-    tasks += [Task(f"distilled:{u.key}", run_distill, u,
-                   tuple(f"{stage}:{key}" for stage, key in plan.distill_after.get(u.key, ())))
+    tasks += [Task(f"distilled:{u.key}", run_distill, u, teacher + tuple(
+                   f"{stage}:{key}" for stage, key in plan.distill_after.get(u.key, ())))
               for u in plan.distill_units]
     for i, unit in enumerate(plan.eval_units):
-        after: tuple[str, ...] = ()
+        after: tuple[str, ...] = teacher if unit.method == TEACHER_ROW else ()
         if unit.method != TEACHER_ROW and any(not c.missing for c in unit.cells):
             upstream = (f"distilled:{unit.source_key}",) if unit.source_key in distilled else ()
             tasks.append(Task(f"encoder:{i}", run_pretrain, unit, upstream))
@@ -178,9 +198,13 @@ def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
 
     A failed unit does not stop the grid: a failed distillation fails the cells that
     need it, a failed evaluation unit its own cells; a rerun computes only what is missing.
-    The driver alone writes the database.
+    Only the teacher's failure stops it (raised here): nothing runs without the teacher.
+    The driver alone writes the database; it computes nothing on the device (the teacher
+    is the grid's first task).
     """
-    prepare_process(env)
+    executor = executor or InProcessExecutor()
+    env = executor.device_env(env)  # a device the tasks cannot have fails here, in one line
+    prepare_threads(env)
     return run_plan(plan_grid(cfg, env, store), env, store, executor)
 
 
@@ -188,12 +212,15 @@ def run_plan(plan: Plan, env: Env, store: ResultStore,
              executor: Executor | None = None) -> pd.DataFrame:
     """Execute a plan's tasks, write their rows, and return all of the plan's rows."""
     executor = executor or InProcessExecutor()
-    prepare_process(env)
+    env = executor.device_env(env)
+    prepare_threads(env)
     package_versions()  # read the git revision now, not when the first row is written
     progress = Progress(env.progress)
     tasks = grid_tasks(plan)
     bar = progress.bar(len(tasks), "grid")
     for task, result in executor.run(tasks, env):
+        if task.fn is run_teacher and isinstance(result, Exception):
+            raise result  # nothing of the grid can run without the teacher
         if task.key.startswith(EVALUATE):
             rows = result
             if isinstance(result, Exception):
@@ -265,4 +292,4 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
             if cells:
                 eval_units.append(EvalUnit(name, arch, seed, len(distilled), run["dataset"],
                                            dkey, cfg["pretrain"], tuple(cells), row_config))
-    return Plan([], [], {}, eval_units, cell_keys, len(distilled))
+    return Plan(None, [], [], {}, eval_units, cell_keys, len(distilled))

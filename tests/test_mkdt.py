@@ -315,8 +315,8 @@ def test_unroll_modes_give_the_same_distilled_set(tmp_path):
 def test_bad_unroll_options():
     with pytest.raises(UserError, match="unroll.*'checkpoint'"):
         create_method("mkdt", unroll="fast")
-    with pytest.raises(UserError, match="unroll_memory_gb=0"):
-        create_method("mkdt", unroll_memory_gb=0.0)
+    with pytest.raises(UserError, match="unroll_memory_gb=-1.0 must be 0"):
+        create_method("mkdt", unroll_memory_gb=-1.0)
 
 
 def test_auto_unroll_follows_the_budget(tmp_path, monkeypatch):

@@ -67,12 +67,12 @@ def test_auto_follows_the_memory_budget():
     need = unroll.full_unroll_bytes(net.module, images, batch=4, steps=5)
     assert need == int(unroll.GRAPH_BYTES_PER_ACTIVATION * per_image * 4 * 5)
     assert unroll.full_unroll_bytes(net.module, images, batch=8, steps=10) == need * 4
-    gib = need / 2**30
-    assert unroll.choose_unroll("auto", net.module, images, 4, 5, gib) == "full"
-    assert unroll.choose_unroll("auto", net.module, images, 4, 5, gib * 0.99) == "checkpoint"
-    assert unroll.choose_unroll("full", net.module, images, 4, 5, gib * 0.5) == "full"
+    assert unroll.choose_unroll("auto", net.module, images, 4, 5, need) == "full"
+    assert unroll.choose_unroll("auto", net.module, images, 4, 5, need - 1) == "checkpoint"
+    assert unroll.choose_unroll("auto", net.module, images, 4, 5, None) == "checkpoint"
+    assert unroll.choose_unroll("full", net.module, images, 4, 5, need // 2) == "full"
     with pytest.raises(UserError, match="unroll='fast'.*'checkpoint'"):
-        unroll.choose_unroll("fast", net.module, images, 4, 5, 1.0)
+        unroll.choose_unroll("fast", net.module, images, 4, 5, 2**30)
 
 
 RETAINED_SCRIPT = """

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mkdt_bench.device import to_device
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.training import checked_step
@@ -51,8 +52,8 @@ def pretrain_encoder(distilled: DistilledSet, arch: str, cfg: dict[str, Any], se
     steps = 0
     model.train()
     for epoch in range(cfg["epochs"]):
-        for batch in torch.randperm(len(images), generator=generator).split(cfg["batch_size"]):
-            batch = batch.to(device)
+        order = to_device(torch.randperm(len(images), generator=generator), device)
+        for batch in order.split(cfg["batch_size"]):  # one copy per epoch
             loss = F.mse_loss(model(images[batch]), targets[batch])
             checked_step(opt, loss, f"pre-training at epoch {epoch} (lr {lr:g})",
                          "lower pretrain.lr or disable pretrain.use_learned_lr")

@@ -10,7 +10,6 @@ once (one ``torch.func.vmap``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mkdt_bench.cache import ArtifactCache, config_hash
+from mkdt_bench.device import resident, to_device
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._unroll import FlatNet, require_buffer_free
 from mkdt_bench.methods.base import MethodContext
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.seeding import derive_seed
-from mkdt_bench.training import checked_step
 
 #: Options that define the experts (§2), shared by ``mkdt`` and ``highloss``.
 EXPERT_DEFAULTS: dict[str, Any] = {
@@ -90,7 +89,9 @@ def train_expert(cfg: dict[str, Any], index: int, images: Tensor, targets: Tenso
 
     SGD (``expert_lr``, ``expert_momentum``, ``expert_wd``), shuffled batches of
     ``expert_batch``, ``train_epochs`` epochs, no augmentation; row e holds the flat
-    parameters after e epochs (row 0: the initialisation).
+    parameters after e epochs (row 0: the initialisation). The data stay on the device
+    where they fit (:func:`~mkdt_bench.device.resident`); the losses are checked once per
+    epoch (:func:`check_epoch`), so a step reads nothing back to the host.
     """
     seed = expert_seed(cfg, index)
     model = build_student(cfg, images, int(targets.shape[1]), seed).to(device).train()
@@ -98,14 +99,38 @@ def train_expert(cfg: dict[str, Any], index: int, images: Tensor, targets: Tenso
     opt = torch.optim.SGD(model.parameters(), lr=cfg["expert_lr"],
                           momentum=cfg["expert_momentum"], weight_decay=cfg["expert_wd"])
     generator = torch.Generator().manual_seed(seed)
+    images, targets = resident(images, device), resident(targets, device)
     snapshots = [FlatNet.flatten(model).cpu()]
     for epoch in range(cfg["train_epochs"]):
-        for idx in torch.randperm(len(images), generator=generator).split(cfg["expert_batch"]):
-            loss = F.mse_loss(model(images[idx].to(device)), targets[idx].to(device))
-            checked_step(opt, loss, f"expert {index} at epoch {epoch + 1}",
-                         f"lower expert_lr (now {cfg['expert_lr']:g})")
+        losses = []
+        for idx in epoch_batches(len(images), cfg["expert_batch"], generator, images.device):
+            x, y = to_device(images[idx], device), to_device(targets[idx], device)
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        check_epoch(torch.stack(losses).view(-1, 1), [index], epoch, cfg["expert_lr"])
         snapshots.append(FlatNet.flatten(model).cpu())
     return torch.stack(snapshots)
+
+
+def epoch_batches(n: int, batch: int, generator: torch.Generator,
+                  device: torch.device) -> list[Tensor]:
+    """One epoch's shuffled index batches (a permutation from the CPU ``generator``), moved
+    to ``device`` in one copy."""
+    return list(to_device(torch.randperm(n, generator=generator), device).split(batch))
+
+
+def check_epoch(losses: Tensor, indices: Sequence[int], epoch: int, lr: float) -> None:
+    """UserError for the first non-finite loss of an epoch (``losses``: steps x experts,
+    read on the host in one go), naming the expert and the epoch."""
+    losses = losses.cpu()
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        step, column = bad[0].tolist()
+        raise UserError(f"expert {indices[column]} at epoch {epoch + 1} diverged (loss "
+                        f"{losses[step, column].item()}); lower expert_lr (now {lr:g})")
 
 
 def train_experts(cfg: dict[str, Any], indices: Sequence[int], images: Tensor,
@@ -123,19 +148,18 @@ def train_experts(cfg: dict[str, Any], indices: Sequence[int], images: Tensor,
     theta = torch.stack([FlatNet.flatten(model) for model in models])
     step = torch.func.vmap(torch.func.grad_and_value(net.mse))
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    images, targets = resident(images, device), resident(targets, device)
     snapshots = [theta.cpu()]
     buf: Tensor | None = None
     lr, momentum, wd = cfg["expert_lr"], cfg["expert_momentum"], cfg["expert_wd"]
     for epoch in range(cfg["train_epochs"]):
-        orders = [torch.randperm(len(images), generator=g).split(cfg["expert_batch"])
+        orders = [epoch_batches(len(images), cfg["expert_batch"], g, images.device)
                   for g in generators]
+        losses = []
         for idx in map(torch.stack, zip(*orders)):
-            grad_, loss = step(theta, images[idx].to(device), targets[idx].to(device))
-            bad = [i for i, value in zip(indices, loss.tolist()) if not math.isfinite(value)]
-            if bad:
-                raise UserError(f"expert {bad[0]} at epoch {epoch + 1} diverged (loss "
-                                f"{loss[indices.index(bad[0])].item()}); lower expert_lr "
-                                f"(now {lr:g})")
+            grad_, loss = step(theta, to_device(images[idx], device),
+                               to_device(targets[idx], device))
+            losses.append(loss.detach())
             # torch.optim.SGD (no dampening or Nesterov), on the stacked parameters
             if wd:
                 grad_ = grad_.add(theta, alpha=wd)
@@ -143,6 +167,7 @@ def train_experts(cfg: dict[str, Any], indices: Sequence[int], images: Tensor,
                 buf = grad_.clone() if buf is None else buf.mul_(momentum).add_(grad_)
                 grad_ = buf
             theta = theta.add(grad_, alpha=-lr)
+        check_epoch(torch.stack(losses), indices, epoch, lr)
         snapshots.append(theta.cpu())
     return [t.clone() for t in torch.stack(snapshots, dim=1).unbind(0)]  # own storage each
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mkdt_bench.device import resident, to_device
 from mkdt_bench.methods._experts import (
     build_student,
     ensure_experts,
@@ -27,13 +28,12 @@ SCORE_EPOCH = 1
 @torch.no_grad()
 def kd_losses(net: FlatNet, theta: Tensor, images: Tensor, targets: Tensor,
               device: torch.device, batch: int = 512) -> Tensor:
-    """Per-image KD loss (1/D)‖g_θ(xᵢ) − yᵢ‖² of every image, on the CPU."""
-    theta = theta.to(device, net.dtype)
-    out = []
-    for i in range(0, len(images), batch):
-        pred = net(theta, images[i:i + batch].to(device))
-        out.append((pred - targets[i:i + batch].to(device)).pow(2).mean(1).cpu())
-    return torch.cat(out)
+    """Per-image KD loss (1/D)‖g_θ(xᵢ) − yᵢ‖² of every image, on the CPU (read back once)."""
+    theta = to_device(theta, device).to(net.dtype)
+    out = [(net(theta, to_device(images[i:i + batch], device))
+            - to_device(targets[i:i + batch], device)).pow(2).mean(1)
+           for i in range(0, len(images), batch)]
+    return torch.cat(out).cpu()
 
 
 def high_loss_scores(ctx: MethodContext, cfg: dict[str, Any],
@@ -44,9 +44,10 @@ def high_loss_scores(ctx: MethodContext, cfg: dict[str, Any],
     def produce(tmp: Path) -> dict[str, Any]:
         model = build_student(cfg, ctx.images, int(ctx.targets.shape[1]), 0).to(ctx.device)
         net = FlatNet(model)
+        images, targets = resident(ctx.images, ctx.device), resident(ctx.targets, ctx.device)
         total = torch.zeros(len(ctx.images), dtype=torch.float64)
         for trajectory in trajectories:
-            total += kd_losses(net, trajectory[SCORE_EPOCH], ctx.images, ctx.targets,
+            total += kd_losses(net, trajectory[SCORE_EPOCH], images, targets,
                                ctx.device).double()
         torch.save((total / len(trajectories)).float(), tmp / "scores.pt")
         return {"epoch": SCORE_EPOCH, "experts": len(trajectories)}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
+from mkdt_bench.device import to_device
 from mkdt_bench.errors import UserError
 
 
@@ -124,15 +125,17 @@ def full_unroll_bytes(module: nn.Module, image: Tensor, batch: int, steps: int) 
 
 
 def choose_unroll(mode: str, module: nn.Module, image: Tensor, batch: int, steps: int,
-                  memory_gb: float) -> str:
+                  memory_bytes: int | None) -> str:
     """``mode``, or for ``"auto"``: ``"full"`` if :func:`full_unroll_bytes` fits in
-    ``memory_gb`` GiB, else ``"checkpoint"``."""
+    ``memory_bytes``, else ``"checkpoint"`` (also when the memory is unknown, None)."""
     if mode not in UNROLL_MODES:
         raise UserError(f"unroll={mode!r} is not one of {', '.join(map(repr, UNROLL_MODES))}")
     if mode != "auto":
         return mode
-    fits = full_unroll_bytes(module, image, batch, steps) <= memory_gb * 2**30
-    return "full" if fits else "checkpoint"
+    if memory_bytes is None:
+        return "checkpoint"
+    return "full" if full_unroll_bytes(module, image, batch, steps) <= memory_bytes \
+        else "checkpoint"
 
 
 def meta_step(net: FlatNet, start: Tensor, target: Tensor, images: Tensor, targets: Tensor,
@@ -147,7 +150,11 @@ def meta_step(net: FlatNet, start: Tensor, target: Tensor, images: Tensor, targe
     aₙ = ∂L/∂θ̂ₙ is pulled through it. The gradients are the full unroll's (the same
     formulas, float rounding aside) with memory for one step's graph plus N + 1 parameter
     vectors, whatever N; the price is one more first-order step per inner step.
+
+    ``batches`` should be on the images' device (:func:`syn_batches` with ``device``);
+    batches elsewhere are moved there first.
     """
+    batches = [idx.to(images.device) for idx in batches]
     if mode == "full":
         loss = matching_loss(unroll(net, start, images, targets, lr, batches), start, target)
         return loss.detach(), loss.backward
@@ -188,12 +195,15 @@ def meta_step(net: FlatNet, start: Tensor, target: Tensor, images: Tensor, targe
     return loss, backward
 
 
-def syn_batches(n: int, batch: int, steps: int, generator: torch.Generator) -> list[Tensor]:
+def syn_batches(n: int, batch: int, steps: int, generator: torch.Generator,
+                device: torch.device | None = None) -> list[Tensor]:
     """The ``steps`` index batches of one iteration (§4 step 2).
 
     Successive ``batch``-sized chunks of a fresh permutation of ``range(n)``, popped from
     the end (so the short remainder chunk comes first); a new permutation is drawn when
     the chunks run out. Leftover chunks are dropped at the end of the iteration (MTT).
+    The permutations come from the CPU ``generator`` (the same batches on every device);
+    with ``device`` the batches are moved there in one copy.
     """
     chunks: list[Tensor] = []
     out = []
@@ -201,7 +211,9 @@ def syn_batches(n: int, batch: int, steps: int, generator: torch.Generator) -> l
         if not chunks:
             chunks = list(torch.randperm(n, generator=generator).split(batch))
         out.append(chunks.pop())
-    return out
+    if device is None or device.type == "cpu":
+        return out
+    return list(to_device(torch.cat(out), device).split([len(idx) for idx in out]))
 
 
 class ExpertCycle:
