@@ -6,15 +6,33 @@ import argparse
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
+
+from mkdt_bench.standin import device_standin
 
 
 def peak_rss_mib() -> float:
     """Peak resident set of this process so far (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+@contextmanager
+def on_device(name: str) -> Iterator[torch.device]:
+    """The device ``--device`` names; ``meta`` runs the script on the CUDA stand-in
+    (``mkdt_bench.standin``): shapes and device placement only, timings meaningless."""
+    if name == "meta":
+        with device_standin("meta") as standin:
+            yield standin.device
+    else:
+        yield torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def sync(device: torch.device) -> None:

@@ -32,13 +32,24 @@ import time
 from typing import Any
 
 import torch
-from _measure import add_student_args, add_unroll_args, peak_rss_mib, sync, time_calls
+from _measure import (
+    add_student_args,
+    add_unroll_args,
+    device_name,
+    on_device,
+    peak_rss_mib,
+    sync,
+    time_calls,
+)
 from _mtt_baseline import ReparamNet, baseline_loss
 
+from mkdt_bench.device import unroll_budget_bytes
 from mkdt_bench.methods._alloc import retained_heap
-from mkdt_bench.methods._trajectories import (
+from mkdt_bench.methods._experts import build_student
+from mkdt_bench.methods._unroll import (
     FlatNet,
-    build_student,
+    choose_unroll,
+    full_unroll_bytes,
     meta_step,
     syn_batches,
 )
@@ -54,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student", default="convnet", help="student model name")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, or meta (the CUDA stand-in: shapes only)")
     p.add_argument("--engine", default="full",
                    help="baseline: reference-style MTT unroll (_mtt_baseline.py); full / "
                         "checkpoint: the engine's unroll modes (mkdt option unroll); several, "
@@ -108,7 +120,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for engine in engines:
         if engine not in ENGINES:
             raise SystemExit(f"--engine {engine!r}: use {', '.join(ENGINES)} (comma-separated)")
-    device = torch.device(args.device)
+    with on_device(args.device) as device:
+        result = measure(args, engines, device)
+    print(json.dumps(result))
+    return result
+
+
+def measure(args: argparse.Namespace, engines: list[str], device: torch.device) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     shape = (args.images, args.channels, args.resolution, args.resolution)
     images = torch.randn(shape, generator=g).to(device).requires_grad_(True)
@@ -126,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return args.heap == "retained" or (args.heap == "auto" and engine != "baseline")
 
     def iteration(engine: str) -> None:
-        batches = syn_batches(args.images, args.batch_syn, args.syn_steps, g)
+        batches = syn_batches(args.images, args.batch_syn, args.syn_steps, g, device)
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         if engine == "baseline":
@@ -139,13 +157,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # forward F, backward 2F, double backward 6F per inner step of min(batch, |S|) images
     work = 9 * conv_linear_flops(net.module, images) * min(args.batch_syn, args.images) \
         * args.syn_steps / 1e9
+    batch = min(args.batch_syn, args.images)
+    graph = full_unroll_bytes(net.module, images[:1].detach(), batch, args.syn_steps)
     result: dict[str, Any] = {
         "images": args.images, "syn_steps": args.syn_steps, "batch_syn": args.batch_syn,
         "width": args.width, "resolution": args.resolution, "channels": args.channels,
         "dim": args.dim, "student": args.student, "num_params": net.num_params,
         "engine": args.engine, "iterations": args.iterations, "device": str(device),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "gflop_per_iteration": round(work, 4), "heap": args.heap,
+        "device_name": device_name(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "gflop_per_iteration": round(work, 4), "heap": args.heap,
+        "full_unroll_estimate_gib": round(graph / 2**30, 2),
+        "auto_unroll": choose_unroll("auto", net.module, images[:1].detach(), batch,
+                                     args.syn_steps, unroll_budget_bytes(device)),
     }
     if len(engines) == 1:
         with retained_heap(retained(engines[0])):
@@ -179,7 +202,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 e: round(t / seconds_by["baseline"], 3) for e, t in seconds_by.items()}
     if args.peak:
         result["matmul_gflops"] = round(matmul_gflops(device), 1)
-    print(json.dumps(result))
     return result
 
 

@@ -22,10 +22,10 @@ import time
 from typing import Any
 
 import torch
-from _measure import add_student_args
+from _measure import add_student_args, device_name, on_device, sync
 
 from mkdt_bench.methods._alloc import retained_heap
-from mkdt_bench.methods._trajectories import EXPERT_DEFAULTS, train_expert, train_experts
+from mkdt_bench.methods._experts import EXPERT_DEFAULTS, train_expert, train_experts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,13 +38,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_student_args(p)
     p.add_argument("--heap", default="default", choices=("default", "retained"),
                    help="glibc heap during training")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, or meta (the CUDA stand-in: shapes only)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    with on_device(args.device) as device:
+        result = measure(args, device)
+    print(json.dumps(result))
+    return result
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     images = torch.randn(args.images, 3, args.resolution, args.resolution, generator=g)
     targets = torch.randn(args.images, args.dim, generator=g)
@@ -55,17 +62,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "images": args.images, "batch": args.batch, "experts": args.experts,
         "epochs": args.epochs, "width": args.width, "resolution": args.resolution,
-        "heap": args.heap, "device": str(device), "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "heap": args.heap, "device": str(device), "device_name": device_name(device),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
     }
 
     def timed(fn: Any) -> tuple[float, Any]:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         return (time.perf_counter() - start) / expert_epochs, out
 
     with heap:
@@ -80,7 +85,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result[f"group_{size}"] = {"seconds_per_expert_epoch": round(grouped_s, 3),
                                        "ratio_to_sequential": round(grouped_s / seconds, 3),
                                        "max_abs_difference": diff}
-    print(json.dumps(result))
     return result
 
 

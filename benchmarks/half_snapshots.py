@@ -21,14 +21,8 @@ import torch
 from _measure import add_student_args, add_unroll_args
 
 from mkdt_bench.methods._alloc import retained_heap
-from mkdt_bench.methods._trajectories import (
-    EXPERT_DEFAULTS,
-    FlatNet,
-    build_student,
-    meta_step,
-    syn_batches,
-    train_expert,
-)
+from mkdt_bench.methods._experts import EXPERT_DEFAULTS, build_student, train_expert
+from mkdt_bench.methods._unroll import FlatNet, meta_step, syn_batches
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

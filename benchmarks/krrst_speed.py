@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _measure import sync, time_calls
+from _measure import device_name, on_device, sync, time_calls
 from torch import nn
 
 from mkdt_bench.cache import ArtifactCache
+from mkdt_bench.device import resident
 from mkdt_bench.methods import MethodContext, create_method
 from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.teacher import build_teacher
@@ -52,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=10, help="pool models P")
     p.add_argument("--steps", type=int, default=3, help="timed outer steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed outer steps first")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, or meta (the CUDA stand-in: shapes only)")
     p.add_argument("--teacher-channels-last", type=int, default=1, choices=(0, 1),
                    help="krrst option teacher_channels_last (1: as krrst runs by default; "
                         "0 with --heap default: the reference-style step)")
@@ -99,9 +101,10 @@ def _stepper(args: argparse.Namespace, ctx: MethodContext, teacher: nn.Module,
     state = method._initial_state(ctx)
     mean = torch.zeros(1, 3, 1, 1, device=ctx.device)
     std = torch.ones(1, 3, 1, 1, device=ctx.device)
+    images = resident(ctx.images, ctx.device)  # as krrst keeps them
 
     def outer_step() -> None:
-        method._step(ctx, teacher, state, mean, std, stored)
+        method._step(ctx, teacher, state, mean, std, stored, images)
         state.step += 1
 
     return outer_step, precompute
@@ -109,8 +112,14 @@ def _stepper(args: argparse.Namespace, ctx: MethodContext, teacher: nn.Module,
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    with on_device(args.device) as device:
+        result = measure(args, device)
+    print(json.dumps(result))
+    return result
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     modes = [int(v) for v in args.teacher_views.split(",")]
-    device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     teacher = build_teacher(args.teacher, _Shape(args.resolution)).to(device).eval()
@@ -155,9 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["precompute_seconds"] = {str(v): round(p, 2) for v, p in precompute.items()}
     result["precompute_ms_per_image_view"] = {
         str(v): round(1000 * p / (n_real * v), 3) for v, p in precompute.items()}
-    result.update(device=str(device), threads=torch.get_num_threads(),
-                  torch=torch.__version__)
-    print(json.dumps(result))
+    result.update(device=str(device), device_name=device_name(device),
+                  threads=torch.get_num_threads(), torch=torch.__version__)
     return result
 
 

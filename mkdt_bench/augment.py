@@ -1,10 +1,13 @@
-"""Batch augmentations on normalised image tensors."""
+"""Batch augmentations on normalised image tensors (random choices drawn on the CPU, applied
+on the images' device)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mkdt_bench.device import to_device
 
 
 def crop_flip(images: Tensor, mean: Tensor, std: Tensor, padding: int,
@@ -31,11 +34,20 @@ def draw_crop_flip(n: int, padding: int, generator: torch.Generator) -> tuple[Te
 def apply_crop_flip(images: Tensor, mean: Tensor, std: Tensor, padding: int, offsets: Tensor,
                     flips: Tensor) -> Tensor:
     """:func:`crop_flip` with given choices: pad with raw 0, crop at ``offsets``, flip where
-    ``flips``."""
-    n, _, h, w = images.shape
+    ``flips``.
+
+    Two gathers on the images' device for the whole batch (the crop window's rows, then
+    its columns, reversed where flipped): the values a per-image crop and flip would copy.
+    """
+    n, c, h, w = images.shape
+    device = images.device
+    offsets = to_device(offsets, device).long()
+    flips = to_device(flips, device)
     raw = images * std + mean
     padded = F.pad(raw, (padding,) * 4)
-    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
-                       for i, (dy, dx) in enumerate(offsets.tolist())])
-    out = torch.where(flips.to(out.device).view(n, 1, 1, 1), out.flip(-1), out)
+    rows = (offsets[:, :1] + torch.arange(h, device=device)).view(n, 1, h, 1)
+    cols = torch.arange(w, device=device).expand(n, w)
+    cols = (torch.where(flips.view(n, 1), w - 1 - cols, cols) + offsets[:, 1:]).view(n, 1, 1, w)
+    out = padded.gather(2, rows.expand(n, c, h, padded.shape[3]))
+    out = out.gather(3, cols.expand(n, c, h, w))
     return (out - mean) / std

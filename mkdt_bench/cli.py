@@ -12,6 +12,8 @@ from mkdt_bench import __version__
 from mkdt_bench.errors import UserError
 
 QUICK = "quick"
+DEVICE_HELP = ("cpu, cuda, cuda:N or auto (default auto: the first CUDA device when one is "
+               "present, else the CPU; rows record the device used)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", type=_csv(), help="downstream data sets (default: the source)")
     run.add_argument("--evaluators", type=_csv(), help="downstream protocols (default: linear)")
     run.add_argument("--teacher-checkpoint", help="load the teacher instead of training it")
-    run.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    run.add_argument("--device", help=DEVICE_HELP)
     run.add_argument("--set", dest="overrides", action="append", default=[], type=_override,
                      metavar="SECTION.KEY=VALUE", help="override any option, repeatable")
     run.add_argument("--recompute", type=_csv(), default=[], metavar="STAGE,...",
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", type=_csv(int), help="seeds, e.g. 0,1,2")
     ev.add_argument("--tasks", type=_csv(), help="downstream data sets (default: the source)")
     ev.add_argument("--evaluators", type=_csv(), help="downstream protocols (default: linear)")
-    ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    ev.add_argument("--device", help=DEVICE_HELP)
     ev.add_argument("--set", dest="overrides", action="append", default=[], type=_override,
                     metavar="SECTION.KEY=VALUE", help="override pretrain/evaluator options")
     _report(ev, paired=False)
@@ -295,15 +297,14 @@ def check_executor_args(args: argparse.Namespace) -> None:
         raise UserError("--ray-address needs --executor ray")
 
 
-def make_executor(args: argparse.Namespace, device: str) -> Any:
-    """The executor ``--executor`` names; Ray tasks ask for one GPU when CUDA is used."""
+def make_executor(args: argparse.Namespace) -> Any:
+    """The executor ``--executor`` names (Ray tasks get a GPU each when they use CUDA)."""
     from mkdt_bench.executors import InProcessExecutor, RayExecutor
 
     check_executor_args(args)
     if args.executor == "inprocess":
         return InProcessExecutor()
-    return RayExecutor(address=args.ray_address, retries=args.retries,
-                       gpus_per_task=1 if device.startswith("cuda") else 0)
+    return RayExecutor(address=args.ray_address, retries=args.retries)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -317,7 +318,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mkdt_bench.estimate import CostBook
     from mkdt_bench.results import ResultStore
     from mkdt_bench.runner import parse_recompute, plan_grid, run_plan
-    from mkdt_bench.stages.env import Env, cached_dataset, prepare_process
+    from mkdt_bench.stages.env import Env, cached_dataset, prepare_threads
 
     preset = args.preset or (QUICK if args.dataset is None else None)
     flags = {"dataset": args.dataset, "methods": args.methods, "budget": args.budget,
@@ -338,8 +339,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cache_dir, db = _paths(args)
     check_writable(cache_dir)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
-              device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads)
-    prepare_process(env)
+              device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads,
+              precision=cfg["run"]["precision"], deterministic=cfg["run"]["deterministic"])
+    prepare_threads(env)
     # Planning reads the cache and the database and writes neither: a refused input
     # leaves nothing behind, and --dry-run also loads the data without caching a decode.
     store, cache = ResultStore.read_only(db), ArtifactCache(cache_dir, create=False)
@@ -372,7 +374,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store.close()
     ArtifactCache(cache_dir)
     store = ResultStore(db)
-    executor = make_executor(args, device)
+    executor = make_executor(args)
     start = time.perf_counter()
     frame = run_plan(plan, env, store, executor, estimates)
     print_tables(frame, cfg["run"]["methods"], args)
@@ -404,7 +406,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cache_dir, db = _paths(args)
     check_writable(cache_dir)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
-              device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads)
+              device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads,
+              precision=cfg["run"]["precision"], deterministic=cfg["run"]["deterministic"])
     name = args.name or f"import:{directory.resolve().name}"
     plan = plan_external(cfg, env, ResultStore.read_only(db), directory, name)
     store = ResultStore(db)

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mkdt_bench.device import PRECISIONS, check_device_name
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators.pretrain import PRETRAIN_DEFAULTS
 from mkdt_bench.options import resolve_options
@@ -38,7 +39,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],
     "tasks": [],
     "evaluators": ["linear"],
-    "device": "cpu",
+    "device": "auto",
+    "precision": "default",
+    "deterministic": False,
     "shared_distillation": False,
     "teacher_row": True,
 }
@@ -130,7 +133,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     from mkdt_bench.methods import METHODS
     from mkdt_bench.models import MODELS
 
-    cfg["run"] = resolve_options("run", cfg["run"], RUN_DEFAULTS)
+    cfg["run"] = resolve_options("run", cfg["run"], RUN_DEFAULTS, {"precision": PRECISIONS})
     cfg["teacher"] = resolve_options("teacher", cfg["teacher"], TEACHER_DEFAULTS, TEACHER_CHOICES)
     cfg["pretrain"] = resolve_options("pretrain", cfg["pretrain"], PRETRAIN_DEFAULTS)
     run = cfg["run"]
@@ -153,8 +156,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     for s in run["seeds"]:
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
             raise UserError(f"seed {s!r} must be a non-negative integer")
-    if run["device"] not in ("cpu", "cuda", "auto") and not run["device"].startswith("cuda:"):
-        raise UserError(f"run.device={run['device']!r} must be cpu, cuda, cuda:N or auto")
+    check_device_name(run["device"])
     for section, registry in (("methods", METHODS), ("evaluators", EVALUATORS)):
         for label in run[section]:
             cfg[section].setdefault(parse_label(label)[0], {})

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from mkdt_bench.device import resolve_device
 from mkdt_bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -41,7 +42,13 @@ class Task:
 
 class Executor(Protocol):
     """Runs tasks and yields ``(task, result)`` as each finishes; the result is the exception
-    instance where the task failed, or the failed dependency's exception (not run then)."""
+    instance where the task failed, or the failed dependency's exception (not run then).
+
+    ``device_env(env)`` is ``env`` with the device its tasks will compute on (``auto``
+    resolved where they run); a device they cannot have is a UserError, raised before any
+    task starts."""
+
+    def device_env(self, env: Env) -> Env: ...
 
     def run(self, tasks: Sequence[Task], env: Env) -> Iterator[tuple[Task, Any]]: ...
 
@@ -56,6 +63,10 @@ def map_units(executor: Executor, fn: Callable[[U, Env], R], units: Iterable[U],
 
 class InProcessExecutor:
     """The default executor: one task after another in this process, in the given order."""
+
+    def device_env(self, env: Env) -> Env:
+        """``env`` with its device resolved here (``auto`` -> ``cuda:0`` or ``cpu``)."""
+        return replace(env, device=str(resolve_device(env.device)))
 
     def run(self, tasks: Sequence[Task], env: Env) -> Iterator[tuple[Task, Any]]:
         failed: dict[str, Exception] = {}
@@ -74,8 +85,16 @@ class InProcessExecutor:
 
 
 def _after(fn: Callable[[Any, Env], Any], unit: Any, env: Env, *dependencies: Any) -> Any:
-    """Ray task body: the dependencies are passed only so that Ray waits for them."""
-    return fn(unit, env)
+    """Ray task body: the dependencies are passed only so that Ray waits for them. The GPU
+    memory the task's process keeps cached is returned afterwards: the worker may idle
+    while other tasks use the same card."""
+    try:
+        return fn(unit, env)
+    finally:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
 
 
 class RayExecutor:
@@ -87,14 +106,19 @@ class RayExecutor:
             instance.
         retries: how often a task whose worker process or node died is rerun. Exceptions
             raised by the unit itself are not retried; they are returned as its result.
-        num_cpus_per_task, gpus_per_task: the resources each task declares.
+        num_cpus_per_task, gpus_per_task: the resources each task declares (GPUs, None:
+            one for tasks on CUDA, none for tasks on the CPU).
         num_cpus: CPUs of a local instance (None: all of this machine's).
 
-    Workers get ``env`` with progress bars switched off: the driver shows the grid's bar.
+    Devices: Ray gives a task that declares a GPU one card of its own, which the task sees
+    as ``cuda:0``; so tasks run on ``cuda`` (``--device cuda`` or ``cuda:0``; another index
+    is a UserError), and ``auto`` means CUDA when the cluster has GPUs, wherever the driver
+    runs. Workers get ``env`` with progress bars switched off: the driver shows the grid's
+    bar.
     """
 
     def __init__(self, address: str | None = None, retries: int = 2,
-                 num_cpus_per_task: float = 1, gpus_per_task: float = 0,
+                 num_cpus_per_task: float = 1, gpus_per_task: float | None = None,
                  num_cpus: int | None = None) -> None:
         try:
             import ray
@@ -107,12 +131,19 @@ class RayExecutor:
         options: dict[str, Any] = {} if num_cpus is None else {"num_cpus": num_cpus}
         ray.init(address=address or None, ignore_reinit_error=True, **options)
 
+    def device_env(self, env: Env) -> Env:
+        """``env`` with the device of its tasks (see the class doc)."""
+        gpus = self._ray.cluster_resources().get("GPU", 0)
+        return replace(env, device=task_device(env.device, gpus))
+
     def run(self, tasks: Sequence[Task], env: Env) -> Iterator[tuple[Task, Any]]:
         ray = self._ray
-        remote = ray.remote(_after).options(num_cpus=self.num_cpus_per_task,
-                                            num_gpus=self.gpus_per_task,
+        worker_env = replace(self.device_env(env), progress=False)
+        gpus = self.gpus_per_task
+        if gpus is None:
+            gpus = 1 if worker_env.device == "cuda" else 0
+        remote = ray.remote(_after).options(num_cpus=self.num_cpus_per_task, num_gpus=gpus,
                                             max_retries=self.retries)
-        worker_env = replace(env, progress=False)
         refs: dict[str, Any] = {}
         pending: dict[Any, Task] = {}
         for task in tasks:
@@ -135,3 +166,19 @@ class RayExecutor:
         finally:
             for ref in pending:
                 ray.cancel(ref)
+
+
+def task_device(device: str, cluster_gpus: float) -> str:
+    """The device a Ray task computes on for the run's ``device``, on a cluster with
+    ``cluster_gpus`` GPUs in all (see :class:`RayExecutor`)."""
+    if device == "auto":
+        return "cuda" if cluster_gpus > 0 else "cpu"
+    if device.startswith("cuda"):
+        if device not in ("cuda", "cuda:0"):
+            raise UserError(f"--device {device} with --executor ray: Ray gives each task a GPU "
+                            "of its own, which it sees as cuda:0; use --device cuda (or auto)")
+        if cluster_gpus <= 0:
+            raise UserError(f"--device {device} with --executor ray: the Ray cluster has no "
+                            "GPU; use --device cpu (or auto)")
+        return "cuda"
+    return device

@@ -23,18 +23,35 @@ def rss_mib() -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+#: The blocks open in this process, outermost first (a stage may produce another inside).
+_OPEN: list[PeakMemory] = []
+
+
+def _cuda_device() -> int | None:
+    """The current CUDA device once CUDA is in use in this process (the unit's device:
+    ``mkdt_bench.device.configure`` makes it current), else None."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.current_device()
+    return None
+
+
 class PeakMemory:
     """``with PeakMemory() as m: ...`` then ``m.result()``: the peak resident set of the
     process during the block (sampled every ``interval`` seconds; it includes what the
-    process already held) and, when CUDA is initialised, ``torch.cuda.max_memory_allocated``
-    over the block."""
+    process already held) and, once CUDA is in use, the peak of
+    ``torch.cuda.max_memory_allocated`` on the current device over the block.
+
+    Blocks nest: CUDA's peak counter is reset when a block opens, after its value so far
+    has been credited to every open block, and credited again when a block closes, so an
+    inner block (a stage produced inside another) does not erase its parent's peak.
+    """
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self.peak_rss = 0.0
+        self.peak_cuda: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
 
     def _sample(self) -> None:
         while True:
@@ -42,9 +59,21 @@ class PeakMemory:
             if self._stop.wait(self.interval):
                 return
 
+    @staticmethod
+    def _credit() -> int | None:
+        """The device's peak since the last reset, credited to every open block."""
+        device = _cuda_device()
+        if device is not None:
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+            for block in _OPEN:
+                block.peak_cuda = max(block.peak_cuda or 0.0, peak)
+        return device
+
     def __enter__(self) -> PeakMemory:
-        if self._cuda:
-            torch.cuda.reset_peak_memory_stats()
+        device = self._credit()
+        if device is not None:
+            torch.cuda.reset_peak_memory_stats(device)
+        _OPEN.append(self)
         self.peak_rss = rss_mib()
         self._thread.start()
         return self
@@ -54,10 +83,12 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak_rss = max(self.peak_rss, rss_mib())
+        self._credit()
+        _OPEN.remove(self)
 
     def result(self) -> dict[str, float]:
-        """``{"peak_rss_mib": ..., "peak_cuda_mib": ...}`` (the latter with CUDA only)."""
+        """``{"peak_rss_mib": ..., "peak_cuda_mib": ...}`` (the latter once CUDA is used)."""
         out = {"peak_rss_mib": round(self.peak_rss, 1)}
-        if self._cuda or (torch.cuda.is_available() and torch.cuda.is_initialized()):
-            out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if self.peak_cuda is not None:
+            out["peak_cuda_mib"] = round(self.peak_cuda, 1)
         return out

@@ -54,15 +54,20 @@ from mkdt_bench.stages.env import (
     error_text,
     load_tasks,
     package_versions,
-    prepare_process,
+    prepare_threads,
 )
 from mkdt_bench.stages.evaluate import Cell, EvalUnit, run_eval
 from mkdt_bench.stages.pretrain import encoder_key, run_pretrain
-from mkdt_bench.stages.teacher import ensure_teacher, representations_key, teacher_key
+from mkdt_bench.stages.teacher import (
+    TeacherUnit,
+    representations_key,
+    run_teacher,
+    teacher_key,
+)
 from mkdt_bench.summary import short_task_name
 from mkdt_bench.variants import parse_label
 
-#: Task key of the teacher (and its representations), which the driver runs first.
+#: Task key of the teacher (and its representations), the grid's first task.
 TEACHER = "teacher"
 #: Key prefix of the tasks whose results are result rows.
 EVALUATE = "evaluate:"
@@ -88,17 +93,6 @@ class Step:
     like: str = ""
     peers: tuple[str, ...] = ()
     signature: str = ""
-
-
-@dataclass(frozen=True)
-class TeacherUnit:
-    """The teacher and its representations (keys ``teacher_key``, ``representations_key``),
-    trained or loaded by the driver before any other unit."""
-
-    cfg: dict[str, Any]
-    teacher_key: str
-    representations_key: str
-    fresh_after: float = 0.0  # --recompute teacher: a stored teacher older than this
 
 
 @dataclass
@@ -288,9 +282,12 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
         row_id = {"row": label} if label != method else {}
         for seed in run["seeds"]:
             distill_seed = seed if seeded else 0
+            # bf16 autocast changes a set by more than rounding: it names the set
+            autocast = ({"precision": "bf16"} if env.precision == "bf16"
+                        and cls.uses_autocast else {})
             key_config = {"method": method, "options": cls.key_options(options),
                           "budget": budget, "seed": distill_seed,
-                          **({"code": code} if code else {})}
+                          **({"code": code} if code else {}), **autocast}
             dkey = ArtifactCache.key("distilled", key_config, {"images": inputs.key})
             distilled = f"distilled/{dkey}"
             distilled_labels.setdefault(dkey, (label, method, options, distill_seed,
@@ -393,16 +390,22 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
 
 
 def grid_tasks(plan: Plan) -> list[Task]:
-    """The plan as tasks whose dependencies follow the cache keys: a distillation starts
-    once its method's sub-units exist, a pre-training once its distilled set exists, and
-    each evaluation cell once its encoder exists."""
-    tasks = [Task(f"{u.sub.stage}:{u.sub.key}", run_sub_unit, u) for u in plan.sub_units]
+    """The plan as tasks whose dependencies follow the cache keys: the teacher first, a
+    distillation once its method's sub-units exist, a pre-training once its distilled set
+    exists, and each evaluation cell once its encoder (or the teacher) exists."""
+    tasks: list[Task] = []
+    teacher: tuple[str, ...] = ()
+    if plan.teacher is not None:
+        tasks.append(Task(TEACHER, run_teacher, plan.teacher))
+        teacher = (TEACHER,)
+    tasks += [Task(f"{u.sub.stage}:{u.sub.key}", run_sub_unit, u, teacher)
+              for u in plan.sub_units]
     distilled = {u.key for u in plan.distill_units}
-    tasks += [Task(f"distilled:{u.key}", run_distill, u,
-                   tuple(f"{stage}:{key}" for stage, key in plan.distill_after.get(u.key, ())))
+    tasks += [Task(f"distilled:{u.key}", run_distill, u, teacher + tuple(
+                   f"{stage}:{key}" for stage, key in plan.distill_after.get(u.key, ())))
               for u in plan.distill_units]
     for i, unit in enumerate(plan.eval_units):
-        after: tuple[str, ...] = ()
+        after: tuple[str, ...] = teacher if unit.method == TEACHER_ROW else ()
         if unit.method != TEACHER_ROW and any(not c.missing for c in unit.cells):
             upstream = (f"distilled:{unit.source_key}",) if unit.source_key in distilled else ()
             tasks.append(Task(f"encoder:{i}", run_pretrain, unit, upstream))
@@ -421,22 +424,26 @@ def run_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
 
     A failed unit does not stop the grid: a failed distillation fails the cells that
     need it, a failed evaluation unit its own cells; a rerun computes only what is missing.
-    The driver alone writes the database.
+    Only the teacher's failure stops it (raised here): nothing runs without the teacher.
+    The driver alone writes the database; it computes nothing on the device (the teacher
+    is the grid's first task).
     """
-    prepare_process(env)
+    executor = executor or InProcessExecutor()
+    env = executor.device_env(env)  # a device the tasks cannot have fails here, in one line
+    prepare_threads(env)
     return run_plan(plan_grid(cfg, env, store, recompute), env, store, executor)
-
 
 def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None = None,
              estimates: dict[tuple[str, str], Estimate] | None = None) -> pd.DataFrame:
-    """Train or load the plan's teacher, execute its tasks, write their rows, and return
-    all of the plan's rows.
+    """Execute the plan's tasks (the teacher's first), write their rows, and return all of
+    the plan's rows.
 
     Progress is weighed by each step's estimated cost (``estimates``, by default what the
     cache and the database measured; :mod:`mkdt_bench.estimate`): bars on a terminal, else
     one line per finished step."""
     executor = executor or InProcessExecutor()
-    prepare_process(env)
+    env = executor.device_env(env)
+    prepare_threads(env)
     package_versions()  # read the git revision now, not when the first row is written
     progress = Progress(env.progress)
     tasks = grid_tasks(plan)
@@ -458,13 +465,8 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
         return GridTask(key, f"{step.stage} {step.label}", group,
                         estimate.seconds if estimate else None)
 
-    keys = ([TEACHER] if plan.teacher is not None else []) + [t.key for t in tasks]
-    grid = progress.grid([weighed(key) for key in keys])
+    grid = progress.grid([weighed(task.key) for task in tasks])
     here = isinstance(executor, InProcessExecutor)
-    if plan.teacher is not None:
-        with Measured(progress.enabled) as measured:
-            run_teacher(plan.teacher, env)
-        grid.done(TEACHER, measured.seconds, measured.peak_mib)
     results = iter(executor.run(tasks, env))
     while True:
         with Measured(progress.enabled) as measured:
@@ -472,6 +474,8 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
         if item is None:
             break
         task, result = item
+        if task.fn is run_teacher and isinstance(result, Exception):
+            raise result  # nothing of the grid can run without the teacher
         if task.key.startswith(EVALUATE):
             rows = result
             if isinstance(result, Exception):
@@ -487,13 +491,6 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
         grid.done(task.key, measured.seconds, peak, failed=isinstance(result, Exception))
     grid.close()
     return store.frame(cell_key=plan.cell_keys)
-
-
-def run_teacher(unit: TeacherUnit, env: Env) -> None:
-    """Train (or load) the teacher and encode the training set, unless cached."""
-    run = unit.cfg["run"]
-    ensure_teacher(unit.cfg, env, cached_dataset(run["dataset"], env.data_root, env.cache_dir),
-                   unit.fresh_after)
 
 
 def _artifact_peak(env: Env, step: Step | None) -> float | None:

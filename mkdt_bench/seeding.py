@@ -35,7 +35,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
 
-
-def set_deterministic(enabled: bool = True) -> None:
-    """``torch.use_deterministic_algorithms`` (on by default for CPU runs)."""
-    torch.use_deterministic_algorithms(enabled, warn_only=True)

@@ -10,6 +10,7 @@ training image: eval mode, no augmentation, no projector, no L2 normalisation.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from mkdt_bench.cache import atomic_torch_save
 from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.device import to_host
 from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.progress import Progress
@@ -100,6 +102,26 @@ def _ssl_parts(cfg: dict[str, Any], dataset: ImageDataset, feature_dim: int):
     return transform, head, loss
 
 
+#: Most DataLoader worker processes for the teacher's views on a GPU.
+MAX_LOADER_WORKERS = 16
+
+
+def loader_options(device: torch.device) -> dict[str, Any]:
+    """DataLoader options of the teacher's SSL views: on a GPU, worker processes (up to
+    :data:`MAX_LOADER_WORKERS`, one core left to the training loop) make the augmentations
+    while the GPU trains, into pinned memory; on the CPU none (the training loop has the
+    cores, and the numbers stay those of the single-process loader).
+
+    Each worker is seeded from the loader's generator at the start of every epoch, so a run
+    is reproducible for a given worker count and resumes exactly (the generator is in the
+    snapshot); the augmentations differ from the single-process loader's.
+    """
+    if device.type != "cuda":
+        return {}
+    workers = min(MAX_LOADER_WORKERS, max((os.cpu_count() or 1) - 1, 0))
+    return {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
+
+
 def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
                   device: torch.device, progress: Progress | None = None) -> Encoder:
     """Train an SSL teacher on the unlabelled training images.
@@ -127,11 +149,12 @@ def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
     generator = torch.Generator().manual_seed(cfg["seed"])
     loader = torch.utils.data.DataLoader(_UnlabelledViews(images, transform),
                                          batch_size=cfg["batch_size"], shuffle=True,
-                                         drop_last=True, generator=generator)
+                                         drop_last=True, generator=generator,
+                                         **loader_options(device))
     start_epoch = 0
     snap = scratch / "teacher_state.pt"
     if snap.is_file():
-        state = torch.load(snap, weights_only=False)
+        state = torch.load(snap, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["opt"])
@@ -145,15 +168,15 @@ def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
         head.train()
         total = 0.0
         for v1, v2 in loader:
-            z1 = head(model.features(v1.to(device)))
-            z2 = head(model.features(v2.to(device)))
+            z1 = head(model.features(v1.to(device, non_blocking=True)))
+            z2 = head(model.features(v2.to(device, non_blocking=True)))
             total += checked_step(opt, criterion(z1, z2), f"teacher training at epoch {epoch}",
                                   f"lower teacher.lr (now {cfg['lr']:g})")
         sched.step()
-        atomic_torch_save({"model": model.state_dict(), "head": head.state_dict(),
-                           "opt": opt.state_dict(), "sched": sched.state_dict(),
-                           "generator": generator.get_state(), "rng": rng_state(),
-                           "epoch": epoch + 1}, snap)
+        atomic_torch_save(to_host({"model": model.state_dict(), "head": head.state_dict(),
+                                   "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                   "generator": generator.get_state(), "rng": rng_state(),
+                                   "epoch": epoch + 1}), snap)
         bar.set_postfix(loss=f"{total / max(len(loader), 1):.3f}")
         bar.update(1)
     bar.close()

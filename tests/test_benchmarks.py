@@ -1,9 +1,11 @@
 """The benchmark scripts run and print one JSON object (tiny sizes; no timing asserted);
-the reference-style baseline computes the engine's meta-gradient."""
+the reference-style baseline computes the engine's meta-gradient; the GPU check runs end to
+end on the CUDA stand-in."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mkdt_bench.methods._trajectories as traj
+import mkdt_bench.methods._unroll as unroll
 from mkdt_bench.models import create_model
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -66,9 +68,30 @@ def test_experts_half_and_precision_scripts():
                 "--resolution", "8")
     assert half["bytes_per_expert_float16"] * 2 == half["bytes_per_expert_float32"]
     assert half["starts"]["0"]["loss_relative_difference"] < 1e-2
-    precision = _run("precision_check.py", *TINY_MKDT, "--modes", "fp32,bf16")
-    assert precision["fp32"]["cosine_to_fp32"] == pytest.approx(1.0)
-    assert -1 <= precision["bf16"]["cosine_to_fp32"] <= 1 and "tf32" not in precision
+    precision = _run("precision_check.py", *TINY_MKDT)
+    assert precision["fp32"]["cosine_to_fp32"] == 1.0
+    assert precision["fp32"]["settings"]["cudnn_conv_fp32_precision"] == "ieee"  # strict
+    assert -1 <= precision["bf16"]["cosine_to_fp32"] <= 1
+    assert "tf32" not in precision and "default" not in precision  # CUDA settings
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_the_cuda_standin():
+    """``DEVICE=meta SMOKE=1 bash benchmarks/gpu_check.sh``: every part, shapes only."""
+    env = dict(os.environ, DEVICE="meta", SMOKE="1", PYTHON=sys.executable,
+               OMP_NUM_THREADS="1")
+    out = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh")], capture_output=True,
+                         text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    parts = {"mkdt_full", "mkdt_checkpoint", "experts", "krrst", "teacher", "precision"}
+    assert parts <= set(report) and report["device"] == "meta"
+    assert all(report[part]["device"] == "meta" for part in parts)
+    assert report["mkdt_full"]["engine"] == "full" and report["mkdt_full"]["num_params"] > 0
+    assert report["mkdt_checkpoint"]["auto_unroll"] == "checkpoint"  # memory unknown
+    assert report["experts"]["group_2"]["ratio_to_sequential"] > 0
+    assert report["teacher"]["batches"] == 2 and report["teacher"]["epoch_images"] == 50_000
+    assert {"fp32", "default", "tf32", "bf16"} <= set(report["precision"])
 
 
 def test_baseline_gradients_equal_the_engine():
@@ -80,17 +103,17 @@ def test_baseline_gradients_equal_the_engine():
         sys.path.remove(str(BENCHMARKS))
     torch.manual_seed(0)
     model = create_model("convnet", in_channels=1, image_size=8, out_dim=6, width=8)
-    net = traj.FlatNet(model)
+    net = unroll.FlatNet(model)
     start = net.flatten(model)
     g = torch.Generator().manual_seed(1)
     target = start + 0.05 * torch.randn(net.num_params, generator=g)
     data = [torch.randn(10, 1, 8, 8, generator=g), torch.randn(10, 6, generator=g),
             torch.tensor(0.1)]
-    batches = traj.syn_batches(10, 4, 5, g)
+    batches = unroll.syn_batches(10, 4, 5, g)
     ref = [t.clone().requires_grad_(True) for t in data]
     baseline_loss(ReparamNet(model), start, target, *ref, batches).backward()
     ours = [t.clone().requires_grad_(True) for t in data]
-    traj.meta_step(net, start, target, *ours, batches, "full")[1]()
+    unroll.meta_step(net, start, target, *ours, batches, "full")[1]()
     for want, got in zip(ref, ours):
         assert want.grad.abs().sum() > 0
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-7)

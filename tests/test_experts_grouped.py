@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mkdt_bench.methods._trajectories as traj
+import mkdt_bench.methods._experts as experts
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import MethodContext
 
-CFG = dict(traj.EXPERT_DEFAULTS, width=8, num_experts=3, train_epochs=3, expert_batch=10)
+CFG = dict(experts.EXPERT_DEFAULTS, width=8, num_experts=3, train_epochs=3, expert_batch=10)
 CPU = torch.device("cpu")
 
 
@@ -23,9 +23,9 @@ def _data():
 def test_grouped_trajectories_equal_sequential(optimizer):
     cfg = {**CFG, **optimizer}
     images, targets = _data()
-    grouped = traj.train_experts(cfg, [2, 0], images, targets, CPU)
+    grouped = experts.train_experts(cfg, [2, 0], images, targets, CPU)
     for index, trajectory in zip([2, 0], grouped):
-        alone = traj.train_expert(cfg, index, images, targets, CPU)
+        alone = experts.train_expert(cfg, index, images, targets, CPU)
         assert trajectory.shape == alone.shape == (4, alone.shape[1])
         assert torch.equal(trajectory[0], alone[0])  # own seed, own initialisation
         assert not torch.equal(alone[-1], alone[0])
@@ -39,24 +39,24 @@ def test_grouped_cache_trains_only_missing(tmp_path, monkeypatch):
                         std=(1.0,), budget=6, seed=0, device=CPU,
                         cache=ArtifactCache(tmp_path), inputs_key="tiny-inputs",
                         scratch=tmp_path / "s")
-    traj.ensure_expert(ctx, CFG, 1)
+    experts.ensure_expert(ctx, CFG, 1)
     calls = []
-    train = traj.train_experts
+    train = experts.train_experts
 
     def counting(cfg, indices, *args):
         calls.append(list(indices))
         return train(cfg, indices, *args)
 
-    monkeypatch.setattr(traj, "train_experts", counting)
-    paths = traj.ensure_experts(ctx, CFG, group=2)
+    monkeypatch.setattr(experts, "train_experts", counting)
+    paths = experts.ensure_experts(ctx, CFG, group=2)
     assert calls == [[0, 2]]
-    assert traj.ensure_experts(ctx, CFG) == paths  # same keys as one-by-one training
-    for index, trajectory in enumerate(traj.load_trajectories(paths)):
-        torch.testing.assert_close(trajectory, traj.train_expert(CFG, index, images, targets, CPU),
-                                   rtol=1e-4, atol=1e-5)
+    assert experts.ensure_experts(ctx, CFG) == paths  # same keys as one-by-one training
+    for index, trajectory in enumerate(experts.load_trajectories(paths)):
+        sequential = experts.train_expert(CFG, index, images, targets, CPU)
+        torch.testing.assert_close(trajectory, sequential, rtol=1e-4, atol=1e-5)
 
 
 def test_grouped_divergence_names_the_expert():
     images, targets = _data()
     with pytest.raises(UserError, match=r"expert \d at epoch \d diverged.*expert_lr \(now 1e\+"):
-        traj.train_experts({**CFG, "expert_lr": 1e30}, [0, 1], images, targets, CPU)
+        experts.train_experts({**CFG, "expert_lr": 1e30}, [0, 1], images, targets, CPU)

@@ -142,6 +142,20 @@ def test_crop_flip_keeps_shape_and_pads_with_raw_zero():
     assert torch.equal(out, again)
 
 
+def test_batched_crop_flip_equals_a_crop_and_flip_per_image():
+    """The batch-wide gathers copy the values of the per-image crop and flip, bit for bit."""
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.full((1, 3, 1, 1), 0.25)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 3, 8, 6, generator=g)  # not square: rows and columns differ
+    offsets, flips = draw_crop_flip(64, 3, g)
+    padded = torch.nn.functional.pad(x * std + mean, (3,) * 4)
+    crops = [padded[i, :, dy:dy + 8, dx:dx + 6] for i, (dy, dx) in enumerate(offsets.tolist())]
+    expected = torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flips.tolist())])
+    assert flips.any() and not flips.all()
+    assert torch.equal(apply_crop_flip(x, mean, std, 3, offsets, flips),
+                       (expected - mean) / std)
+
+
 def test_distill_learns_and_is_deterministic(tmp_path):
     ctx = tiny_context(tmp_path, tmp_path / "a")
     method = create_method("krrst", **TINY)

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-import mkdt_bench.methods._trajectories as traj
+import mkdt_bench.methods._experts as experts
+import mkdt_bench.methods._highloss as highloss
+import mkdt_bench.methods._unroll as unroll
 import mkdt_bench.methods.mkdt as mk
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.errors import UserError
@@ -47,7 +49,7 @@ def test_registered():
     assert {"mkdt", "highloss"} <= set(METHODS.names())
     assert create_method("mkdt").config["iterations"] == 5000
     assert create_method("highloss").config == {k: create_method("mkdt").config[k]
-                                                 for k in traj.EXPERT_DEFAULTS}
+                                                 for k in experts.EXPERT_DEFAULTS}
 
 
 def test_bad_options():
@@ -64,17 +66,18 @@ def _problem(seed: int = 0):
     images = torch.randn(10, 1, 8, 8, generator=g, requires_grad=True)
     targets = torch.randn(10, 6, generator=g, requires_grad=True)
     lr = torch.tensor(0.1, requires_grad=True)
-    batches = traj.syn_batches(10, 4, 4, g)
+    batches = unroll.syn_batches(10, 4, 4, g)
     return images, targets, lr, batches
 
 
 def test_unrolled_loss_is_differentiable():
     model = tiny_net()
-    net = traj.FlatNet(model)
+    net = unroll.FlatNet(model)
     start = net.flatten(model)
     target = start + 0.05 * torch.randn(net.num_params, generator=torch.Generator().manual_seed(1))
     images, targets, lr, batches = _problem()
-    loss = traj.matching_loss(traj.unroll(net, start, images, targets, lr, batches), start, target)
+    theta_n = unroll.unroll(net, start, images, targets, lr, batches)
+    loss = unroll.matching_loss(theta_n, start, target)
     grads = torch.autograd.grad(loss, (images, targets, lr))
     assert torch.isfinite(loss)
     for g in grads:
@@ -93,7 +96,7 @@ def _plain_unroll(model, params, images, targets, lr, batches):
 
 def test_functional_unroll_matches_plain_autograd():
     model = tiny_net()
-    net = traj.FlatNet(model)
+    net = unroll.FlatNet(model)
     start_params = dict(model.named_parameters())
     g = torch.Generator().manual_seed(2)
     target_params = {n: p.detach() + 0.05 * torch.randn(p.shape, generator=g)
@@ -108,7 +111,8 @@ def test_functional_unroll_matches_plain_autograd():
 
     start = net.flatten(model)
     target = torch.cat([target_params[n].reshape(-1) for n in net.names])
-    loss = traj.matching_loss(traj.unroll(net, start, images, targets, lr, batches), start, target)
+    theta_n = unroll.unroll(net, start, images, targets, lr, batches)
+    loss = unroll.matching_loss(theta_n, start, target)
     grads = torch.autograd.grad(loss, (images, targets, lr))
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-7)
     for got, want in zip(grads, ref_grads):
@@ -116,54 +120,54 @@ def test_functional_unroll_matches_plain_autograd():
 
 
 def test_syn_batches_pop_remainder_first():
-    batches = traj.syn_batches(10, 4, 5, torch.Generator().manual_seed(0))
+    batches = unroll.syn_batches(10, 4, 5, torch.Generator().manual_seed(0))
     assert [len(b) for b in batches] == [2, 4, 4, 2, 4]
     assert sorted(torch.cat(batches[:3]).tolist()) == list(range(10))
 
 
 def test_expert_cycle_visits_every_expert_once_per_pass():
-    cycle = traj.ExpertCycle(5, torch.Generator().manual_seed(0))
+    cycle = unroll.ExpertCycle(5, torch.Generator().manual_seed(0))
     picks = [cycle.next() for _ in range(20)]
     passes = [picks[i:i + 5] for i in range(0, 20, 5)]
     assert all(sorted(p) == list(range(5)) for p in passes)
     assert len({tuple(p) for p in passes}) > 1  # reshuffled between passes
-    single = traj.ExpertCycle(5, torch.Generator().manual_seed(0), single=True)
+    single = unroll.ExpertCycle(5, torch.Generator().manual_seed(0), single=True)
     assert len({single.next() for _ in range(12)}) == 1  # bug 5 compatibility
 
 
 def test_experts_shapes_and_cache(tmp_path, monkeypatch):
     calls = []
-    train = traj.train_expert
+    train = experts.train_expert
 
     def counting(cfg, index, *args):
         calls.append(index)
         return train(cfg, index, *args)
 
-    monkeypatch.setattr(traj, "train_expert", counting)
-    cfg = traj.expert_config(create_method("mkdt", **TINY).config)
+    monkeypatch.setattr(experts, "train_expert", counting)
+    cfg = experts.expert_config(create_method("mkdt", **TINY).config)
     ctx = tiny_context(tmp_path, tmp_path / "s0")
-    paths = traj.ensure_experts(ctx, cfg)
+    paths = experts.ensure_experts(ctx, cfg)
     assert calls == [0, 1, 2] and len(paths) == 3
-    trajectories = traj.load_trajectories(paths)
-    num_params = traj.FlatNet(tiny_net()).num_params
+    trajectories = experts.load_trajectories(paths)
+    num_params = unroll.FlatNet(tiny_net()).num_params
     assert all(t.shape == (cfg["train_epochs"] + 1, num_params) for t in trajectories)
     assert not torch.equal(trajectories[0][0], trajectories[0][1])
     assert not torch.equal(trajectories[0][0], trajectories[1][0])
     # cached and independent of the run seed: no retraining for another seed or highloss
-    assert traj.ensure_experts(tiny_context(tmp_path, tmp_path / "s1", seed=7), cfg) == paths
+    assert experts.ensure_experts(tiny_context(tmp_path, tmp_path / "s1", seed=7), cfg) == paths
     create_method("highloss", **EXPERTS).distill(ctx)
     assert calls == [0, 1, 2]
     assert torch.equal(train(cfg, 1, ctx.images, ctx.targets, ctx.device), trajectories[1])
 
 
 def test_high_loss_ordering(tmp_path):
-    cfg = traj.expert_config(create_method("highloss", **EXPERTS).config)
+    cfg = experts.expert_config(create_method("highloss", **EXPERTS).config)
     ctx = tiny_context(tmp_path, tmp_path / "s", budget=3)
     ctx.targets.zero_()
     ctx.targets[5] = 3.0
     ctx.targets[2] = 2.0
     ctx.targets[9] = -1.0
-    net = traj.FlatNet(tiny_net())
+    net = unroll.FlatNet(tiny_net())
     bias = slice(net.num_params - 6, net.num_params)  # head.bias is the last parameter
     assert net.names[-1] == "head.bias"
     trajectories = []
@@ -171,18 +175,19 @@ def test_high_loss_ordering(tmp_path):
         snap = torch.zeros(cfg["train_epochs"] + 1, net.num_params)
         snap[:, bias] = b
         trajectories.append(snap)
-    scores = traj.high_loss_scores(ctx, cfg, trajectories)
+    scores = highloss.high_loss_scores(ctx, cfg, trajectories)
     expected = sum(((b - ctx.targets) ** 2).mean(1) for b in (0.0, 0.5)) / 2
     torch.testing.assert_close(scores, expected)
-    assert traj.high_loss_indices(scores, 3).tolist() == [5, 2, 9]
+    assert highloss.high_loss_indices(scores, 3).tolist() == [5, 2, 9]
 
 
 def test_highloss_method(tmp_path):
     ctx = tiny_context(tmp_path, tmp_path / "s")
     out = create_method("highloss", **EXPERTS).distill(ctx)
     idx = torch.tensor(out.extra["indices"])
-    cfg = traj.expert_config(create_method("highloss", **EXPERTS).config)
-    scores = traj.high_loss_scores(ctx, cfg, traj.load_trajectories(traj.ensure_experts(ctx, cfg)))
+    cfg = experts.expert_config(create_method("highloss", **EXPERTS).config)
+    trajectories = experts.load_trajectories(experts.ensure_experts(ctx, cfg))
+    scores = highloss.high_loss_scores(ctx, cfg, trajectories)
     assert out.lr is None and len(out) == ctx.budget
     assert torch.equal(idx, torch.argsort(scores, descending=True, stable=True)[: ctx.budget])
     assert torch.equal(out.images, ctx.images[idx]) and torch.equal(out.targets, ctx.targets[idx])
@@ -281,7 +286,7 @@ def test_nan_guard_keeps_last_good_snapshot(tmp_path):
 
 def test_unroll_mse_is_the_kd_loss():
     model = tiny_net()
-    net = traj.FlatNet(model)
+    net = unroll.FlatNet(model)
     x, y = torch.randn(4, 1, 8, 8), torch.randn(4, 6)
     torch.testing.assert_close(net.mse(net.flatten(model), x, y), F.mse_loss(model(x), y))
 
@@ -310,8 +315,8 @@ def test_unroll_modes_give_the_same_distilled_set(tmp_path):
 def test_bad_unroll_options():
     with pytest.raises(UserError, match="unroll.*'checkpoint'"):
         create_method("mkdt", unroll="fast")
-    with pytest.raises(UserError, match="unroll_memory_gb=0"):
-        create_method("mkdt", unroll_memory_gb=0.0)
+    with pytest.raises(UserError, match="unroll_memory_gb=-1.0 must be 0"):
+        create_method("mkdt", unroll_memory_gb=-1.0)
 
 
 def test_auto_unroll_follows_the_budget(tmp_path, monkeypatch):
@@ -335,10 +340,11 @@ def test_half_precision_snapshots(tmp_path):
     method = create_method("mkdt", **dict(TINY, iterations=2), expert_half=True)
     out = method.distill(ctx)
     assert torch.isfinite(out.images).all() and out.lr != 0.1
-    full = traj.load_trajectories(traj.ensure_experts(ctx, traj.expert_config(method.config)))
-    half = traj.load_trajectories(traj.ensure_experts(ctx, method._experts()))
+    full_cfg = experts.expert_config(method.config)
+    full = experts.load_trajectories(experts.ensure_experts(ctx, full_cfg))
+    half = experts.load_trajectories(experts.ensure_experts(ctx, method._experts()))
     assert [u.key for u in method.sub_units("tiny-inputs")] == [
-        traj.expert_key(method._experts(), i, "tiny-inputs") for i in range(3)]
+        experts.expert_key(method._experts(), i, "tiny-inputs") for i in range(3)]
     for h, f in zip(half, full):
         assert h.dtype == torch.float16 and f.dtype == torch.float32
         assert torch.equal(h, f.half())  # the same experts, rounded

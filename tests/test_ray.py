@@ -66,6 +66,9 @@ class FailingNone:
     def __init__(self, inner: RayExecutor) -> None:
         self.inner = inner
 
+    def device_env(self, env):
+        return self.inner.device_env(env)
+
     def run(self, tasks, env):
         tasks = [replace(t, fn=fail_none_method) if t.fn is run_eval else t for t in tasks]
         return self.inner.run(tasks, env)

@@ -9,15 +9,15 @@ import sys
 import pytest
 import torch
 
-import mkdt_bench.methods._trajectories as traj
+import mkdt_bench.methods._unroll as unroll
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import _alloc
 from mkdt_bench.models import create_model
 
 
-def _net() -> traj.FlatNet:
+def _net() -> unroll.FlatNet:
     torch.manual_seed(0)
-    return traj.FlatNet(create_model("convnet", in_channels=1, image_size=8, out_dim=6, width=8))
+    return unroll.FlatNet(create_model("convnet", in_channels=1, image_size=8, out_dim=6, width=8))
 
 
 def _grads(net, mode, steps=7, batch=4, prior=None):
@@ -32,8 +32,8 @@ def _grads(net, mode, steps=7, batch=4, prior=None):
     if prior is not None:
         for leaf in leaves:
             leaf.grad = torch.full_like(leaf, prior)
-    batches = traj.syn_batches(10, batch, steps, g)
-    loss, backward = traj.meta_step(net, start, target, *leaves, batches, mode)
+    batches = unroll.syn_batches(10, batch, steps, g)
+    loss, backward = unroll.meta_step(net, start, target, *leaves, batches, mode)
     assert not loss.requires_grad
     backward()
     return loss, [leaf.grad for leaf in leaves]
@@ -61,18 +61,18 @@ def test_checkpoint_single_step():
 def test_auto_follows_the_memory_budget():
     net = _net()
     images = torch.zeros(1, 1, 8, 8)
-    per_image = traj.activation_floats(net.module, images)
+    per_image = unroll.activation_floats(net.module, images)
     # conv 8x8x8, norm, relu: 3 x 512; pool 128; then 3 x 128 + 32, 3 x 32 + 8, flatten 8, head 6
     assert per_image == 3 * 512 + 128 + 3 * 128 + 32 + 3 * 32 + 8 + 8 + 6
-    need = traj.full_unroll_bytes(net.module, images, batch=4, steps=5)
-    assert need == int(traj.GRAPH_BYTES_PER_ACTIVATION * per_image * 4 * 5)
-    assert traj.full_unroll_bytes(net.module, images, batch=8, steps=10) == need * 4
-    gib = need / 2**30
-    assert traj.choose_unroll("auto", net.module, images, 4, 5, gib) == "full"
-    assert traj.choose_unroll("auto", net.module, images, 4, 5, gib * 0.99) == "checkpoint"
-    assert traj.choose_unroll("full", net.module, images, 4, 5, gib * 0.5) == "full"
+    need = unroll.full_unroll_bytes(net.module, images, batch=4, steps=5)
+    assert need == int(unroll.GRAPH_BYTES_PER_ACTIVATION * per_image * 4 * 5)
+    assert unroll.full_unroll_bytes(net.module, images, batch=8, steps=10) == need * 4
+    assert unroll.choose_unroll("auto", net.module, images, 4, 5, need) == "full"
+    assert unroll.choose_unroll("auto", net.module, images, 4, 5, need - 1) == "checkpoint"
+    assert unroll.choose_unroll("auto", net.module, images, 4, 5, None) == "checkpoint"
+    assert unroll.choose_unroll("full", net.module, images, 4, 5, need // 2) == "full"
     with pytest.raises(UserError, match="unroll='fast'.*'checkpoint'"):
-        traj.choose_unroll("fast", net.module, images, 4, 5, 1.0)
+        unroll.choose_unroll("fast", net.module, images, 4, 5, 2**30)
 
 
 RETAINED_SCRIPT = """

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mkdt_bench.device import to_device
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.training import checked_step
@@ -66,10 +67,10 @@ def pretrain_encoder(distilled: DistilledSet, arch: str, cfg: dict[str, Any], se
     steps, epoch = 0, 0
     model.train()
     while (epoch < cfg["epochs"]) if cfg["steps"] <= 0 else (steps < cfg["steps"]):
-        for batch in torch.randperm(len(images), generator=generator).split(cfg["batch_size"]):
+        order = to_device(torch.randperm(len(images), generator=generator), device)
+        for batch in order.split(cfg["batch_size"]):  # one copy per epoch
             if 0 < cfg["steps"] <= steps:
                 break
-            batch = batch.to(device)
             loss = F.mse_loss(model(images[batch]), targets[batch])
             checked_step(opt, loss, f"pre-training at epoch {epoch} (lr {lr:g})",
                          "lower pretrain.lr or disable pretrain.use_learned_lr")

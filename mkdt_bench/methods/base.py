@@ -35,6 +35,9 @@ class MethodContext:
         load_teacher: returns the frozen teacher (eval mode, on ``device``), for methods
             that need targets of new inputs (KRR-ST's augmented real batches); ``None``
             where no teacher is at hand.
+        precision: the run's float32 precision (:data:`mkdt_bench.device.PRECISIONS`);
+            under "bf16" a method with :attr:`Method.uses_autocast` runs the parts that
+            allow it under bfloat16 autocast.
     """
 
     source: str
@@ -50,6 +53,7 @@ class MethodContext:
     scratch: Path
     progress: Progress = field(default_factory=Progress)
     load_teacher: Callable[[], nn.Module] | None = None
+    precision: str = "default"
 
 
 class SubUnit(Protocol):
@@ -91,6 +95,9 @@ class Method:
     #: code are not reused. mkdt-bench's methods are at 1 until they declare one; a plug-in
     #: that declares none is keyed by the sha256 of its source files (:mod:`.code_version`).
     version: ClassVar[int | None] = None
+    #: True for methods that run part of their work under bfloat16 autocast when the run's
+    #: precision is "bf16" (``MethodContext.precision``): the precision then names the set.
+    uses_autocast: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.config = resolve_options(f"method {self.name!r}", options, self.defaults,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mkdt_bench.augment import crop_flip
 from mkdt_bench.cache import atomic_torch_save
+from mkdt_bench.device import resident, to_device, to_host
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
@@ -30,8 +31,11 @@ from mkdt_bench.methods._teacher_views import TeacherViews, ensure_views
 from mkdt_bench.methods.base import Method, MethodContext
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.seeding import rng_state, set_rng_state
+from mkdt_bench.training import StepRecords
 
 SNAPSHOT_FILE = "krrst_state.pt"
+#: Outer steps between reads of the divergence checks off the CPU (on the CPU: every one).
+CHECK_EVERY = 100
 #: RandomCrop padding of the real batch (§2.4).
 CROP_PADDING = 4
 
@@ -40,13 +44,14 @@ def krr_predict(phi_s: Tensor, phi_t: Tensor, y_s: Tensor, ridge: float) -> Tens
     """Ŷ_t = K_ts (K_ss + λI)⁻¹ Y_s with λ = ridge · tr(K_ss), detached (§2.2).
 
     ``phi_s``, ``phi_t`` already hold the constant-1 bias column. Solved with
-    ``torch.linalg.solve`` (no explicit inverse).
+    ``torch.linalg.solve_ex`` (no explicit inverse, and no check that would wait for the
+    GPU: a failed solve gives non-finite values, which the caller's checks report).
     """
     k_ss = phi_s @ phi_s.T
     k_ts = phi_t @ phi_s.T
     lam = ridge * torch.trace(k_ss).detach()
     eye = torch.eye(len(k_ss), dtype=k_ss.dtype, device=k_ss.device)
-    return k_ts @ torch.linalg.solve(k_ss + lam * eye, y_s)
+    return k_ts @ torch.linalg.solve_ex(k_ss + lam * eye, y_s)[0]
 
 
 def with_bias(features: Tensor) -> Tensor:
@@ -167,13 +172,14 @@ class _State:
     indices: list[int]
 
     def save(self, path: Path) -> None:
-        atomic_torch_save({
-            "images": self.images.detach(), "targets": self.targets.detach(),
+        """The state on the host, so that it resumes on any device."""
+        atomic_torch_save(to_host({
+            "images": self.images, "targets": self.targets,
             "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
             "pool": self.pool.state_dict(), "batches": self.batches.state_dict(),
             "step": self.step, "losses": self.losses, "untrained_steps": self.untrained_steps,
             "indices": self.indices, "rng": rng_state(),
-        }, path)
+        }), path)
 
 
 @register_method("krrst")
@@ -284,15 +290,21 @@ class KRRST(Method):
             state.save(path)
         mean, std = (torch.tensor(v, device=ctx.device).view(1, -1, 1, 1)
                      for v in (ctx.mean, ctx.std))
+        images = ctx.images if views else resident(ctx.images, ctx.device)
+        check_every = 1 if ctx.device.type == "cpu" else CHECK_EVERY
+        records = StepRecords()
         bar = ctx.progress.bar(cfg["outer_steps"], "krrst", initial=state.step)
         with retained_heap(ctx.device.type == "cpu"):  # no page-fault churn; same numbers
             while state.step < cfg["outer_steps"]:
-                loss = self._step(ctx, teacher, state, mean, std, views)
-                state.losses.append(loss)
+                records.add(*self._step(ctx, teacher, state, mean, std, views, images))
                 state.step += 1
-                if state.step % cfg["snapshot_every"] == 0 or state.step == cfg["outer_steps"]:
+                snapshot = (state.step % cfg["snapshot_every"] == 0
+                            or state.step == cfg["outer_steps"])
+                if snapshot or state.step % check_every == 0:
+                    self._check(ctx, state, records.read())
+                if snapshot:
                     state.save(path)
-                    bar.set_postfix(loss=f"{loss:.4f}")
+                    bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
                 bar.update(1)
         bar.close()
         every = cfg["snapshot_every"]
@@ -342,7 +354,7 @@ class KRRST(Method):
     def _state(self, ctx: MethodContext, images: Tensor, targets: Tensor,
                generator: torch.Generator, indices: list[int]) -> _State:
         cfg = self.config
-        images, targets = (t.detach().clone().to(ctx.device).requires_grad_(True)
+        images, targets = (to_device(t.detach(), ctx.device).clone().requires_grad_(True)
                            for t in (images, targets))
         if cfg["outer_optimizer"] == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam([images, targets], lr=cfg["outer_lr"])
@@ -366,7 +378,10 @@ class KRRST(Method):
         return state
 
     def _resume(self, ctx: MethodContext, path: Path) -> _State:
-        snap = torch.load(path, map_location=ctx.device, weights_only=False)
+        """The snapshot's state, loaded on the host: the learned set, the pool and the
+        optimisers' states go to ``ctx.device``; the generator state and the batch order
+        stay on the host, where they are used."""
+        snap = torch.load(path, map_location="cpu", weights_only=False)
         generator = torch.Generator()
         state = self._state(ctx, snap["images"], snap["targets"], generator, snap["indices"])
         state.optimizer.load_state_dict(snap["optimizer"])
@@ -381,10 +396,14 @@ class KRRST(Method):
     # ------------------------------------------------------------------ one outer step
 
     def _step(self, ctx: MethodContext, teacher: nn.Module | None, state: _State, mean: Tensor,
-              std: Tensor, views: TeacherViews | None = None) -> float:
-        """§2.9, one iteration; returns the outer loss before the update. With ``views``
-        (``teacher_views`` mode) the augmented batch and its targets come from the stored
-        views; ``teacher`` is then unused."""
+              std: Tensor, views: TeacherViews | None = None,
+              images: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """§2.9, one iteration, without a host read; returns, on the device, the outer loss
+        before the update and whether the images and targets are finite after it
+        (:meth:`_check` reads them). ``images``: the real images, on the device when they
+        fit there (default ``ctx.images``). With ``views`` (``teacher_views`` mode) the
+        augmented batch and its targets come from the stored views; ``teacher`` is then
+        unused."""
         cfg = self.config
         i = state.pool.sample()
         model = state.pool.models[i]
@@ -394,7 +413,11 @@ class KRRST(Method):
             real, y_t = views.batch(ctx.images, idx, mean, std, state.generator)
         else:
             assert teacher is not None
-            real = ctx.images[idx].to(ctx.device)
+            images = ctx.images if images is None else images
+            if images.device == ctx.device:
+                real = images[to_device(idx, ctx.device)]
+            else:
+                real = to_device(images[idx], ctx.device)
             if cfg["augment"]:
                 real = crop_flip(real, mean, std, CROP_PADDING, state.generator)
             with torch.no_grad():
@@ -404,9 +427,6 @@ class KRRST(Method):
         phi_s = with_bias(model.features(state.images))
         y_hat = krr_predict(phi_s, phi_t, state.targets, cfg["ridge"])
         loss = F.mse_loss(y_hat, y_t)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise self._diverged(ctx, state, f"the outer loss is {value}")
         grads = torch.autograd.grad(loss, [state.images, state.targets])
         state.images.grad, state.targets.grad = grads
         progress = state.step / cfg["outer_steps"]
@@ -414,15 +434,26 @@ class KRRST(Method):
             group["lr"] = cfg["outer_lr"] * (1 - (1 - cfg["final_lr_factor"]) * progress)
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
-        if not (torch.isfinite(state.images).all() and torch.isfinite(state.targets).all()):
-            raise self._diverged(ctx, state, "the images or targets are not finite")
+        with torch.no_grad():
+            finite = torch.isfinite(state.images).all() & torch.isfinite(state.targets).all()
         state.untrained_steps += state.pool.since_init[i] == 0
         state.pool.update(i, state.images.detach(), state.targets.detach())
-        return value
+        return loss.detach(), finite
 
-    def _diverged(self, ctx: MethodContext, state: _State, what: str) -> UserError:
+    def _check(self, ctx: MethodContext, state: _State, records: list[list[float]]) -> None:
+        """Read the records of the steps just run (the last ``len(records)``): append their
+        losses, or raise at the first that diverged."""
+        first = state.step - len(records)
+        for n, (loss, finite) in enumerate(records, start=first + 1):
+            if not math.isfinite(loss):
+                raise self._diverged(ctx, n, f"the outer loss is {loss}")
+            if not finite:
+                raise self._diverged(ctx, n, "the images or targets are not finite")
+            state.losses.append(loss)
+
+    def _diverged(self, ctx: MethodContext, step: int, what: str) -> UserError:
         every = self.config["snapshot_every"]
         return UserError(
-            f"krrst diverged at outer step {state.step + 1}: {what}; lower outer_lr (now "
+            f"krrst diverged at outer step {step}: {what}; lower outer_lr (now "
             f"{self.config['outer_lr']:g}); the last good snapshot (step "
-            f"{state.step // every * every}) is kept in {ctx.scratch / SNAPSHOT_FILE}")
+            f"{(step - 1) // every * every}) is kept in {ctx.scratch / SNAPSHOT_FILE}")

@@ -21,33 +21,37 @@ import torch
 from torch import Tensor
 
 from mkdt_bench.cache import atomic_torch_save
+from mkdt_bench.device import autocast, to_device, to_host, unroll_budget_bytes
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
 from mkdt_bench.methods._alloc import retained_heap
-from mkdt_bench.methods._trajectories import (
+from mkdt_bench.methods._experts import (
     EXPERT_DEFAULTS,
     HALF_KEY,
-    UNROLL_MODES,
-    ExpertCycle,
-    FlatNet,
     build_student,
     check_expert_config,
-    choose_unroll,
     ensure_experts,
     expert_config,
     expert_units,
-    high_loss_indices,
-    high_loss_scores,
     load_trajectories,
+)
+from mkdt_bench.methods._highloss import high_loss_indices, high_loss_scores, select_high_loss
+from mkdt_bench.methods._unroll import (
+    UNROLL_MODES,
+    ExpertCycle,
+    FlatNet,
+    choose_unroll,
     meta_step,
-    select_high_loss,
     syn_batches,
 )
 from mkdt_bench.methods.base import Method, MethodContext, SubUnit
 from mkdt_bench.seeding import rng_state, set_rng_state
+from mkdt_bench.training import StepRecords
 
 SNAPSHOT_FILE = "mkdt_state.pt"
+#: Iterations between reads of the divergence checks off the CPU (on the CPU: every one).
+CHECK_EVERY = 25
 
 
 @register_method("highloss")
@@ -91,13 +95,14 @@ class _State:
     indices: list[int]
 
     def save(self, path: Path) -> None:
-        atomic_torch_save({
-            "images": self.images.detach(), "targets": self.targets.detach(),
-            "lr": self.lr.detach(), "optimizers": [o.state_dict() for o in self.optimizers],
+        """The state on the host, so that it resumes on any device."""
+        atomic_torch_save(to_host({
+            "images": self.images, "targets": self.targets, "lr": self.lr,
+            "optimizers": [o.state_dict() for o in self.optimizers],
             "generator": self.generator.get_state(), "cycle": self.cycle.state_dict(),
             "iteration": self.iteration, "losses": self.losses, "indices": self.indices,
             "rng": rng_state(),
-        }, path)
+        }), path)
 
 
 @register_method("mkdt")
@@ -142,9 +147,12 @@ class MKDT(Method):
             walking back (exact, memory independent of syn_steps, about 1.3x the time);
             "auto" takes "full" when the estimated graph (8 bytes per activation float x
             the student's activations per image x min(batch_syn, budget) x syn_steps)
-            fits in unroll_memory_gb, else "checkpoint" (CIFAR ConvNet-D3, 256 x 40:
-            ~43 GiB, so "checkpoint"; 100 x 10: ~4 GiB, "full").
-        unroll_memory_gb (8.0): the memory budget of "auto", in GiB.
+            fits in the memory budget, else "checkpoint" (CIFAR ConvNet-D3, 256 x 40:
+            ~43 GiB, "full" on an 80 GB GPU, "checkpoint" on a 23 GB CPU machine;
+            100 x 10: ~4 GiB). The choice is stored in the set (``unroll``).
+        unroll_memory_gb (0): the memory budget of "auto", in GiB; 0 = from the device
+            (``mkdt_bench.device.unroll_budget_bytes``: 90 % of the GPU's free memory,
+            half the host's physical memory on the CPU).
         expert_group (1): train the missing experts this many at a time (one
             ``torch.func.vmap`` over their stacked parameters, §2); each keeps its own
             seed, shuffling and SGD state and equals its one-by-one training to float
@@ -159,6 +167,12 @@ class MKDT(Method):
     On the CPU the inner loop and the expert training run in a retained glibc heap
     (``_alloc.retained_heap``: no page faults on every new activation tensor; 1.8-2.2x
     faster, identical numbers, 15-45 % more resident memory; ``benchmarks/README.md``).
+
+    Off the CPU the data stay on the device and an iteration reads nothing back to the
+    host: its loss and finiteness checks are read every ``CHECK_EVERY`` iterations and at
+    every snapshot. ``run.precision = "bf16"`` runs the unroll under bfloat16 autocast
+    (``mkdt_bench.device``; part of the set's cache key). Snapshots are stored on the host
+    and resume on any device.
 
     A non-finite loss, image, target or lr (or a non-positive lr) raises a UserError naming
     the iteration and the learning rates to lower; the last good snapshot stays on disk.
@@ -180,13 +194,14 @@ class MKDT(Method):
         "eval_it": 1000,
         "single_expert": False,
         "unroll": "auto",
-        "unroll_memory_gb": 8.0,
+        "unroll_memory_gb": 0.0,
         "expert_group": 1,
         "expert_half": False,
     }
     choices = {"init": ("high_loss", "random"), "unroll": UNROLL_MODES}
     engine_options = frozenset({"unroll", "unroll_memory_gb", "expert_group"})
     compatible_defaults = {"expert_half": False}
+    uses_autocast = True
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -203,9 +218,9 @@ class MKDT(Method):
                             "max_start_epoch or expert_epochs, or raise train_epochs")
         if not cfg["lr_teacher"] > 0:
             raise UserError(f"{where}: lr_teacher={cfg['lr_teacher']} must be positive")
-        if not cfg["unroll_memory_gb"] > 0:
-            raise UserError(f"{where}: unroll_memory_gb={cfg['unroll_memory_gb']} must be "
-                            "positive")
+        if not cfg["unroll_memory_gb"] >= 0:
+            raise UserError(f"{where}: unroll_memory_gb={cfg['unroll_memory_gb']} must be 0 "
+                            "(from the device) or a positive number of GiB")
 
     def sub_units(self, inputs_key: str) -> list[SubUnit]:
         """One unit per expert (§2)."""
@@ -222,24 +237,27 @@ class MKDT(Method):
         trajectories = load_trajectories(ensure_experts(ctx, experts, cfg["expert_group"]))
         net = FlatNet(build_student(experts, ctx.images, int(ctx.targets.shape[1]), 0)
                       .to(ctx.device))
-        mode = choose_unroll(cfg["unroll"], net.module, ctx.images[:1].to(ctx.device),
-                             min(cfg["batch_syn"], ctx.budget), cfg["syn_steps"],
-                             cfg["unroll_memory_gb"])
+        mode = self._unroll_mode(ctx, net)
         path = ctx.scratch / SNAPSHOT_FILE
         if path.is_file():
             state = self._resume(ctx, path)
         else:
             state = self._initial_state(ctx, experts, trajectories)
             state.save(path)
+        check_every = 1 if ctx.device.type == "cpu" else CHECK_EVERY
+        records = StepRecords()
         bar = ctx.progress.bar(cfg["iterations"], "mkdt", initial=state.iteration)
         with retained_heap(ctx.device.type == "cpu"):
             while state.iteration < cfg["iterations"]:
-                loss = self._step(ctx, net, mode, trajectories, state)
-                state.losses.append(loss)
+                records.add(*self._step(ctx, net, mode, trajectories, state))
                 state.iteration += 1
-                if state.iteration % cfg["eval_it"] == 0 or state.iteration == cfg["iterations"]:
+                snapshot = (state.iteration % cfg["eval_it"] == 0
+                            or state.iteration == cfg["iterations"])
+                if snapshot or state.iteration % check_every == 0:
+                    lr = self._check(ctx, state, records.read())
+                if snapshot:
                     state.save(path)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.lr.item():.4f}")
+                    bar.set_postfix(loss=f"{state.losses[-1]:.4f}", lr=f"{lr:.4f}")
                 bar.update(1)
         bar.close()
         every = cfg["eval_it"]
@@ -248,7 +266,16 @@ class MKDT(Method):
         return self.make_set(ctx, state.images, state.targets, lr=float(state.lr.item()),
                              indices=state.indices, init=cfg["init"],
                              iterations=state.iteration, loss_curve=curve,
-                             loss_curve_every=every)
+                             loss_curve_every=every, unroll=mode)
+
+    def _unroll_mode(self, ctx: MethodContext, net: FlatNet) -> str:
+        """The ``unroll`` option, resolved for the memory of ``ctx.device`` (or
+        ``unroll_memory_gb``) when "auto"."""
+        cfg = self.config
+        memory = (int(cfg["unroll_memory_gb"] * 2**30) if cfg["unroll_memory_gb"] > 0
+                  else unroll_budget_bytes(ctx.device))
+        return choose_unroll(cfg["unroll"], net.module, ctx.images[:1].to(ctx.device),
+                             min(cfg["batch_syn"], ctx.budget), cfg["syn_steps"], memory)
 
     def _optimizers(self, images: Tensor, targets: Tensor, lr: Tensor) -> list[torch.optim.SGD]:
         """SGD with momentum for X̃, Ỹ and η̃ (§4 step 4)."""
@@ -256,9 +283,11 @@ class MKDT(Method):
         return [torch.optim.SGD([p], lr=cfg[key], momentum=cfg["momentum"])
                 for p, key in ((images, "lr_img"), (targets, "lr_labels"), (lr, "lr_lr"))]
 
-    def _state(self, images: Tensor, targets: Tensor, lr: Tensor, generator: torch.Generator,
-               indices: list[int]) -> _State:
-        images, targets, lr = (t.detach().clone().requires_grad_(True)
+    def _state(self, ctx: MethodContext, images: Tensor, targets: Tensor, lr: Tensor,
+               generator: torch.Generator, indices: list[int]) -> _State:
+        """The learned tensors on ``ctx.device`` with their optimisers; the generator stays a
+        CPU one (the same random choices on every device)."""
+        images, targets, lr = (to_device(t.detach(), ctx.device).clone().requires_grad_(True)
                                for t in (images, targets, lr))
         cycle = ExpertCycle(self.config["num_experts"], generator, self.config["single_expert"])
         return _State(images, targets, lr, self._optimizers(images, targets, lr), generator,
@@ -272,57 +301,70 @@ class MKDT(Method):
             idx = high_loss_indices(high_loss_scores(ctx, experts, trajectories), ctx.budget)
         else:
             idx = torch.randperm(len(ctx.images), generator=generator)[: ctx.budget]
-        lr = torch.tensor(self.config["lr_teacher"], device=ctx.device)
-        return self._state(ctx.images[idx].to(ctx.device), ctx.targets[idx].to(ctx.device), lr,
-                           generator, idx.tolist())
+        lr = torch.tensor(self.config["lr_teacher"])
+        return self._state(ctx, ctx.images[idx], ctx.targets[idx], lr, generator, idx.tolist())
 
     def _resume(self, ctx: MethodContext, path: Path) -> _State:
-        snap = torch.load(path, map_location=ctx.device, weights_only=False)
+        """The snapshot's state, loaded on the host and moved to ``ctx.device`` (the
+        generator states stay on the host, where they belong)."""
+        snap = torch.load(path, map_location="cpu", weights_only=False)
         generator = torch.Generator()
         generator.set_state(snap["generator"])
-        state = self._state(snap["images"], snap["targets"], snap["lr"], generator,
+        state = self._state(ctx, snap["images"], snap["targets"], snap["lr"], generator,
                             snap["indices"])
         for opt, opt_state in zip(state.optimizers, snap["optimizers"]):
-            opt.load_state_dict(opt_state)
+            opt.load_state_dict(opt_state)  # moves the momentum buffers to the parameters
         state.cycle.load_state_dict(snap["cycle"])
         state.iteration, state.losses = snap["iteration"], snap["losses"]
         set_rng_state(snap["rng"])
         return state
 
     def _step(self, ctx: MethodContext, net: FlatNet, mode: str, trajectories: list[Tensor],
-              state: _State) -> float:
-        """One outer iteration (§4 steps 1-4); returns the matching loss before the update."""
+              state: _State) -> tuple[Tensor, ...]:
+        """One outer iteration (§4 steps 1-4), without a host read: returns, on the device,
+        the matching loss before the update and, after it, whether the images and the
+        targets are finite and the learned lr (:meth:`_check` reads them)."""
         cfg = self.config
         trajectory = trajectories[state.cycle.next()]
         t = int(torch.randint(cfg["max_start_epoch"], (1,), generator=state.generator))
-        start = trajectory[t].to(ctx.device, net.dtype)
-        target = trajectory[t + cfg["expert_epochs"]].to(ctx.device, net.dtype)
+        start = to_device(trajectory[t], ctx.device).to(net.dtype)
+        target = to_device(trajectory[t + cfg["expert_epochs"]], ctx.device).to(net.dtype)
         batches = syn_batches(len(state.images), cfg["batch_syn"], cfg["syn_steps"],
-                              state.generator)
-        loss, backward = meta_step(net, start, target, state.images, state.targets, state.lr,
-                                   batches, mode)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise self._diverged(ctx, state, f"the matching loss is {value}")
+                              state.generator, ctx.device)
         for opt in state.optimizers:
             opt.zero_grad(set_to_none=True)
-        backward()
+        with autocast(ctx.device, ctx.precision):
+            loss, backward = meta_step(net, start, target, state.images, state.targets,
+                                       state.lr, batches, mode)
+            backward()
         for opt in state.optimizers:
             opt.step()
         with torch.no_grad():
-            for name, tensor in (("the images", state.images), ("the targets", state.targets)):
-                if not torch.isfinite(tensor).all():
-                    raise self._diverged(ctx, state, f"{name} are not finite")
-            lr = state.lr.item()
-            if not (math.isfinite(lr) and lr > 0):
-                raise self._diverged(ctx, state, f"the learned lr is {lr}")
-        return value
+            return (loss, torch.isfinite(state.images).all(), torch.isfinite(state.targets).all(),
+                    state.lr.detach())
 
-    def _diverged(self, ctx: MethodContext, state: _State, what: str) -> UserError:
+    def _check(self, ctx: MethodContext, state: _State, records: list[list[float]]) -> float:
+        """Read the records of the iterations just run (the last ``len(records)``): append
+        their losses, or raise at the first that diverged; returns the last lr."""
+        first = state.iteration - len(records)
+        lr = math.nan
+        for n, (loss, images_ok, targets_ok, lr) in enumerate(records, start=first + 1):
+            if not math.isfinite(loss):
+                raise self._diverged(ctx, n, f"the matching loss is {loss}")
+            if not images_ok:
+                raise self._diverged(ctx, n, "the images are not finite")
+            if not targets_ok:
+                raise self._diverged(ctx, n, "the targets are not finite")
+            if not (math.isfinite(lr) and lr > 0):
+                raise self._diverged(ctx, n, f"the learned lr is {lr}")
+            state.losses.append(loss)
+        return lr
+
+    def _diverged(self, ctx: MethodContext, iteration: int, what: str) -> UserError:
         cfg = self.config
-        last = (state.iteration // cfg["eval_it"]) * cfg["eval_it"]
+        last = (iteration - 1) // cfg["eval_it"] * cfg["eval_it"]
         return UserError(
-            f"mkdt diverged at iteration {state.iteration + 1}: {what}; lower lr_img "
+            f"mkdt diverged at iteration {iteration}: {what}; lower lr_img "
             f"(now {cfg['lr_img']:g}), lr_lr ({cfg['lr_lr']:g}) or lr_labels "
             f"({cfg['lr_labels']:g}); the last good snapshot (iteration {last}) is kept in "
             f"{ctx.scratch / SNAPSHOT_FILE}")

@@ -71,7 +71,8 @@ def method_context(env: Env, inputs: MethodInputs, budget: int, seed: int, scrat
         budget=budget, seed=seed, device=env.torch_device, cache=cache, inputs_key=inputs.key,
         scratch=scratch, progress=Progress(env.progress),
         load_teacher=functools.partial(load_teacher, env, inputs.teacher_key,
-                                       inputs.teacher_arch, source))
+                                       inputs.teacher_arch, source),
+        precision=env.precision)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Where a unit runs and what every stage shares: the :class:`Env` (cache, device, threads),
-the per-process torch settings, and the data sets a unit reads (loaded once per process)."""
+"""Where a unit runs and what every stage shares: the :class:`Env` (cache, device, precision,
+threads), the per-process torch settings, and the data sets a unit reads (loaded once per
+process)."""
 
 from __future__ import annotations
 
@@ -13,37 +14,52 @@ from pathlib import Path
 import torch
 
 from mkdt_bench.data import ImageDataset, load_dataset
+from mkdt_bench.device import configure, resolve_device, settings
 from mkdt_bench.errors import MissingDataError, UserError
 from mkdt_bench.progress import Progress
-from mkdt_bench.seeding import set_deterministic
 
 
 @dataclass(frozen=True)
 class Env:
-    """Where a unit finds its inputs; everything a worker process needs besides the unit."""
+    """Where a unit finds its inputs; everything a worker process needs besides the unit.
+
+    ``device`` is what the run names (``auto``, ``cpu``, ``cuda``, ``cuda:N``);
+    ``precision`` and ``deterministic`` are ``run.precision`` / ``run.deterministic``
+    (:mod:`mkdt_bench.device`).
+    """
 
     cache_dir: str
     data_root: str = ""
     device: str = "cpu"
     progress: bool = True
     threads: int = 0  # torch CPU threads per unit; 0 = torch's default
+    precision: str = "default"
+    deterministic: bool = False
 
     @property
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"device {self.device!r} was asked for but CUDA is not available; "
-                            "use --device cpu")
-        return torch.device(self.device)
+        """The device a unit computes on here, resolved (``cuda:0``, not ``auto``)."""
+        return resolve_device(self.device)
+
+    def settings(self) -> dict[str, str]:
+        """The device's name and the precision settings in force (for result rows)."""
+        return settings(self.torch_device, self.precision, self.deterministic)
 
 
-def prepare_process(env: Env) -> None:
-    """Torch settings every unit applies first (workers are separate processes)."""
+def prepare_threads(env: Env) -> None:
+    """The torch CPU thread count of ``env`` (the planner's process, which computes nothing
+    on the device)."""
     if env.threads > 0:
         torch.set_num_threads(env.threads)
-    if env.torch_device.type == "cpu":
-        set_deterministic(True)
+
+
+def prepare_process(env: Env) -> torch.device:
+    """Torch settings every unit applies first (workers are separate processes): threads,
+    precision, determinism and the current CUDA device; returns the unit's device."""
+    prepare_threads(env)
+    device = env.torch_device
+    configure(device, env.precision, env.deterministic)
+    return device
 
 
 def error_text(error: BaseException) -> str:

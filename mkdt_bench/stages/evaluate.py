@@ -54,10 +54,15 @@ class EvalUnit:
 
 
 def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
-    """The unit's result rows; a failure becomes failed rows carrying the error."""
-    prepare_process(env)
-    rows: list[ResultRow] = []
+    """The unit's result rows; a failure becomes failed rows carrying the error.
+
+    Rows record the resolved device (``cuda:0``, ``cpu``) and, with the package versions,
+    the device's name and the precision settings in force (``Env.settings``). Rows that
+    compute nothing (missing data, a failed upstream unit) are made without touching the
+    device (the planner's process makes them, which may have none)."""
     versions = package_versions()
+    device = env.device
+    rows: list[ResultRow] = []
 
     def row(cell: Cell, accuracy: float | None, timings: dict[str, float],
             metrics: dict[str, float], error: str | None = None,
@@ -71,7 +76,7 @@ def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
                          task=cell.task, fraction=cell.fraction, seed=unit.seed,
                          accuracy=accuracy, status=status if error else "ok", error=error,
                          config_hash=config_hash(config), config=config, versions=versions,
-                         device=str(env.torch_device), timings=timings, metrics=metrics)
+                         device=str(device), timings=timings, metrics=metrics)
 
     rows += [row(c, None, {}, {}, f"missing: {c.missing}", MISSING) for c in unit.cells
              if c.missing]
@@ -80,6 +85,8 @@ def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
         return rows + [row(c, None, {}, {}, unit.upstream_error) for c in present]
     if not present:
         return rows
+    device = prepare_process(env)
+    versions = {**versions, **env.settings()}
     try:
         if unit.method == TEACHER_ROW:
             source = cached_dataset(unit.dataset, env.data_root, env.cache_dir)
@@ -91,7 +98,7 @@ def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
             task = cached_dataset(cell.task, env.data_root, env.cache_dir, cell.image_size)
             start = time.perf_counter()
             metrics = create_evaluator(cell.evaluator, **cell.options).evaluate(
-                encoder, task, cell.fraction, unit.seed, env.torch_device)
+                encoder, task, cell.fraction, unit.seed, device)
             cell_timings = {**timings, "evaluate_s": time.perf_counter() - start}
             rows.append(row(cell, metrics.pop("accuracy"), cell_timings, metrics))
     except (UserError, RuntimeError, ValueError) as e:

@@ -1,8 +1,10 @@
 """Teacher stage: the SSL teacher (trained or loaded) and its representations of the
-training set, two cache artifacts every method of a grid shares."""
+training set, two cache artifacts every method of a grid shares, produced by the grid's
+first unit (:class:`TeacherUnit`) on the units' device."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from mkdt_bench.data import ImageDataset
 from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder
 from mkdt_bench.progress import Progress
-from mkdt_bench.stages.env import Env, normalized_train
+from mkdt_bench.stages.env import Env, cached_dataset, normalized_train, prepare_process
 from mkdt_bench.supervised_teacher import train_supervised_teacher
 from mkdt_bench.teacher import build_teacher, encode, load_teacher_checkpoint, train_teacher
 
@@ -80,3 +82,21 @@ def load_teacher(env: Env, tkey: str, arch: str, dataset: ImageDataset) -> Encod
     model = build_teacher(arch, dataset)
     model.load_state_dict(torch.load(cache.path("teacher", tkey) / "teacher.pt"))
     return model.to(env.torch_device).eval()
+
+
+@dataclass(frozen=True)
+class TeacherUnit:
+    """Train (or load) the teacher and encode the training set (``cfg``: the grid's ``run``
+    and ``teacher`` sections); the keys it produces are known beforehand."""
+
+    cfg: dict[str, Any]
+    teacher_key: str
+    representations_key: str
+    fresh_after: float = 0.0  # --recompute teacher: a stored teacher older than this
+
+
+def run_teacher(unit: TeacherUnit, env: Env) -> None:
+    """Produce the teacher and its representations in the cache, on the unit's device."""
+    prepare_process(env)
+    dataset = cached_dataset(unit.cfg["run"]["dataset"], env.data_root, env.cache_dir)
+    ensure_teacher(unit.cfg, env, dataset, unit.fresh_after)

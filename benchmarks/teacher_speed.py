@@ -1,0 +1,87 @@
+"""Time the SSL teacher's training (spec ``mkdt.md`` §1) over ``--images`` images; print
+JSON with the seconds per batch and the epoch over ``--epoch-images`` images it implies.
+
+One epoch of ``mkdt_bench.teacher.train_teacher`` on random uint8 images: lightly's
+Barlow Twins views made by the DataLoader (worker processes and pinned memory on a GPU,
+``mkdt_bench.teacher.loader_options``), the teacher and its projector, SGD. The time
+includes the loader's start and the epoch's snapshot, as in a real epoch.
+
+Example::
+
+    python benchmarks/teacher_speed.py --images 5120 --batch 256 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _measure import device_name, on_device, sync
+
+from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.teacher import TEACHER_DEFAULTS, loader_options, train_teacher
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=5120, help="training images timed")
+    p.add_argument("--batch", type=int, default=256, help="teacher.batch_size")
+    p.add_argument("--arch", default="resnet18-teacher", help="teacher.arch")
+    p.add_argument("--proj-dim", type=int, default=2048, help="teacher.proj_dim")
+    p.add_argument("--resolution", type=int, default=32, help="image side in pixels")
+    p.add_argument("--epoch-images", type=int, default=50_000,
+                   help="images of the epoch to estimate (CIFAR: 50,000)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, or meta (the CUDA stand-in: shapes only)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    with on_device(args.device) as device:
+        result = measure(args, device)
+    print(json.dumps(result))
+    return result
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+    shape = (args.images, 3, args.resolution, args.resolution)
+    images = torch.randint(256, shape, generator=g, dtype=torch.uint8)
+    labels = torch.zeros(args.images, dtype=torch.long)
+    dataset = ImageDataset("random", images, labels, images[:1], labels[:1], ["x"],
+                           (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    cfg = dict(TEACHER_DEFAULTS, arch=args.arch, epochs=1, batch_size=args.batch,
+               proj_dim=args.proj_dim)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with tempfile.TemporaryDirectory() as scratch:
+        sync(device)
+        start = time.perf_counter()
+        train_teacher(dataset, cfg, Path(scratch), device)
+        sync(device)
+        seconds = time.perf_counter() - start
+    batches = args.images // args.batch
+    per_batch = seconds / batches
+    result = {
+        "images": args.images, "batch": args.batch, "arch": args.arch,
+        "proj_dim": args.proj_dim, "resolution": args.resolution, "batches": batches,
+        "seconds": round(seconds, 3), "seconds_per_batch": round(per_batch, 4),
+        "estimated_epoch_seconds": round(per_batch * (args.epoch_images // args.batch), 1),
+        "epoch_images": args.epoch_images,
+        "loader_workers": loader_options(device).get("num_workers", 0),
+        "device": str(device), "device_name": device_name(device),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
