@@ -39,9 +39,14 @@ def lookup(table: dict[str, Stats], name: str, what: str) -> Stats:
     return table[name]
 
 
+def _floats(stats: Stats) -> Stats:
+    return tuple(float(v) for v in stats[0]), tuple(float(v) for v in stats[1])
+
+
 def renormalize(images: Tensor, source: Stats, target: Stats) -> Tensor:
     """Images normalised with ``source`` (mean, std) re-expressed in ``target``:
     ``((x · std_s + mean_s) − mean_t) / std_t`` per channel (the same pixels)."""
+    source, target = _floats(source), _floats(target)
     if source == target:
         return images
 

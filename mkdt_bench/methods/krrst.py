@@ -58,9 +58,9 @@ def outer_lr_at(outer_lr: float, final_factor: float, step: int, total: int) -> 
     return outer_lr * (1 - (1 - final_factor) * min(step, total) / total)
 
 
-#: KRR-ST's pool / evaluation ConvNet widths by image size (krrst.md §7):
-#: ``convnet_128_256_512_bn`` up to 32 px, ``convnet_64_128_256_512_bn`` above.
 def reference_widths(image_size: int) -> list[int]:
+    """KRR-ST's pool / evaluation ConvNet widths (krrst.md §7): ``convnet_128_256_512_bn``
+    up to 32 px, ``convnet_64_128_256_512_bn`` above."""
     return [128, 256, 512] if image_size <= 32 else [64, 128, 256, 512]
 
 

@@ -14,26 +14,28 @@ directories and only data loading, wandb, CUDA calls, hard-coded paths and the w
 seed are replaced (``reference_env.py`` lists each). The reference functions driven, per
 fixture file:
 
-=================  ==========================================================================
+=================  ======================================================================
 file               official code run
-=================  ==========================================================================
-teacher.pt         MKDT ``get_target_rep.main`` (L17-67: torchvision ResNet-18, padding-2
+=================  ======================================================================
+teacher.pt         MKDT ``get_target_rep.main`` (L9-58: torchvision ResNet-18, padding-2
                    stem, KRR-ST checkpoint without ``fc``, eval mode, batch 1), float64
-experts.pt         MKDT ``buffer.main`` (L10-71) with ``utils.build_trainset`` and
-                   ``utils.epoch`` (L212-239), 2 experts x 2 epochs, float32 (the reference
-                   casts to float32)
-highloss.pt        MKDT ``sort_dset.main`` (L12-71) on those 2 experts, float32 network
-distill64.pt,      MKDT ``distill.main`` (L16-203), 2 outer iterations, float64 and float32
+experts.pt         MKDT ``buffer.main`` (L7-71) with ``utils.build_trainset`` (L176-211)
+                   and ``utils.epoch`` (L366-394), 2 experts x 2 epochs, float32 (the
+                   reference casts to float32)
+highloss.pt        MKDT ``sort_dset.main`` (L12-74) on those 2 experts, float32 network
+distill64.pt,      MKDT ``distill.main`` (L16-219), 2 outer iterations, float64 and float32
 distill32.pt
-pretrain.pt        MKDT ``pretrain_methods.pretrain_mse`` (L7-36) on the float64 distilled set,
-                   2 epochs, lr = the learned lr tensor (as ``eval.py`` L264-265 passes it)
-probe.pt           MKDT ``evaluation/linear_evaluation.py``: ``train_clf`` + ``test_clf`` on
-                   given features; ``le_run`` (L131-175) encoding a BatchNorm ConvNet
-krrst.pt           KRR-ST ``model_pool.ModelPool`` (init, update), ``algorithms/distill.run``
-                   (2 outer steps) with ``train.py`` L67-74's AdamW and LinearLR, float64
+pretrain.pt        MKDT ``pretrain_methods.pretrain_mse`` (L7-36) on the float64 distilled
+                   set, 2 epochs, lr = the learned lr tensor (as ``eval.py`` L90-91 passes it)
+probe.pt           MKDT ``evaluation/linear_evaluation.py``: ``train_clf`` + ``test_clf``
+                   (L10-70) on given features; ``le_run`` (L90-133) encoding a BatchNorm
+                   ConvNet
+krrst.pt           KRR-ST ``model_pool.ModelPool`` (L9-62), ``algorithms/distill.run``
+                   (L7-67), 2 outer steps, with ``train.py`` L67-74's AdamW and LinearLR,
+                   float64
 krrst_pool.pt      KRR-ST ``ModelPool.update``'s counter over 14 updates (T = 3)
 krrst_lr.pt        ``train.py`` L73-74's ``LinearLR`` over 160,000 steps (sampled)
-=================  ==========================================================================
+=================  ======================================================================
 """
 
 from __future__ import annotations
@@ -340,7 +342,7 @@ def mkdt_pretrain(load, distilled: dict[str, Tensor], out: Path) -> None:
         return net
 
     x_syn, y_syn = distilled["images"], distilled["targets"][-1]
-    syn_lr = distilled["lr"][-1].detach().cpu()  # eval.py L264-265: a 0-d tensor
+    syn_lr = distilled["lr"][-1].detach().cpu()  # eval.py L90-91: a 0-d tensor
     loader = shuffled_loader(torch.utils.data.TensorDataset(x_syn, y_syn), cfg["batch"],
                              cfg["clock_seed"])
     with default_dtype(torch.float64), pinned_clock(utils, cfg["clock_seed"]), \
@@ -384,7 +386,7 @@ def mkdt_probe(load, inputs: dict[str, Tensor], out: Path) -> dict[str, Any]:
     # le_run with a BatchNorm encoder: the labelled subset is encoded in train mode
     images = normalize(inputs["images_u8"], MKDT_MEAN, MKDT_STD, torch.float64)
     test_images = normalize(inputs["test_images_u8"], MKDT_MEAN, MKDT_STD, torch.float64)
-    random.seed(cfg["seed"])  # eval.py L216, then utils.get_dataset L147-149
+    random.seed(cfg["seed"])  # eval.py L42, then utils.get_dataset L148
     subset = random.sample(range(len(images)), int(len(images) * cfg["subset_frac"]))
     labelled = torch.utils.data.Subset(
         torch.utils.data.TensorDataset(images, inputs["task_labels"]), subset)

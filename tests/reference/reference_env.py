@@ -9,7 +9,7 @@ What is replaced, and only for the duration of a call, is listed here:
   rebuilds its ``args`` from ``wandb.config._items``) and whose other calls do nothing;
 - :func:`no_cuda`: ``Tensor.cuda`` returns the tensor (``distill.py`` L120 moves the saved
   images to the GPU unconditionally) and ``Tensor.cpu`` returns a copy, as it does for a
-  GPU tensor (``buffer.py`` L305/L315 snapshot ``p.detach().cpu()``: on the CPU without a
+  GPU tensor (``buffer.py`` L50/L60 snapshot ``p.detach().cpu()``: on the CPU without a
   copy every snapshot would be a view of the live parameters);
 - :func:`remapped_paths`: the hard-coded ``/home/...`` paths of ``sort_dset.py`` and
   ``get_target_rep.py`` are redirected into a temporary directory (``torch.load``,
