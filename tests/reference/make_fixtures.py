@@ -99,7 +99,7 @@ SETTINGS: dict[str, Any] = {
         "teacher": {"images": 8, "checkpoint_seed": 3},
         "experts": {"clock_seeds": [1234, 5678], "train_epochs": 2, "batch_train": 32,
                     "lr_teacher": 0.1, "mom": 0.9, "l2": 5e-3},
-        "distill": {"images": 6, "iters": 2, "syn_steps": 5, "batch_syn": 4,
+        "distill": {"clock_seed": 2468, "images": 6, "iters": 2, "syn_steps": 5, "batch_syn": 4,
                     "expert_epochs": 2, "max_start_epoch": 1, "lr_img": 100.0,
                     "lr_labels": 1.0, "lr_lr": 1e-3, "lr_teacher": 0.1},
         "pretrain": {"clock_seed": 4321, "epochs": 2, "batch": 4, "wd": 1e-4},
@@ -306,7 +306,7 @@ def mkdt_distill(load, tmp: Path, inputs: dict[str, Tensor], trajectory: Tensor,
     try:
         with default_dtype(dtype), patched(distill, "get_dataset", fake_get_dataset(images)), \
                 patched(distill, "tqdm", recorder.tqdm), no_cuda(), recorder.randperm(), \
-                recorder.sgd_steps():
+                recorder.sgd_steps(), pinned_clock(load("utils"), cfg["clock_seed"], True):
             distill.main(args)
     finally:
         os.chdir(cwd)

@@ -135,26 +135,30 @@ def remapped_paths(prefix: str, target: Path) -> Iterator[None]:
 
 
 class _PinnedTime(types.ModuleType):
-    """The ``time`` module with a fixed ``time()``."""
+    """The ``time`` module with a fixed ``time()``, or one that advances by ``step``
+    seconds at every call."""
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, step: float = 0.0) -> None:
         super().__init__("time")
-        self._now = now
+        self._now, self._step = now, step
 
     def time(self) -> float:
-        return self._now
+        now, self._now = self._now, self._now + self._step
+        return now
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
 @contextlib.contextmanager
-def pinned_clock(module: types.ModuleType, seed: int) -> Iterator[None]:
+def pinned_clock(module: types.ModuleType, seed: int, advance: bool = False) -> Iterator[None]:
     """``module.time.time()`` returns a value from which MKDT's ``get_network`` derives the
-    seed ``seed`` (``int(time.time() * 1000) % 100000``, ``utils.py`` L261)."""
+    seed ``seed`` (``int(time.time() * 1000) % 100000``, ``utils.py`` L261); with
+    ``advance`` the clock moves on by 1 ms at every call (seeds ``seed``, ``seed + 1``, ...,
+    as successive calls of a real clock would give different ones)."""
     if not 0 <= seed < 100_000:
         raise ValueError(f"a clock seed is below 100000, got {seed}")
-    with patched(module, "time", _PinnedTime((seed + 0.5) / 1000)):
+    with patched(module, "time", _PinnedTime((seed + 0.5) / 1000, 1e-3 if advance else 0.0)):
         yield
 
 
