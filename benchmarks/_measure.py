@@ -15,7 +15,16 @@ from mkdt_bench.standin import device_standin
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set of this process so far (Linux reports KiB, macOS bytes)."""
+    """Peak resident set of this process so far: ``VmHWM`` on Linux (the high-water mark of
+    this program's own memory; ``ru_maxrss`` of a child started by a large process starts
+    at the parent's size), else ``ru_maxrss`` (macOS reports bytes)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

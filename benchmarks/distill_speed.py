@@ -12,6 +12,9 @@ every backward pass).
 ``--engine`` picks the unroll: ``baseline`` (the reference-style MTT code of
 ``_mtt_baseline.py``), ``full`` or ``checkpoint`` (the mkdt option ``unroll``). On the CPU
 run each configuration in its own process: the peak resident set never goes down.
+``--reference DIR`` (a checkout of ``jiayini1119/MKDT``) also times the official
+``distill.py`` itself on the same problem, in a process of its own (``_official_mkdt.py``),
+and reports the engine's time and memory as ratios to it.
 ``--heap auto`` runs the engine in mkdt's retained CPU heap and the baseline in glibc's
 default one. Several comma-separated engines are timed round robin in one heap (the
 unroll code at an equal allocator). ``gflops`` counts 9F per image and inner step (F: the
@@ -27,8 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,7 +85,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "engine, default for the baseline (round robin: retained)")
     p.add_argument("--peak", action="store_true",
                    help="also measure the float32 matmul rate (2048^2) for comparison")
+    p.add_argument("--reference", type=Path, metavar="DIR",
+                   help="a checkout of jiayini1119/MKDT: also time its distill.py on the same "
+                        "problem (its own process) and report ratios to it")
     return p.parse_args(argv)
+
+
+def time_official(args: argparse.Namespace) -> dict[str, Any]:
+    """``_official_mkdt.py`` on the same problem, in a process of its own (CPU only)."""
+    if args.device != "cpu":
+        raise SystemExit("--reference times the official code on the CPU; use --device cpu")
+    script = Path(__file__).with_name("_official_mkdt.py")
+    cmd = [sys.executable, str(script), str(args.reference), "--images", str(args.images),
+           "--syn-steps", str(args.syn_steps), "--batch-syn", str(args.batch_syn),
+           "--width", str(args.width), "--resolution", str(args.resolution), "--dim",
+           str(args.dim), "--iterations", str(args.iterations), "--warmup", str(args.warmup)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise SystemExit(f"the official distill.py failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ratios_to(official: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The engine's seconds and memory divided by the official code's."""
+    seconds = result["seconds_per_iteration"]
+    if isinstance(seconds, dict):
+        return {"time_ratio_to_official": {e: round(t / official["seconds_per_iteration"], 3)
+                                           for e, t in seconds.items()}}
+    out = {"time_ratio_to_official": round(seconds / official["seconds_per_iteration"], 3)}
+    for key, name in (("peak_memory_mib", "memory_ratio_to_official"),
+                      ("process_peak_rss_mib", "process_rss_ratio_to_official")):
+        if result.get(key) is not None and official[key] > 0:
+            out[name] = round(result[key] / official[key], 3)
+    return out
 
 
 def conv_linear_flops(module: torch.nn.Module, image: torch.Tensor) -> int:
@@ -122,6 +162,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"--engine {engine!r}: use {', '.join(ENGINES)} (comma-separated)")
     with on_device(args.device) as device:
         result = measure(args, engines, device)
+    if args.reference is not None:
+        result["official"] = time_official(args)
+        result.update(ratios_to(result["official"], result))
     print(json.dumps(result))
     return result
 

@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--space", default="raw", choices=["raw", "normalized"],
                       help="krrst: the stored images are raw pixels (reference, default) or "
                            "already normalised")
+    conv.add_argument("--stats", help="mkdt: the normalisation the reference applied to the "
+                      "stored images, re-normalised into --dataset's: cifar10, cifar100 or "
+                      "tinyimagenet (MKDT's constants; default: --dataset's name), or "
+                      "'dataset' (already in --dataset's statistics)")
     _common(conv)
 
     plot = sub.add_parser("plot", help="figures of stored results: accuracy versus label "
@@ -443,7 +447,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UserError(f"--out {str(out)!r} already exists; give a new directory")
     dataset = load_dataset(args.dataset, root=args.data_root, cache_dir=str(cache_dir))
     if args.kind == "mkdt":
-        distilled = from_mkdt(args.source, args.step, dataset)
+        distilled = from_mkdt(args.source, args.step, dataset, args.stats)
     else:
         distilled = from_krrst(args.source, dataset, args.space)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")

@@ -117,3 +117,17 @@ def test_baseline_gradients_equal_the_engine():
     for want, got in zip(ref, ours):
         assert want.grad.abs().sum() > 0
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.skipif(not os.environ.get("MKDT_REFERENCE"),
+                    reason="set MKDT_REFERENCE to a checkout of jiayini1119/MKDT@eaf200e")
+def test_distill_speed_times_the_official_code():
+    """``--reference DIR`` runs the official ``distill.py`` on the same problem in its own
+    process and reports the engine's time and memory as ratios to it."""
+    result = _run("distill_speed.py", "--images", "10", "--syn-steps", "2", "--batch-syn",
+                  "5", "--width", "32", "--iterations", "1", "--engine", "full",
+                  "--reference", os.environ["MKDT_REFERENCE"])
+    official = result["official"]
+    assert official["model"] == "ConvNetW32" and official["seconds_per_iteration"] > 0
+    assert official["reference_commit"].startswith("eaf200e")
+    assert result["time_ratio_to_official"] > 0

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from mkdt_bench.config import build_config, list_presets, parse_budget, resolve_budget
 from mkdt_bench.errors import UserError
+from mkdt_bench.methods import create_method
+from mkdt_bench.models import create_model
 
 
 def test_presets_ship_and_resolve():
@@ -82,3 +87,22 @@ def test_budget():
 def test_names_are_checked_before_any_work(override, message):
     with pytest.raises(UserError, match=message):
         build_config("quick", overrides=[override])
+
+
+@pytest.mark.parametrize("preset, size, parameters", [
+    ("cifar10-paper", 32, 5_675_520), ("cifar100-paper", 32, 5_675_520),
+    ("tiny-paper", 64, 5_747_712), ("krrst-protocol", 32, 5_675_520)])
+def test_paper_presets_build_krrsts_networks_and_statistics(preset, size, parameters):
+    """krrst.md §7: the pool is KRR-ST's convnet_128_256_512_bn (32 px) or
+    convnet_64_128_256_512_bn (64 px), not a constant-width ConvNet, and real batches are
+    normalised with KRR-ST's statistics (its released teacher's)."""
+    cfg = build_config(preset)
+    method = create_method("krrst", **cfg["methods"]["krrst"])
+    assert method.config["input_stats"] == "krrst"
+    ctx = SimpleNamespace(images=torch.zeros(1, 3, size, size), targets=torch.zeros(1, 512),
+                          device=torch.device("cpu"))
+    pool = method._build(ctx, 0)
+    assert sum(p.numel() for p in pool.parameters()) == parameters
+    for arch in cfg["run"]["archs"] if preset == "krrst-protocol" else []:
+        net = create_model(arch, in_channels=3, image_size=size, out_dim=512)
+        assert sum(p.numel() for p in net.parameters()) == parameters

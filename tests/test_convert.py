@@ -10,6 +10,8 @@ import torch
 
 from mkdt_bench.convert import from_krrst, from_mkdt
 from mkdt_bench.data import load_dataset
+from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.data.stats import MKDT_STATS
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 
@@ -31,7 +33,7 @@ def _reference_mkdt(d, step: int = 5000):
 
 def test_mkdt_files_round_trip(tmp_path, digits):
     images, labels = _reference_mkdt(tmp_path / "ref")
-    out = from_mkdt(tmp_path / "ref", 5000, digits)
+    out = from_mkdt(tmp_path / "ref", 5000, digits, stats="dataset")
     assert torch.equal(out.images, images) and torch.equal(out.targets, labels)
     assert out.lr == pytest.approx(0.36) and out.mean == digits.mean
     assert out.extra["updates"] == 4999  # file K holds the state after K - 1 updates
@@ -58,22 +60,22 @@ def test_krrst_raw_pixels_are_normalised(tmp_path, digits):
 def test_missing_file_is_named(tmp_path, digits):
     _reference_mkdt(tmp_path / "ref", step=1000)
     with pytest.raises(UserError, match="images_5000.pt"):
-        from_mkdt(tmp_path / "ref", 5000, digits)
+        from_mkdt(tmp_path / "ref", 5000, digits, stats="dataset")
 
 
 def test_cli_converts_then_eval_reads_it(tmp_path):
     _reference_mkdt(tmp_path / "ref")
     cache = ["--cache-dir", str(tmp_path / "cache")]
     out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "convert", "mkdt",
-                          str(tmp_path / "ref"), "--dataset", "digits", "--out",
-                          str(tmp_path / "set"), *cache], capture_output=True, text=True,
-                         timeout=300)
+                          str(tmp_path / "ref"), "--dataset", "digits", "--stats", "dataset",
+                          "--out", str(tmp_path / "set"), *cache], capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "12 images 1x8x8" in out.stdout and DistilledSet.load(tmp_path / "set").lr > 0
     again = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "convert", "mkdt",
-                            str(tmp_path / "ref"), "--dataset", "digits", "--out",
-                            str(tmp_path / "set"), *cache], capture_output=True, text=True,
-                           timeout=300)
+                            str(tmp_path / "ref"), "--dataset", "digits", "--stats", "dataset",
+                            "--out", str(tmp_path / "set"), *cache], capture_output=True,
+                           text=True, timeout=300)
     assert again.returncode == 2 and "already exists" in again.stderr
     evaluated = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "eval", "--distilled",
                                 str(tmp_path / "set"), "--seeds", "0", "--fractions", "0.05",
@@ -81,3 +83,51 @@ def test_cli_converts_then_eval_reads_it(tmp_path):
                                capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
     assert any(ln.startswith("| import:set ") for ln in evaluated.stdout.splitlines())
+
+
+def _cifar_like(name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> ImageDataset:
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.zeros(4, dtype=torch.long)
+    return ImageDataset(name, images, labels, images, labels, ["a"], mean, std)
+
+
+def test_mkdt_images_are_renormalised_into_the_declared_statistics(tmp_path):
+    """MKDT normalised CIFAR-10 with its constants (std 0.2023 ...); an ``imagefolder:`` copy
+    declares statistics computed from its files (std ~0.245): the converted images must be
+    the same pixels in the declared statistics, not the reference values relabelled."""
+    raw = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    mean_c10, std_c10 = (torch.tensor(v).view(1, 3, 1, 1) for v in MKDT_STATS["cifar10"])
+    d = tmp_path / "ref"
+    d.mkdir()
+    torch.save((raw - mean_c10) / std_c10, d / "images_5000.pt")
+    torch.save(torch.randn(5, 8), d / "labels_5000.pt")
+    torch.save(torch.tensor(0.3), d / "synlr_5000.pt")
+    folder = _cifar_like("imagefolder:/data/cifar10-jpeg", (0.4913, 0.4821, 0.4465),
+                         (0.2452, 0.2428, 0.2606))
+    out = from_mkdt(d, 5000, folder, stats="cifar10")
+    assert out.mean == folder.mean and out.std == folder.std
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (folder.mean, folder.std))
+    torch.testing.assert_close(out.images * std + mean, raw)  # the same pixels
+    assert out.extra["reference_stats"]["std"] == list(MKDT_STATS["cifar10"][1])
+    with pytest.raises(UserError, match="say which with --stats"):
+        from_mkdt(d, 5000, folder)  # an image folder does not say which constants
+    named = from_mkdt(d, 5000, _cifar_like("cifar10", *MKDT_STATS["cifar10"]))
+    torch.testing.assert_close(named.images, (raw - mean_c10) / std_c10)  # nothing to change
+    with pytest.raises(UserError, match="--stats 'svhn'"):
+        from_mkdt(d, 5000, folder, stats="svhn")
+
+
+def test_cli_convert_refuses_an_empty_set_and_writes_nothing(tmp_path):
+    d = tmp_path / "ref"
+    d.mkdir()
+    torch.save(torch.empty(0, 1, 8, 8), d / "images_5000.pt")
+    torch.save(torch.empty(0, 5), d / "labels_5000.pt")
+    torch.save(torch.tensor(0.3), d / "synlr_5000.pt")
+    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "convert", "mkdt", str(d),
+                          "--dataset", "digits", "--stats", "dataset", "--out",
+                          str(tmp_path / "set"), "--cache-dir", str(tmp_path / "cache")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error:") and "holds no images" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "set").exists()

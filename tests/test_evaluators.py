@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -9,9 +11,10 @@ from torch import nn
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-from mkdt_bench.evaluators import EVALUATORS, create_evaluator
-from mkdt_bench.evaluators.base import labelled_subset
+from mkdt_bench.evaluators import EVALUATORS, create_evaluator, linear
+from mkdt_bench.evaluators.base import extract_features, labelled_subset
 from mkdt_bench.evaluators.pretrain import PRETRAIN_DEFAULTS, pretrain_encoder
+from mkdt_bench.models import create_model
 
 CPU = torch.device("cpu")
 
@@ -104,3 +107,40 @@ def test_pretrain_empty_set_is_random_init():
     model, steps = pretrain_encoder(ds, "convnet", PRETRAIN_DEFAULTS, seed=0, device=CPU)
     assert steps == 0
     assert model.features(torch.randn(2, 1, 8, 8)).shape == (2, model.feature_dim)
+
+
+def test_linear_probe_labelled_mode_train_reproduces_the_reference_encoding(monkeypatch):
+    """``labelled_mode="train"`` encodes the labelled subset as MKDT's ``le_run`` does: a
+    BatchNorm encoder in train mode, ``encode_batch`` images at a time (batch statistics;
+    running statistics updated), then the test split in eval mode. The caller's encoder is
+    left untouched; the default encodes both in eval mode."""
+    torch.manual_seed(0)
+    encoder = create_model("convnet:width=4,depth=1,norm=batchnorm", in_channels=1,
+                           image_size=2, out_dim=3)
+    with torch.no_grad():
+        encoder.body[1].running_mean.fill_(5.0)  # far from the data's statistics
+    before = copy.deepcopy(encoder.state_dict())
+    fitted = []
+
+    def capture(x, *args, **kwargs):
+        fitted.append(x)
+        return fit(x, *args, **kwargs)
+
+    fit = linear.fit_linear_lbfgs
+    monkeypatch.setattr(linear, "fit_linear_lbfgs", capture)
+    task = blobs()
+    create_evaluator("linear", labelled_mode="train", encode_batch=16).evaluate(
+        encoder, task, 0.1, 0, CPU)
+    create_evaluator("linear").evaluate(encoder, task, 0.1, 0, CPU)
+    assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())
+    images = task.normalized("train")[labelled_subset(len(task.train_labels), 0.1, 0)]
+    reference = copy.deepcopy(encoder).train()
+    with torch.no_grad():
+        expected = torch.cat([reference.features(images[i:i + 16]) for i in range(0, 40, 16)])
+    torch.testing.assert_close(fitted[0], expected)
+    torch.testing.assert_close(fitted[1], extract_features(encoder, images, CPU))
+    assert not torch.allclose(fitted[0], fitted[1], atol=1e-3)
+    with pytest.raises(UserError, match="labelled_mode='test' is not allowed"):
+        create_evaluator("linear", labelled_mode="test")
+    with pytest.raises(UserError, match="encode_batch=0 must be at least 1"):
+        create_evaluator("linear", encode_batch=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import mkdt_bench.methods._teacher_views as tv
 import mkdt_bench.methods.krrst as kr
 from mkdt_bench.augment import apply_crop_flip, crop_flip, draw_crop_flip
 from mkdt_bench.cache import ArtifactCache
+from mkdt_bench.data.stats import KRRST_STATS, renormalize
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import METHODS, MethodContext, create_method
 from mkdt_bench.models import create_model
@@ -47,6 +49,8 @@ def test_registered_with_spec_defaults():
     assert (cfg["outer_lr"], cfg["real_batch"], cfg["ridge"]) == (1e-4, 1024, 1e-6)
     assert (cfg["pool_lr"], cfg["pool_momentum"], cfg["pool_wd"]) == (0.1, 0.9, 1e-3)
     assert cfg["norm"] == "batchnorm" and not cfg["reference_counter"]
+    # the pool net is KRR-ST's convnet_128_256_512_bn (krrst.md §7) unless width is set
+    assert (cfg["width"], cfg["widths"], cfg["input_stats"]) == (0, "auto", "dataset")
 
 
 def test_closed_form_matches_sklearn_ridge():
@@ -335,3 +339,64 @@ def test_bad_teacher_views(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="teacher_views=2 needs augment=True"):
         create_method("krrst", teacher_views=2, augment=False)
+
+
+def test_pool_network_widths(tmp_path):
+    """``width`` > 0: one width for every block; else ``widths``: "auto" = KRR-ST's network
+    for the image size (krrst.md §7), or explicit per-block widths."""
+    ctx = tiny_context(tmp_path, tmp_path / "w")
+
+    def conv_widths(**options) -> list[int]:
+        net = create_method("krrst", **options)._build(ctx, 0)
+        return [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    assert conv_widths() == [128, 256, 512]
+    assert kr.reference_widths(64) == [64, 128, 256, 512]
+    assert conv_widths(width=8) == [8, 8, 8]
+    assert conv_widths(widths="4-8") == [4, 8]
+    with pytest.raises(UserError, match="width=16 and widths='8-8' both set"):
+        create_method("krrst", width=16, widths="8-8")
+    with pytest.raises(UserError, match="widths '8-x' must be positive integers"):
+        create_method("krrst", widths="8-x")
+
+
+def test_input_stats_krrst_normalises_with_krrst_statistics(tmp_path):
+    """``input_stats="krrst"``: the teacher and the pool see the source's pixels normalised
+    with KRR-ST's statistics (CIFAR-100 std 0.2673 ...), Y_s is the teacher's features of
+    those, and the stored set holds the same pixels in the data set's statistics."""
+    seen: list[torch.Tensor] = []
+
+    def recording_teacher() -> torch.nn.Module:
+        teacher = tiny_teacher()
+        features = teacher.features
+
+        def record(x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.detach().clone())
+            return features(x)
+
+        teacher.features = record
+        return teacher
+
+    ctx = replace(tiny_context(tmp_path, tmp_path / "s"), source="cifar100",
+                  load_teacher=recording_teacher)
+    opts = dict(TINY, outer_steps=2, outer_lr=1e-12, augment=False)
+    out = create_method("krrst", **opts, input_stats="krrst").distill(ctx)
+    krrst = KRRST_STATS["cifar100"]
+    pixels = renormalize(ctx.images, (ctx.mean, ctx.std), krrst)
+    idx = out.extra["indices"]
+    assert out.mean == ctx.mean and out.std == ctx.std
+    torch.testing.assert_close(out.images, ctx.images[idx], rtol=0, atol=1e-6)
+    assert out.extra["input_stats"] == {"mean": list(krrst[0]), "std": list(krrst[1])}
+    with torch.no_grad():
+        expected = tiny_teacher().features(pixels[idx])
+    torch.testing.assert_close(out.targets, expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(out.targets, ctx.targets[idx], atol=1e-3)
+    rows = {tuple(r.flatten().tolist()) for r in pixels}
+    assert seen and all(tuple(r.flatten().tolist()) in rows for x in seen for r in x)
+    seen.clear()
+    default = create_method("krrst", **opts).distill(replace(ctx, scratch=tmp_path / "d"))
+    assert default.extra["input_stats"]["std"] == list(ctx.std)
+    torch.testing.assert_close(default.targets, ctx.targets[idx], rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match="no statistics for 'tiny'; known: cifar10, cifar100"):
+        create_method("krrst", **opts, input_stats="krrst").distill(
+            tiny_context(tmp_path, tmp_path / "t"))

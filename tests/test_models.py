@@ -179,9 +179,40 @@ def test_convnet_options_prefix():
                      out_dim=5)
     assert m.feature_dim == 16 * 8 * 8 and isinstance(m.body[1], torch.nn.BatchNorm2d)
     assert create_model("convnet:", in_channels=3, image_size=32, out_dim=5).feature_dim == 2048
-    with pytest.raises(UserError, match=r"bad ConvNet option 'size=3'.*width, depth, norm"):
+    with pytest.raises(UserError, match=r"bad ConvNet option 'size=3'.*width, widths, depth, "
+                                        "norm"):
         create_model("convnet:size=3", in_channels=3, image_size=32, out_dim=5)
     with pytest.raises(UserError, match=r"width='wide' must be an integer"):
         create_model("convnet:width=wide", in_channels=3, image_size=32, out_dim=5)
     with pytest.raises(UserError, match="unknown ConvNet norm 'layer'"):
         create_model("convnet:norm=layer", in_channels=3, image_size=32, out_dim=5)
+
+
+def test_convnet_per_block_widths_build_krrst_networks():
+    """KRR-ST's pool / evaluation nets (krrst.md §7): ``convnet_128_256_512_bn`` at 32 px
+    (CIFAR-100: 8,192 features, 5.68 M parameters with the 512-d head) and
+    ``convnet_64_128_256_512_bn`` at 64 px (Tiny-ImageNet: 8,192, 5.75 M)."""
+    cifar = create_model("convnet:widths=128-256-512,norm=batchnorm", in_channels=3,
+                         image_size=32, out_dim=512)
+    tiny = create_model("convnet:widths=64-128-256-512,norm=batchnorm", in_channels=3,
+                        image_size=64, out_dim=512)
+    assert (cifar.feature_dim, n_params(cifar)) == (8192, 5_675_520)
+    assert (tiny.feature_dim, n_params(tiny)) == (8192, 5_747_712)
+    convs = [m for m in cifar.body if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [128, 256, 512]
+    assert all(isinstance(m, nn.BatchNorm2d) for m in cifar.body if "Norm" in type(m).__name__)
+    assert cifar.features(torch.randn(2, 3, 32, 32)).shape == (2, 8192)
+    direct = create_model("convnet", in_channels=3, image_size=32, out_dim=512,
+                          widths=[128, 256, 512], norm="batchnorm")
+    assert n_params(direct) == 5_675_520
+
+
+def test_convnet_widths_errors():
+    with pytest.raises(UserError, match="depth=3 does not match widths=8-8"):
+        create_model("convnet:widths=8-8,depth=3", in_channels=3, image_size=32, out_dim=5)
+    with pytest.raises(UserError, match="widths '8-x' must be positive integers"):
+        create_model("convnet:widths=8-x", in_channels=3, image_size=32, out_dim=5)
+    with pytest.raises(UserError, match="widths '8-0' must be positive integers"):
+        create_model("convnet:widths=8-0", in_channels=3, image_size=32, out_dim=5)
+    with pytest.raises(UserError, match="depth 6 does not fit image_size 32"):
+        create_model("convnet:widths=1-1-1-1-1-1", in_channels=3, image_size=32, out_dim=5)

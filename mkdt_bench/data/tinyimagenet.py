@@ -8,13 +8,13 @@ from pathlib import Path
 from mkdt_bench.data import DATASETS
 from mkdt_bench.data._decode import SplitFiles, decode_folder_splits, fingerprint, image_files
 from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.data.stats import MKDT_STATS
 from mkdt_bench.errors import MissingDataError, UserError
 
 FOLDER = "tiny-imagenet-200"
 _LAYOUT = (f"expected {FOLDER}/wnids.txt, {FOLDER}/train/<wnid>/images/*.JPEG, "
            f"{FOLDER}/val/images/*.JPEG and {FOLDER}/val/val_annotations.txt")
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = MKDT_STATS["tinyimagenet"]  # mkdt.md §1 (ImageNet's statistics)
 
 
 @DATASETS.register("tinyimagenet")

@@ -11,13 +11,8 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from mkdt_bench.data import DATASETS
 from mkdt_bench.data._decode import fingerprint, no_download
 from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.data.stats import MKDT_STATS
 from mkdt_bench.errors import MissingDataError
-
-# Normalisation statistics from the spec (mkdt.md §1).
-_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2009, 0.1984, 0.2023)),
-}
 
 
 def _open(name: str, cls: type[CIFAR10], root: Path, train: bool) -> CIFAR10:
@@ -47,7 +42,7 @@ def _load(name: str, cls: type[CIFAR10], root: Path | None, cache_dir: Path) -> 
         images = torch.from_numpy(np.ascontiguousarray(data.data.transpose(0, 3, 1, 2)))
         splits += [images, torch.tensor(data.targets, dtype=torch.int64)]
     classes = list(data.classes)
-    mean, std = _STATS[name]
+    mean, std = MKDT_STATS[name]  # mkdt.md §1
     return ImageDataset(name, *splits, classes=classes, mean=mean, std=std,
                         fingerprint=fingerprint(name, *splits, classes=classes))
 

@@ -11,12 +11,14 @@ def fit_linear_lbfgs(x: Tensor, y: Tensor, num_classes: int, l2: float, steps: i
                      lr: float = 1.0, max_iter: int = 20) -> nn.Linear:
     """``nn.Linear`` fitted as in spec ``evaluation.md`` A.2.
 
-    ``torch.manual_seed(seed)`` before building the layer, then ``steps`` L-BFGS ``.step``
-    calls (``lr``, ``max_iter`` inner iterations, no line search) on the full-batch loss
-    cross-entropy + ``l2``·‖W‖² (bias not penalised).
+    ``torch.manual_seed(seed)`` before building the layer (in ``x``'s dtype), then ``steps``
+    L-BFGS ``.step`` calls (``lr``, ``max_iter`` inner iterations, no line search) on the
+    full-batch loss cross-entropy + ``l2``·‖W‖² (bias not penalised). The reference
+    (``linear_evaluation.py`` ``le_run``) draws the layer after building a throw-away
+    network from the same seed, so its initial weights differ (a documented deviation).
     """
     torch.manual_seed(seed)
-    clf = nn.Linear(x.shape[1], num_classes)
+    clf = nn.Linear(x.shape[1], num_classes, dtype=x.dtype)
     opt = torch.optim.LBFGS(clf.parameters(), lr=lr, max_iter=max_iter)
 
     def closure() -> Tensor:

@@ -65,11 +65,17 @@ def test_scores(pred: Tensor, labels: Tensor) -> dict[str, float]:
             "mean_per_class_accuracy": per_class.mean().item() * 100}
 
 
+def feature_dtype(features: Tensor) -> Tensor:
+    """Features on the CPU in float32, or float64 if computed in float64."""
+    return features.to(torch.promote_types(features.dtype, torch.float32)).cpu()
+
+
 @torch.no_grad()
 def extract_features(encoder: Encoder, images: Tensor, device: torch.device,
                      batch_size: int = 512) -> Tensor:
-    """Frozen ``encoder.features`` of normalised images, eval mode."""
+    """Frozen ``encoder.features`` of normalised images, eval mode (float32, or float64 for
+    a float64 encoder)."""
     encoder.eval()
-    chunks = [encoder.features(images[i:i + batch_size].to(device)).float().cpu()
+    chunks = [feature_dtype(encoder.features(images[i:i + batch_size].to(device)))
               for i in range(0, len(images), batch_size)]
     return torch.cat(chunks)

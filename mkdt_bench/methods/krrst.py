@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mkdt_bench.augment import crop_flip
-from mkdt_bench.cache import atomic_torch_save
+from mkdt_bench.cache import ArtifactCache, atomic_torch_save
+from mkdt_bench.data.stats import KRRST_STATS, lookup, renormalize
 from mkdt_bench.device import resident, to_device, to_host
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
@@ -30,6 +31,7 @@ from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._teacher_views import TeacherViews, ensure_views
 from mkdt_bench.methods.base import Method, MethodContext
 from mkdt_bench.models import Encoder, create_model
+from mkdt_bench.models.convnet import parse_widths
 from mkdt_bench.seeding import rng_state, set_rng_state
 from mkdt_bench.training import StepRecords
 
@@ -52,6 +54,19 @@ def krr_predict(phi_s: Tensor, phi_t: Tensor, y_s: Tensor, ridge: float) -> Tens
     lam = ridge * torch.trace(k_ss).detach()
     eye = torch.eye(len(k_ss), dtype=k_ss.dtype, device=k_ss.device)
     return k_ts @ torch.linalg.solve_ex(k_ss + lam * eye, y_s)[0]
+
+
+def outer_lr_at(outer_lr: float, final_factor: float, step: int, total: int) -> float:
+    """The outer lr of step ``step`` (0-based): ``LinearLR`` from 1 to ``final_factor`` over
+    ``total`` steps (§2.6), in closed form (the reference's ``LinearLR`` multiplies the
+    previous lr by a ratio every step; the two agree to float64 rounding)."""
+    return outer_lr * (1 - (1 - final_factor) * min(step, total) / total)
+
+
+def reference_widths(image_size: int) -> list[int]:
+    """KRR-ST's pool / evaluation ConvNet widths (krrst.md §7): ``convnet_128_256_512_bn``
+    up to 32 px, ``convnet_64_128_256_512_bn`` above."""
+    return [128, 256, 512] if image_size <= 32 else [64, 128, 256, 512]
 
 
 def with_bias(features: Tensor) -> Tensor:
@@ -187,9 +202,13 @@ class KRRST(Method):
     """KRR-ST (spec ``krrst.md``); defaults = the CIFAR100 column of §7.
 
     Pool (§2.5, §7):
-        model ("convnet"), width (128), norm ("batchnorm"): the pool's feature network
-            (ConvNet-D3 at 32 px, D4 above; BatchNorm as the reference, §8.3). ``width`` /
-            ``norm`` are passed to the model unless 0 / "".
+        model ("convnet"), width (0), widths ("auto"), norm ("batchnorm"): the pool's feature
+            network (BatchNorm as the reference, §8.3). ``width`` > 0 gives every block that
+            width (D3 at 32 px, D4 above); with ``width`` 0, ``widths`` gives one width per
+            block: "auto" is KRR-ST's ``convnet_128_256_512_bn`` up to 32 px and
+            ``convnet_64_128_256_512_bn`` above (5.68 M / 5.75 M parameters with the 512-d
+            head), "A-B-C" any other, "" passes none. ``width`` / ``widths`` / ``norm`` go to
+            ``convnet`` only when set (0 / "" leave a model's own default).
         pool_size (10), online_iterations (T = 1000): steps before a re-initialisation.
         pool_lr (0.1), pool_momentum (0.9), pool_wd (1e-3): the pool's full-batch SGD.
         reference_counter (False): reproduce the reference's never-reset counter (§6.1).
@@ -203,6 +222,13 @@ class KRRST(Method):
         reference_input_space (False): store X_s in raw pixel space and feed it raw while
             real images are normalised, as the reference does (§6.2, §8.2); the set then
             declares mean 0 / std 1 and is pre-trained on as stored.
+        input_stats ("dataset"): the statistics real batches, X_s and the teacher's inputs
+            are normalised with while distilling. "dataset": the data set's own (MKDT's
+            constants for CIFAR / Tiny-ImageNet: what a teacher trained here saw); "krrst":
+            KRR-ST's (``data/augmentation.py``, e.g. CIFAR-100 std 0.2673 / 0.2564 /
+            0.2762), what KRR-ST's released teacher was trained and used with; Y_s is then
+            the teacher's features of the re-normalised images. The stored set is
+            re-expressed in the data set's statistics either way (same pixels).
         snapshot_every (1000): resumable state interval (``ctx.scratch``).
     Speed (results equal to float rounding, not bit for bit; an engine option, not part of
     the distilled set's cache key):
@@ -226,9 +252,13 @@ class KRRST(Method):
             significant (``results/krrst-teacher-views.md``). Needs ``augment``.
     """
 
+    #: 2: at width 0 the pool is KRR-ST's own ConvNet (``widths="auto"``), no longer the
+    #: harness's default ConvNet, so sets of version 1 are not reused.
+    version = 2
     defaults = {
         "model": "convnet",
-        "width": 128,
+        "width": 0,
+        "widths": "auto",
         "norm": "batchnorm",
         "pool_size": 10,
         "online_iterations": 1000,
@@ -244,13 +274,14 @@ class KRRST(Method):
         "augment": True,
         "ridge": 1e-6,
         "reference_input_space": False,
+        "input_stats": "dataset",
         "snapshot_every": 1000,
         "teacher_channels_last": True,
         "teacher_views": 0,
     }
-    choices = {"outer_optimizer": ("adam", "sgd")}
+    choices = {"outer_optimizer": ("adam", "sgd"), "input_stats": ("dataset", "krrst")}
     engine_options = frozenset({"teacher_channels_last"})
-    compatible_defaults = {"teacher_views": 0}
+    compatible_defaults = {"teacher_views": 0, "widths": "auto", "input_stats": "dataset"}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -273,9 +304,17 @@ class KRRST(Method):
         if cfg["teacher_views"] and not cfg["augment"]:
             raise UserError(f"{where}: teacher_views={cfg['teacher_views']} needs augment=True "
                             "(the views are augmentations)")
+        if cfg["width"] < 0:
+            raise UserError(f"{where}: width={cfg['width']} must be 0 (use widths) or more")
+        if cfg["widths"] not in ("auto", ""):
+            parse_widths(cfg["widths"])
+            if cfg["width"]:
+                raise UserError(f"{where}: width={cfg['width']} and widths={cfg['widths']!r} "
+                                "both set; give one (width=0 to use widths)")
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         cfg = self.config
+        source, ctx = ctx, self._stats_context(ctx)
         if cfg["real_batch"] > len(ctx.images):
             raise UserError(f"method 'krrst': real_batch={cfg['real_batch']} is larger than the "
                             f"{len(ctx.images)} training images; lower it")
@@ -311,16 +350,35 @@ class KRRST(Method):
         curve = [sum(state.losses[i:i + every]) / len(state.losses[i:i + every])
                  for i in range(0, len(state.losses), every)]
         space = "raw" if cfg["reference_input_space"] else "normalized"
+        images = state.images.detach()
+        if not cfg["reference_input_space"]:  # stored in the data set's statistics
+            images = renormalize(images, (ctx.mean, ctx.std), (source.mean, source.std))
         distilled = self.make_set(
-            ctx, state.images, state.targets, indices=state.indices, input_space=space,
+            source, images, state.targets, indices=state.indices, input_space=space,
             steps=state.step, loss_curve=curve, loss_curve_every=every,
-            untrained_step_fraction=state.untrained_steps / max(state.step, 1))
+            untrained_step_fraction=state.untrained_steps / max(state.step, 1),
+            input_stats={"mean": list(ctx.mean), "std": list(ctx.std)})
         if cfg["reference_input_space"]:
             distilled.mean = (0.0,) * distilled.channels
             distilled.std = (1.0,) * distilled.channels
         return distilled
 
     # ------------------------------------------------------------------ state
+
+    def _stats_context(self, ctx: MethodContext) -> MethodContext:
+        """``ctx``, or with ``input_stats="krrst"`` the same pixels re-normalised with
+        KRR-ST's statistics of the source data set (a separate cache namespace for the
+        teacher views)."""
+        if self.config["input_stats"] == "dataset":
+            return ctx
+        stats = lookup(KRRST_STATS, ctx.source, "method 'krrst' input_stats='krrst' (KRR-ST's "
+                                                "data/augmentation.py)")
+        if stats == (tuple(ctx.mean), tuple(ctx.std)):
+            return ctx
+        key = ArtifactCache.key("krrst-stats", {"mean": stats[0], "std": stats[1]},
+                                {"representations": ctx.inputs_key})
+        return replace(ctx, images=renormalize(ctx.images, (ctx.mean, ctx.std), stats),
+                       mean=stats[0], std=stats[1], inputs_key=key)
 
     def _teacher(self, ctx: MethodContext, teacher: nn.Module) -> nn.Module:
         """``teacher``, or on the CPU a channels-last copy if ``teacher_channels_last``."""
@@ -342,6 +400,10 @@ class KRRST(Method):
         kwargs: dict[str, Any] = {}
         if cfg["width"]:
             kwargs["width"] = cfg["width"]
+        elif cfg["widths"] == "auto" and cfg["model"] == "convnet":
+            kwargs["widths"] = reference_widths(int(ctx.images.shape[-1]))
+        elif cfg["widths"] not in ("auto", ""):
+            kwargs["widths"] = parse_widths(cfg["widths"])
         if cfg["norm"]:
             kwargs["norm"] = cfg["norm"]
         with torch.random.fork_rng(devices=[]):
@@ -366,14 +428,21 @@ class KRRST(Method):
 
     def _initial_state(self, ctx: MethodContext) -> _State:
         """X_s = the ``random`` method's subset for this seed, Y_s = its teacher targets
-        (§2.7); then the pool's warm-up (§2.5)."""
+        (§2.7; recomputed by the teacher when ``input_stats`` changed the normalisation);
+        then the pool's warm-up (§2.5)."""
         generator = torch.Generator().manual_seed(ctx.seed)
         idx = torch.randperm(len(ctx.images), generator=generator)[: ctx.budget]
         images = ctx.images[idx]
+        targets = ctx.targets[idx]
+        if self.config["input_stats"] != "dataset" and ctx.load_teacher is not None:
+            teacher = ctx.load_teacher()
+            with torch.no_grad():
+                targets = torch.cat([teacher.features(images[i:i + 256].to(ctx.device)).cpu()
+                                     for i in range(0, len(images), 256)])
         if self.config["reference_input_space"]:
             mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ctx.mean, ctx.std))
             images = images * std + mean
-        state = self._state(ctx, images, ctx.targets[idx], generator, idx.tolist())
+        state = self._state(ctx, images, targets, generator, idx.tolist())
         state.pool.warm_up(state.images.detach(), state.targets.detach())
         return state
 
@@ -429,9 +498,9 @@ class KRRST(Method):
         loss = F.mse_loss(y_hat, y_t)
         grads = torch.autograd.grad(loss, [state.images, state.targets])
         state.images.grad, state.targets.grad = grads
-        progress = state.step / cfg["outer_steps"]
         for group in state.optimizer.param_groups:  # LinearLR(1 -> final_lr_factor), §2.6
-            group["lr"] = cfg["outer_lr"] * (1 - (1 - cfg["final_lr_factor"]) * progress)
+            group["lr"] = outer_lr_at(cfg["outer_lr"], cfg["final_lr_factor"], state.step,
+                                      cfg["outer_steps"])
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
