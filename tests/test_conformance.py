@@ -280,7 +280,8 @@ def run_mkdt_iterations(inputs, monkeypatch, tmp_path, dtype: torch.dtype, mode:
     trajectories = [load("experts.pt")["trajectories"][0].to(dtype)]
     net = U.FlatNet(E.build_student({"student": "convnet", "width": 32}, images,
                                     targets.shape[1], 0).to(dtype))
-    state = method._state(images, targets, torch.tensor(d["lr_teacher"], dtype=dtype),
+    ctx = SimpleNamespace(device=CPU, scratch=tmp_path, precision="default")
+    state = method._state(ctx, images, targets, torch.tensor(d["lr_teacher"], dtype=dtype),
                           torch.Generator().manual_seed(0), idx.tolist())
     perms = iter(ref["randperms"])
     randperm = torch.randperm
@@ -289,11 +290,10 @@ def run_mkdt_iterations(inputs, monkeypatch, tmp_path, dtype: torch.dtype, mode:
         return next(perms).clone() if n == len(images) else randperm(n, *args, **kwargs)
 
     monkeypatch.setattr(torch, "randperm", replay)
-    ctx = SimpleNamespace(device=CPU, scratch=tmp_path)
     out = []
     for _ in range(d["iters"]):
-        loss = method._step(ctx, net, mode, trajectories, state)
-        out.append({"loss": torch.tensor(loss, dtype=torch.float64),
+        loss = method._step(ctx, net, mode, trajectories, state)[0]
+        out.append({"loss": loss.detach().to(torch.float64),
                     "grad_images": state.images.grad.clone(),
                     "grad_targets": state.targets.grad.clone(), "grad_lr": state.lr.grad.clone(),
                     "images": state.images.detach().clone(),
@@ -353,7 +353,7 @@ def test_pretraining_epochs_match_pretrain_mse_py(float64, monkeypatch):
 
     monkeypatch.setattr(pretrain_module, "create_model", reference_init)
     options = {"epochs": cfg["epochs"], "lr": 0.1, "use_learned_lr": True, "momentum": 0.9,
-               "weight_decay": cfg["wd"], "batch_size": cfg["batch"]}
+               "weight_decay": cfg["wd"], "batch_size": cfg["batch"], "steps": 0}
     model, steps = pretrain_module.pretrain_encoder(data, "convnet:width=32", options,
                                                     cfg["clock_seed"], CPU)
     assert steps == cfg["epochs"] * 2
@@ -484,11 +484,11 @@ def test_krrst_outer_steps_match_distill_run(float64, inputs, tmp_path):
 
     state.optimizer.step = recording_step
     for i in range(k["outer_steps_run"]):
-        loss = method._step(ctx, teacher, state, mean, std)
+        loss, _ = method._step(ctx, teacher, state, mean, std)
         state.step += 1
         close(f"step {i + 1} lr", torch.tensor(state.optimizer.param_groups[0]["lr"]),
               ref["lr"][i], 1e-15)
-        close(f"step {i + 1} loss", torch.tensor(loss), ref["loss"][i], 1e-11)
+        close(f"step {i + 1} loss", loss, ref["loss"][i], 1e-11)
         close(f"step {i + 1} grad X_s", grads[i][0], ref["grad_x"][i], 1e-11)
         close(f"step {i + 1} grad Y_s", grads[i][1], ref["grad_y"][i], 1e-11)
         close(f"step {i + 1} X_s", state.images, ref["x"][i], 1e-11)
