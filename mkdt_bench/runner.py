@@ -100,6 +100,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                     for sub in create_method(method, **options).sub_units(inputs.key)]
         # a variant's rows are its own even where its set equals another row's
         row_id = {"row": label} if label != method else {}
+        # rows of methods that read the training labels are marked (the SSL premise)
+        marks = {"uses_labels": True} if METHODS.get(method).uses_labels else {}
         for seed in run["seeds"]:
             distill_seed = seed if seeded else 0
             key_options = METHODS.get(method).key_options(options)
@@ -107,7 +109,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore) -> Plan:
                                                    "budget": budget, "seed": distill_seed},
                                      {"images": inputs.key})
             for arch in run["archs"]:
-                row_config = {**base, "method": method, **row_id, "method_options": options,
+                row_config = {**base, "method": method, **row_id, **marks,
+                              "method_options": options,
                               "budget": budget, "train_pool": inputs.pool,
                               "distill_seed": distill_seed, "arch": arch,
                               "pretrain": cfg["pretrain"], "teacher_config": cfg["teacher"],

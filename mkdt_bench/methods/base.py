@@ -35,6 +35,8 @@ class MethodContext:
         load_teacher: returns the frozen teacher (eval mode, on ``device``), for methods
             that need targets of new inputs (KRR-ST's augmented real batches); ``None``
             where no teacher is at hand.
+        labels: ``N`` class labels of ``images``, given only to methods that declare
+            :attr:`Method.uses_labels` (they break the SSL premise); ``None`` for the others.
     """
 
     source: str
@@ -50,6 +52,7 @@ class MethodContext:
     scratch: Path
     progress: Progress = field(default_factory=Progress)
     load_teacher: Callable[[], nn.Module] | None = None
+    labels: Tensor | None = None
 
 
 class SubUnit(Protocol):
@@ -86,6 +89,12 @@ class Method:
     #: from before they existed: at that value they are left out of the cache key, so the
     #: stored sets stay valid (any other value is part of the key).
     compatible_defaults: ClassVar[dict[str, Any]] = {}
+    #: True for methods that read the training labels (``ctx.labels``): they break the SSL
+    #: premise, so their rows are marked (``uses_labels`` in a row's config).
+    uses_labels: ClassVar[bool] = False
+    #: Options whose default is the ``[teacher]`` option of the same name (e.g. the SSL
+    #: recipe of ``random-ssl``); the config fills them in unless they are set.
+    teacher_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, **options: Any) -> None:
         self.config = resolve_options(f"method {self.name!r}", options, self.defaults,

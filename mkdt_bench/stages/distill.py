@@ -53,22 +53,26 @@ class MethodInputs:
 
 
 def method_context(env: Env, inputs: MethodInputs, budget: int, seed: int,
-                   scratch: Path) -> MethodContext:
-    """The :class:`MethodContext` a method (or sub-unit) of ``inputs`` receives."""
+                   scratch: Path, labels: bool = False) -> MethodContext:
+    """The :class:`MethodContext` a method (or sub-unit) of ``inputs`` receives; the
+    training labels only with ``labels`` (methods that declare ``uses_labels``)."""
     cache = ArtifactCache(env.cache_dir)
     source = cached_dataset(inputs.dataset, env.data_root, env.cache_dir)
     images = normalized_train(inputs.dataset, env.data_root, env.cache_dir)
     reps = torch.load(cache.path("representations", inputs.representations_key)
                       / "representations.pt")
+    class_labels = source.train_labels if labels else None
     idx = pool_indices(len(images), inputs.pool)
     if idx is not None:
         images, reps = images[idx], reps[idx]
+        class_labels = class_labels[idx] if class_labels is not None else None
     return MethodContext(
         source=source.name, images=images, targets=reps, mean=source.mean, std=source.std,
         budget=budget, seed=seed, device=env.torch_device, cache=cache, inputs_key=inputs.key,
         scratch=scratch, progress=Progress(env.progress),
         load_teacher=functools.partial(load_teacher, env, inputs.teacher_key,
-                                       inputs.teacher_arch, source))
+                                       inputs.teacher_arch, source),
+        labels=class_labels)
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def run_distill(unit: DistillUnit, env: Env) -> None:
     def produce(tmp: Path) -> dict[str, Any]:
         method = create_method(unit.method, **unit.options)
         ctx = method_context(env, unit.inputs, unit.budget, unit.seed,
-                             cache.scratch("distilled", unit.key))
+                             cache.scratch("distilled", unit.key), method.uses_labels)
         distilled = method.distill(ctx)
         distilled.config_hash = unit.key
         distilled.save(tmp)
