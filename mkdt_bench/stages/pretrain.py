@@ -11,8 +11,8 @@ import torch
 
 from mkdt_bench.cache import ArtifactCache, atomic_torch_save
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.evaluators.pretrain import pretrain_encoder
-from mkdt_bench.models import Encoder, create_model
+from mkdt_bench.evaluators.pretrain import build_encoder, pretrain_encoder
+from mkdt_bench.models import Encoder
 from mkdt_bench.stages.env import Env, prepare_process
 
 if TYPE_CHECKING:
@@ -43,9 +43,7 @@ def pretrained_encoder(unit: EvalUnit, env: Env) -> tuple[Encoder, dict[str, flo
                                config={"arch": unit.arch, "pretrain": unit.pretrain,
                                        "seed": unit.seed},
                                inputs={"distilled": unit.source_key})
-    model = create_model(unit.arch, in_channels=distilled.channels,
-                         image_size=distilled.image_size,
-                         out_dim=int(distilled.targets.shape[1]))
+    model = build_encoder(distilled, unit.arch)
     model.load_state_dict(torch.load(path / "encoder.pt"))
     timings = {**stage_costs(cache, unit.row_config.get("artifacts", [])),
                "storage_bytes": distilled.storage_bytes, "set_images": len(distilled)}
