@@ -1,9 +1,10 @@
 """``herding``: a herding coreset in the teacher's representation space.
 
 Herding (Welling, ICML 2009; Chen, Welling & Smola, UAI 2010; the exemplar selection of
-iCaRL and of DC-BENCH's coreset baselines) adds, one image at a time, the image that keeps
-the mean of the chosen representations closest to the mean of the whole pool. Deterministic
-and label-free; each chosen image keeps its teacher target.
+iCaRL, and a coreset row of dataset condensation's tables, Zhao et al., ICLR 2021) adds, one
+image at a time, the image that keeps the mean of the chosen representations closest to the
+mean of the whole pool. Deterministic and label-free; each chosen image keeps its teacher
+target.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``kcenter``: a greedy k-center coreset in the teacher's representation space.
 
-Farthest-first traversal (Gonzalez, 1985; the coreset of Sener & Savarese, ICLR 2018):
+Farthest-first traversal (Gonzalez, 1985; the coreset of Sener & Savarese, ICLR 2018, and a
+coreset row of dataset condensation's tables, Zhao et al., ICLR 2021):
 starting from one seeded random image, repeatedly add the image farthest from every image
 chosen so far, which covers the pool within twice the optimal radius. Distances are between
 teacher representations; no labels. Each chosen image keeps its teacher target.
