@@ -163,7 +163,9 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         for name, options in cfg[section].items():
             if not isinstance(options, dict):
                 raise UserError(f"{section}.{name} must be a table of options")
-            cfg[section][name] = registry.get(name)(**options).config
+            cls = registry.get(name)
+            inherited = {k: cfg["teacher"][k] for k in getattr(cls, "teacher_options", ())}
+            cfg[section][name] = cls(**{**inherited, **options}).config
     for label in run["methods"]:  # a variant: its method's options with its own on top
         name, extra = parse_label(label)
         if extra:

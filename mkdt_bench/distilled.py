@@ -3,6 +3,9 @@
 On disk a set is a directory with ``images.pt`` (N x C x H x W float, normalised as
 declared), ``targets.pt`` (N x D float), optionally ``lr.pt`` (a 0-d tensor: the learned
 pre-training learning rate) and ``distilled.json`` (the metadata below).
+
+A set with an ``ssl_recipe`` has no targets (N x 0): it is pre-trained with that SSL
+objective on two augmented views of each image instead of by regression (``random-ssl``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ class DistilledSet:
         method: name of the method that produced the set.
         config_hash: hash of the method's resolved config and inputs.
         extra: free-form method metadata (indices of chosen images, loss curves, ...).
+        ssl_recipe: for a set without targets, the SSL pre-training recipe (the
+            ``[teacher]`` keys ``ssl``, ``proj_dim``, ``bt_lambda``, ``temperature``,
+            ``min_scale``, ``cj_strength``, ``gaussian_blur``, ``hf_prob``); ``None`` for a
+            set pre-trained by regression onto its targets.
     """
 
     images: Tensor
@@ -44,6 +51,7 @@ class DistilledSet:
     method: str
     config_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    ssl_recipe: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -56,6 +64,9 @@ class DistilledSet:
             raise UserError(f"distilled set from {self.method!r} contains NaN or infinite values")
         if self.lr is not None and not (self.lr > 0 and self.lr < float("inf")):
             raise UserError(f"distilled learning rate must be positive and finite, got {self.lr}")
+        if self.ssl_recipe is not None and self.targets.shape[1] != 0:
+            raise UserError(f"a distilled set with an SSL recipe has no targets (N x 0), got "
+                            f"shape {tuple(self.targets.shape)}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -76,7 +87,8 @@ class DistilledSet:
         return n + (4 if self.lr is not None else 0)
 
     def metadata(self) -> dict[str, Any]:
-        meta = {k: v for k, v in asdict(self).items() if k not in ("images", "targets")}
+        meta = {k: v for k, v in asdict(self).items() if k not in ("images", "targets")
+                and not (k == "ssl_recipe" and v is None)}  # target sets: as before the field
         meta.update(num_images=len(self), image_size=self.image_size, channels=self.channels,
                     target_dim=int(self.targets.shape[1]))
         return meta
@@ -112,6 +124,7 @@ class DistilledSet:
             method=meta["method"],
             config_hash=meta.get("config_hash", ""),
             extra=meta.get("extra", {}),
+            ssl_recipe=meta.get("ssl_recipe"),
         )
 
 

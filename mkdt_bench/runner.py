@@ -280,6 +280,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
         sub_keys = [f"{sub.stage}/{sub.key}" for sub in subs]
         # a variant's rows are its own even where its set equals another row's
         row_id = {"row": label} if label != method else {}
+        # rows of methods that read the training labels are marked (the SSL premise)
+        marks = {"uses_labels": True} if METHODS.get(method).uses_labels else {}
         for seed in run["seeds"]:
             distill_seed = seed if seeded else 0
             # bf16 autocast changes a set by more than rounding: it names the set
@@ -299,7 +301,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
                 ekey = encoder_key(arch, cfg["pretrain"], seed, dkey)
                 encoder = f"encoder/{ekey}"
                 artifacts = [teacher, reps, *sub_keys, distilled, encoder]
-                row_config = {**base, "method": method, **row_id, "method_options": options,
+                row_config = {**base, "method": method, **row_id, **marks,
+                              "method_options": options,
                               "method_code": code_version(cls), "budget": budget,
                               "train_pool": inputs.pool, "distill_seed": distill_seed,
                               "arch": arch, "pretrain": cfg["pretrain"],

@@ -68,7 +68,7 @@ def build_teacher(arch: str, dataset: ImageDataset) -> Encoder:
     return model
 
 
-class _UnlabelledViews(torch.utils.data.Dataset):
+class UnlabelledViews(torch.utils.data.Dataset):
     """The training images as PIL images, each returned as a pair of SSL views."""
 
     def __init__(self, images: Tensor, transform: Any) -> None:
@@ -85,9 +85,11 @@ class _UnlabelledViews(torch.utils.data.Dataset):
         return v1, v2
 
 
-def _ssl_parts(cfg: dict[str, Any], dataset: ImageDataset, feature_dim: int):
-    norm = {"mean": list(dataset.mean), "std": list(dataset.std)}
-    size = dataset.image_size
+def ssl_parts(cfg: dict[str, Any], mean: tuple[float, ...], std: tuple[float, ...],
+              size: int, feature_dim: int) -> tuple[Any, nn.Module, nn.Module]:
+    """lightly's view transform (normalising with ``mean``/``std``), projection head and
+    loss for the SSL recipe in ``cfg`` (the ``[teacher]`` keys ``ssl``, ``proj_dim``, ...)."""
+    norm = {"mean": list(mean), "std": list(std)}
     common = dict(input_size=size, cj_strength=cfg["cj_strength"], min_scale=cfg["min_scale"],
                   gaussian_blur=cfg["gaussian_blur"], hf_prob=cfg["hf_prob"], normalize=norm)
     if cfg["ssl"] == "barlow_twins":
@@ -140,14 +142,15 @@ def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
         raise UserError(f"teacher.batch_size={cfg['batch_size']} is larger than the "
                         f"{len(images)} training images; lower it")
     model = build_teacher(cfg["arch"], dataset).to(device)
-    transform, head, criterion = _ssl_parts(cfg, dataset, model.feature_dim)
+    transform, head, criterion = ssl_parts(cfg, dataset.mean, dataset.std,
+                                           dataset.image_size, model.feature_dim)
     head = head.to(device)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
     generator = torch.Generator().manual_seed(cfg["seed"])
-    loader = torch.utils.data.DataLoader(_UnlabelledViews(images, transform),
+    loader = torch.utils.data.DataLoader(UnlabelledViews(images, transform),
                                          batch_size=cfg["batch_size"], shuffle=True,
                                          drop_last=True, generator=generator,
                                          **loader_options(device))
@@ -227,5 +230,5 @@ def encode(model: nn.Module, images: Tensor, device: torch.device,
     return torch.cat(out)
 
 
-__all__ = ["TEACHER_CHOICES", "TEACHER_DEFAULTS", "build_teacher", "encode",
-           "load_teacher_checkpoint", "train_teacher"]
+__all__ = ["TEACHER_CHOICES", "TEACHER_DEFAULTS", "UnlabelledViews", "build_teacher", "encode",
+           "load_teacher_checkpoint", "ssl_parts", "train_teacher"]

@@ -30,6 +30,17 @@ def create_method(name: str, **options: Any) -> Method:
     return METHODS.get(name)(**options)
 
 
-from mkdt_bench.methods import baselines, imported, krrst, mkdt  # noqa: E402,F401
+from mkdt_bench.methods import (  # noqa: E402,F401
+    baselines,
+    dm_ssl,
+    herding,
+    imported,
+    kcenter,
+    kmeans,
+    krrst,
+    mkdt,
+    random_ssl,
+    sas,
+)
 
 __all__ = ["METHODS", "Method", "MethodContext", "create_method", "register_method"]

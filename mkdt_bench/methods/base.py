@@ -38,6 +38,8 @@ class MethodContext:
         precision: the run's float32 precision (:data:`mkdt_bench.device.PRECISIONS`);
             under "bf16" a method with :attr:`Method.uses_autocast` runs the parts that
             allow it under bfloat16 autocast.
+        labels: ``N`` class labels of ``images``, given only to methods that declare
+            :attr:`Method.uses_labels` (they break the SSL premise); ``None`` for the others.
     """
 
     source: str
@@ -54,6 +56,7 @@ class MethodContext:
     progress: Progress = field(default_factory=Progress)
     load_teacher: Callable[[], nn.Module] | None = None
     precision: str = "default"
+    labels: Tensor | None = None
 
 
 class SubUnit(Protocol):
@@ -98,6 +101,12 @@ class Method:
     #: True for methods that run part of their work under bfloat16 autocast when the run's
     #: precision is "bf16" (``MethodContext.precision``): the precision then names the set.
     uses_autocast: ClassVar[bool] = False
+    #: True for methods that read the training labels (``ctx.labels``): they break the SSL
+    #: premise, so their rows are marked (``uses_labels`` in a row's config).
+    uses_labels: ClassVar[bool] = False
+    #: Options whose default is the ``[teacher]`` option of the same name (e.g. the SSL
+    #: recipe of ``random-ssl``); the config fills them in unless they are set.
+    teacher_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, **options: Any) -> None:
         self.config = resolve_options(f"method {self.name!r}", options, self.defaults,

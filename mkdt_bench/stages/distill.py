@@ -53,26 +53,29 @@ class MethodInputs:
 
 
 def method_context(env: Env, inputs: MethodInputs, budget: int, seed: int, scratch: Path,
-                   built_from: dict[str, float] | None = None,
-                   fresh_after: float = 0.0) -> MethodContext:
+                   built_from: dict[str, float] | None = None, fresh_after: float = 0.0,
+                   labels: bool = False) -> MethodContext:
     """The :class:`MethodContext` a method (or sub-unit) of ``inputs`` receives; what the
     method caches through ``ctx.cache`` records ``built_from`` (the unit's inputs) and
-    replaces what was created before ``fresh_after`` (see :class:`ArtifactCache`)."""
+    replaces what was created before ``fresh_after`` (see :class:`ArtifactCache`); the
+    training labels only with ``labels`` (methods that declare ``uses_labels``)."""
     cache = ArtifactCache(env.cache_dir, built_from=built_from, fresh_after=fresh_after)
     source = cached_dataset(inputs.dataset, env.data_root, env.cache_dir)
     images = normalized_train(inputs.dataset, env.data_root, env.cache_dir)
     reps = torch.load(cache.path("representations", inputs.representations_key)
                       / "representations.pt")
+    class_labels = source.train_labels if labels else None
     idx = pool_indices(len(images), inputs.pool)
     if idx is not None:
         images, reps = images[idx], reps[idx]
+        class_labels = class_labels[idx] if class_labels is not None else None
     return MethodContext(
         source=source.name, images=images, targets=reps, mean=source.mean, std=source.std,
         budget=budget, seed=seed, device=env.torch_device, cache=cache, inputs_key=inputs.key,
         scratch=scratch, progress=Progress(env.progress),
         load_teacher=functools.partial(load_teacher, env, inputs.teacher_key,
                                        inputs.teacher_arch, source),
-        precision=env.precision)
+        precision=env.precision, labels=class_labels)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def run_distill(unit: DistillUnit, env: Env) -> None:
         method = create_method(unit.method, **unit.options)
         ctx = method_context(env, unit.inputs, unit.budget, unit.seed,
                              cache.scratch("distilled", unit.key), built_from,
-                             unit.fresh_after)
+                             unit.fresh_after, method.uses_labels)
         distilled = method.distill(ctx)
         distilled.config_hash = unit.key
         distilled.save(tmp)

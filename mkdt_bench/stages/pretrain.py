@@ -11,8 +11,8 @@ import torch
 
 from mkdt_bench.cache import ArtifactCache, atomic_torch_save
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.evaluators.pretrain import pretrain_encoder, pretrain_key
-from mkdt_bench.models import Encoder, create_model
+from mkdt_bench.evaluators.pretrain import build_encoder, pretrain_encoder, pretrain_key
+from mkdt_bench.models import Encoder
 from mkdt_bench.stages.env import Env, prepare_process
 
 if TYPE_CHECKING:
@@ -46,9 +46,7 @@ def pretrained_encoder(unit: EvalUnit, env: Env) -> tuple[Encoder, dict[str, flo
                                inputs={"distilled": unit.source_key},
                                built_from=cache.stamps([f"distilled/{unit.source_key}"]),
                                fresh_after=unit.fresh_after)
-    model = create_model(unit.arch, in_channels=distilled.channels,
-                         image_size=distilled.image_size,
-                         out_dim=int(distilled.targets.shape[1]))
+    model = build_encoder(distilled, unit.arch)
     model.load_state_dict(torch.load(path / "encoder.pt"))
     timings = {**stage_costs(cache, unit.row_config.get("artifacts", [])),
                "storage_bytes": distilled.storage_bytes, "set_images": len(distilled)}
