@@ -10,6 +10,7 @@ from typing import Any
 
 from mkdt_bench import __version__
 from mkdt_bench.errors import UserError
+from mkdt_bench.threads import configure_openmp
 
 QUICK = "quick"
 DEVICE_HELP = ("cpu, cuda, cuda:N or auto (default auto: the first CUDA device when one is "
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retries", type=int, default=2, metavar="N",
                      help="Ray: reruns of a task whose worker or node died (default 2)")
     run.add_argument("--threads", type=int, default=0, metavar="N",
-                     help="torch CPU threads per unit (default 0: torch's choice)")
+                     help="torch CPU threads per unit (default 0: one per usable core, or "
+                          "OMP_NUM_THREADS; waiting threads sleep, OMP_WAIT_POLICY=PASSIVE)")
 
     ev = sub.add_parser("eval", help="evaluate a stored DistilledSet directory (no teacher, "
                                      "no distillation) and print its table")
@@ -165,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bars (on a "
                     "terminal) or per-step lines (otherwise)")
     ev.add_argument("--threads", type=int, default=0, metavar="N",
-                    help="torch CPU threads (default 0: torch's choice)")
+                    help="torch CPU threads (default 0: one per usable core, or "
+                         "OMP_NUM_THREADS)")
 
     conv = sub.add_parser("convert", help="read a reference repository's distilled set "
                                           "into a DistilledSet directory")
@@ -623,6 +626,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_openmp()  # before anything imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -146,8 +146,8 @@ def configure(device: torch.device, precision: str = "default",
 
 
 def settings(device: torch.device, precision: str, deterministic: bool) -> dict[str, str]:
-    """What a row's numbers depend on besides the packages: the device's name and the
-    precision and determinism settings in force (as strings)."""
+    """What a row's numbers depend on besides the packages: the device's name, the
+    precision and determinism settings in force and the CPU threads (as strings)."""
     name = torch.cuda.get_device_name(device) if _real_cuda(device) else device.type
     return {"device_name": name, "precision": precision,
             "deterministic": str(deterministic or device.type == "cpu"),
@@ -155,7 +155,8 @@ def settings(device: torch.device, precision: str, deterministic: bool) -> dict[
             "cudnn_conv_fp32_precision": torch.backends.cudnn.conv.fp32_precision,
             "cudnn_deterministic": str(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": str(torch.backends.cudnn.benchmark),
-            "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled())}
+            "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
+            "cpu_threads": str(torch.get_num_threads())}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:

@@ -17,6 +17,7 @@ from mkdt_bench.data import ImageDataset, load_dataset
 from mkdt_bench.device import configure, resolve_device, settings
 from mkdt_bench.errors import MissingDataError, UserError
 from mkdt_bench.progress import Progress
+from mkdt_bench.threads import default_threads
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ class Env:
 
 
 def prepare_threads(env: Env) -> None:
-    """The torch CPU thread count of ``env`` (the planner's process, which computes nothing
-    on the device)."""
-    if env.threads > 0:
-        torch.set_num_threads(env.threads)
+    """The torch CPU thread count of ``env``, or where it is 0 the default of the process
+    it runs in (:func:`~mkdt_bench.threads.default_threads`: a Ray worker's
+    ``OMP_NUM_THREADS``, else one per usable core)."""
+    torch.set_num_threads(env.threads or default_threads())
 
 
 def prepare_process(env: Env) -> torch.device:
