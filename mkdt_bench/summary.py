@@ -57,8 +57,8 @@ def short_task_name(task: str) -> str:
 
 
 def teacher_description(config: dict[str, Any]) -> str:
-    """``SimCLR resnet10, 20 epochs on 1,437 images`` or ``checkpoint x.pt (resnet18)``
-    from a row's ``teacher_config``."""
+    """``SimCLR resnet10, 20 epochs on 1,437 images``, ``supervised (labelled proxy)
+    convnet, 10 epochs`` or ``checkpoint x.pt (resnet18)`` from a row's ``teacher_config``."""
     if not config:
         return "no teacher"
     if config.get("checkpoint"):
@@ -66,6 +66,8 @@ def teacher_description(config: dict[str, Any]) -> str:
         return f"checkpoint {name} ({config.get('arch', '?')})"
     ssl = {"simclr": "SimCLR", "barlow_twins": "Barlow Twins"}.get(config.get("ssl"),
                                                                    config.get("ssl", "?"))
+    if config.get("kind", "ssl") != "ssl":  # e.g. teacher.kind=supervised: never SSL
+        ssl = f"{config['kind']} (labelled proxy)"
     images = config.get("train_images") or 0
     on = f" on {images:,} images" if images else ""
     return f"{ssl} {config.get('arch', '?')}, {config.get('epochs', '?')} epochs{on}"
@@ -127,6 +129,7 @@ def row_facets(frame: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     df["variant"] = [split_variant(m)[1] for m in df["method"]]
     df["teacher"] = [c.get("teacher", "") for c in configs]
     df["teacher_desc"] = [teacher_description(c.get("teacher_config", {})) for c in configs]
+    df["uses_labels"] = [bool(c.get("uses_labels")) for c in configs]
     df["encoder"] = df["arch"]
     df["seed"] = df["seed"].astype(int)
     df["source_images"] = _source_images(df, configs)
@@ -215,6 +218,7 @@ def cell_groups(frame: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
         record = dict(zip(GROUP, key))
         record.update(method=first["method_name"], variant=first["variant"],
                       source_images=first["source_images"], teacher_desc=first["teacher_desc"],
+                      uses_labels=first["uses_labels"],
                       set_setup=first["set_setup"], eval_setup=first["eval_setup"],
                       set_parts=first["set_parts"], eval_parts=first["eval_parts"],
                       metric=metric, n=len(values),

@@ -35,6 +35,8 @@ from mkdt_bench.summary import (
 #: (images)", one table per evaluator and encoder) and ``arch`` (methods x encoders, one
 #: table per evaluator and budget).
 LAYOUTS = ("default", "paper", "arch")
+#: After the label of a row whose method reads the training labels (``uses_labels``).
+LABELS_MARK = "†"
 FORMATS = ("markdown", "csv", "latex")
 
 #: What splits the groups into tables, per layout.
@@ -100,7 +102,7 @@ def _row_labels(groups: pd.DataFrame, layout: str, budget: float | None) -> pd.S
     def label(g: pd.Series) -> str:
         if g["label"] == TEACHER_ROW:
             return f"teacher ({g['set_images']:,})" if layout == "paper" else "teacher"
-        text = g["label"]
+        text = g["label"] + (f" {LABELS_MARK}" if g["uses_labels"] else "")
         if layout == "paper" or g["set_images"] != budget:
             text += f" ({g['set_images']:,})"
         if several_encoders:
@@ -172,7 +174,7 @@ def _caption(groups: pd.DataFrame, layout: str, metric: str, ci: bool, what: str
                else "no teacher")
     references = []
     if (groups["label"] == TEACHER_ROW).any():
-        references.append("teacher: the SSL teacher itself (ceiling)")
+        references.append("teacher: the teacher itself (ceiling)")
     if (groups["label"] == FLOOR_ROW).any():
         references.append("none: no pre-training (floor)")
     if what == "comparison":
@@ -185,6 +187,8 @@ def _caption(groups: pd.DataFrame, layout: str, metric: str, ci: bool, what: str
         parts.append(statistic)
     if references and what == "comparison":
         parts.append("; ".join(references))
+    if groups["uses_labels"].any():
+        parts.append(f"{LABELS_MARK}: the method reads the training labels (not self-supervised)")
     return "; ".join(parts) + "."
 
 
@@ -354,7 +358,7 @@ def tidy_table(frame: pd.DataFrame, metric: str = "accuracy", paired: str | None
     columns = ["method", "variant", "set_images", "budget_images", "budget_percent", "source",
                "source_images", "teacher", "teacher_desc", "encoder", "evaluator", "task",
                "label_fraction", "metric", "mean", "std", "n", "seeds", "ci_low", "ci_high",
-               "status", "note", "setup"]
+               "status", "note", "setup", "uses_labels"]
     groups = cell_groups(frame, metric) if not frame.empty else pd.DataFrame(
         columns=[*GROUP, *columns])
     if paired and not groups.empty:

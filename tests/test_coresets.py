@@ -21,6 +21,7 @@ from mkdt_bench.results import ResultStore
 from mkdt_bench.runner import plan_grid, run_grid
 from mkdt_bench.stages.distill import method_context, pool_indices
 from mkdt_bench.stages.env import Env
+from mkdt_bench.tables import comparison_tables, tidy_table
 
 COVERAGE = ("kmeans", "kcenter", "herding")
 
@@ -161,6 +162,12 @@ def test_label_rows_are_marked_in_their_config(tmp_path):
     marks = {m: json.loads(c).get("uses_labels") for m, c in zip(frame["method"],
                                                                  frame["config"])}
     assert marks == {"random-balanced": True, "herding": None}
+    (table,) = comparison_tables(frame)
+    assert list(table.cells.index) == ["random-balanced †", "herding"]
+    assert "†: the method reads the training labels (not self-supervised)" in table.caption
+    tidy = tidy_table(frame).set_index("method")
+    assert bool(tidy.loc["random-balanced", "uses_labels"])
+    assert not tidy.loc["herding", "uses_labels"]
 
 
 def test_proportional_counts_fill_the_budget_exactly():

@@ -13,7 +13,7 @@ import pytest
 from mkdt_bench.cli import main
 from mkdt_bench.errors import UserError
 from mkdt_bench.results import ResultRow, ResultStore
-from mkdt_bench.summary import cell_groups, confidence_interval
+from mkdt_bench.summary import cell_groups, confidence_interval, teacher_description
 from mkdt_bench.tables import (
     budget_tables,
     comparison_tables,
@@ -144,6 +144,13 @@ def test_captions_say_what_a_table_shows(tmp_path):
         assert part in caption, part
     text = render([table])
     assert text.startswith(f"Table: {caption}\n\n| method")
+
+
+def test_a_supervised_proxy_teacher_is_named_as_such():
+    assert teacher_description({**TEACHER, "kind": "supervised", "arch": "convnet:width=64",
+                                "epochs": 10}) == \
+        "supervised (labelled proxy) convnet:width=64, 10 epochs"
+    assert teacher_description(TEACHER) == "SimCLR resnet10, 20 epochs"  # no kind: SSL
 
 
 def test_one_seed_has_no_std_and_intervals_stay_in_0_100(tmp_path):
