@@ -8,9 +8,13 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import pytest
+from mkdt_bench.threads import configure_openmp
 
-from mkdt_bench.cache import default_cache_dir
+configure_openmp()  # before anything imports torch: the suite behaves on a shared machine
+
+import pytest  # noqa: E402
+
+from mkdt_bench.cache import default_cache_dir  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
