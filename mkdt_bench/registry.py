@@ -21,6 +21,7 @@ registered under, the entry point's name included (:func:`named_class`).
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
@@ -85,6 +86,10 @@ class Registry(Generic[T]):
         for ep in entry_points(group=self.entry_point_group):
             if ep.name not in self._items:
                 self.add(ep.name, ep.load())
+            elif ep.value.split(":")[0].split(".")[0] != "mkdt_bench":
+                warnings.warn(f"{self.kind} plug-in {ep.name!r} ({ep.value}) is not used: "
+                              f"mkdt-bench has a built-in {self.kind} of that name; register "
+                              "the plug-in under another name", stacklevel=3)
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style wildcard, sorted."""

@@ -21,6 +21,7 @@ from mkdt_bench.results import ResultStore
 from mkdt_bench.runner import plan_grid, run_grid
 from mkdt_bench.stages.distill import method_context, pool_indices
 from mkdt_bench.stages.env import Env
+from mkdt_bench.stages.teacher import run_teacher
 from mkdt_bench.tables import comparison_tables, tidy_table
 
 COVERAGE = ("kmeans", "kcenter", "herding")
@@ -140,6 +141,7 @@ def test_only_methods_that_declare_labels_receive_them(tmp_path):
                                   "pretrain.epochs=1"])
     env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
     plan = plan_grid(cfg, env, ResultStore(tmp_path / "r.sqlite"))
+    run_teacher(plan.teacher, env)  # planning computes nothing; the contexts need it
     inputs = plan.distill_units[0].inputs
     plain = method_context(env, inputs, 10, 0, tmp_path / "s")
     labelled = method_context(env, inputs, 10, 0, tmp_path / "s", labels=True)

@@ -51,7 +51,7 @@ def _record_line(name: str, data: bytes) -> str:
 
 def build_wheel(folder: Path, source: str) -> Path:
     """A pure-Python wheel of the module ``kcenter_plugin`` whose entry point registers
-    ``KCenter`` as the method ``kcenter`` (what a ``pyproject.toml`` like the README's
+    ``KCenter`` as the method ``centre`` (what a ``pyproject.toml`` like the README's
     builds), written without a build backend so that pip installs it offline."""
     dist = "kcenter_plugin-0.1.dist-info"
     files = {
@@ -59,7 +59,7 @@ def build_wheel(folder: Path, source: str) -> Path:
         f"{dist}/METADATA": b"Metadata-Version: 2.1\nName: kcenter-plugin\nVersion: 0.1\n",
         f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
                          b"Tag: py3-none-any\n",
-        f"{dist}/entry_points.txt": b"[mkdt_bench.methods]\nkcenter = kcenter_plugin:KCenter\n",
+        f"{dist}/entry_points.txt": b"[mkdt_bench.methods]\ncentre = kcenter_plugin:KCenter\n",
     }
     record = "\n".join([*(_record_line(n, d) for n, d in files.items()), f"{dist}/RECORD,,"])
     wheel = folder / "kcenter_plugin-0.1-py3-none-any.whl"
@@ -100,29 +100,29 @@ def stored_sets(cache: Path) -> dict[str, dict]:
 @pytest.mark.slow
 def test_plugin_name_reaches_the_class_and_its_records(plugin_site, tmp_path):
     listed = cli(plugin_site, "list")
-    assert listed.returncode == 0 and "kcenter" in listed.stdout
-    bad = cli(plugin_site, "run", "--methods", "kcenter", "--set",
-              "methods.kcenter.normalize=false", "--cache-dir", str(tmp_path / "c"))
+    assert listed.returncode == 0 and "centre" in listed.stdout
+    bad = cli(plugin_site, "run", "--methods", "centre", "--set",
+              "methods.centre.normalize=false", "--cache-dir", str(tmp_path / "c"))
     assert bad.returncode == 2
-    assert bad.stderr.strip() == ("error: method 'kcenter': unknown option 'normalize' "
+    assert bad.stderr.strip() == ("error: method 'centre': unknown option 'normalize' "
                                   "(did you mean 'normalise'?); allowed: normalise")
     cache = tmp_path / "cache"
-    run = cli(plugin_site, "run", "--methods", "kcenter", "--set",
-              "methods.kcenter.normalise=false", "--cache-dir", str(cache), *FAST)
+    run = cli(plugin_site, "run", "--methods", "centre", "--set",
+              "methods.centre.normalise=false", "--cache-dir", str(cache), *FAST)
     assert run.returncode == 0, run.stderr
     (key, manifest), = [(k, m) for k, m in stored_sets(cache).items()]
-    assert manifest["method"] == "kcenter"
+    assert manifest["method"] == "centre"
     meta = json.loads((cache / "artifacts" / "distilled" / key / "distilled.json").read_text())
-    assert meta["method"] == "kcenter"
+    assert meta["method"] == "centre"
     csv = cli(plugin_site, "table", "--format", "csv", "--cache-dir", str(cache))
-    assert "kcenter," in csv.stdout
+    assert "centre," in csv.stdout
 
 
 @pytest.mark.slow
 def test_edited_plugin_code_and_recompute_are_not_served_from_the_cache(plugin_site,
                                                                         tmp_path):
     cache = tmp_path / "cache"
-    args = ("run", "--methods", "kcenter", "--cache-dir", str(cache), "--format", "csv",
+    args = ("run", "--methods", "centre", "--cache-dir", str(cache), "--format", "csv",
             *FAST)
     first = cli(plugin_site, *args)
     assert first.returncode == 0, first.stderr
@@ -142,7 +142,7 @@ def test_edited_plugin_code_and_recompute_are_not_served_from_the_cache(plugin_s
                      .read_text())["extra"]["indices"]
     assert old[0] == 0 and new[0] == 5
 
-    recompute = cli(plugin_site, *args, "--recompute", "methods.kcenter")
+    recompute = cli(plugin_site, *args, "--recompute", "methods.centre")
     assert recompute.returncode == 0, recompute.stderr
     replaced = stored_sets(cache)[new_key]
     assert replaced["created"] > sets[new_key]["created"]  # the same key, computed again

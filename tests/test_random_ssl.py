@@ -16,9 +16,10 @@ from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators.pretrain import PRETRAIN_DEFAULTS, pretrain_encoder, raw_uint8
 from mkdt_bench.methods import MethodContext, create_method
-from mkdt_bench.results import ResultStore, equal_pretraining
+from mkdt_bench.results import ResultStore
 from mkdt_bench.runner import plan_grid, run_grid
 from mkdt_bench.stages.env import Env
+from mkdt_bench.summary import pretraining_note
 
 RECIPE = {"ssl": "simclr", "proj_dim": 16, "bt_lambda": 5e-3, "temperature": 0.5,
           "min_scale": 0.3, "cj_strength": 0.5, "gaussian_blur": 0.0, "hf_prob": 0.0}
@@ -116,7 +117,7 @@ def test_in_a_grid_ssl_rows_get_equal_steps_and_own_keys(tmp_path):
     assert len({u.key for u in plan.distill_units}) == 2  # the sets differ (targets, recipe)
     frame = run_grid(cfg, env, store)
     assert (frame["status"] == "ok").all() and set(frame["method"]) == {"random", "random-ssl"}
-    line = equal_pretraining(frame)
+    line = pretraining_note(frame)
     assert line.startswith("equal pre-training steps"), line
     assert "10 steps for 143 images" in line  # 2 epochs x ceil(143 / 32)
     config = json.loads(frame[frame["method"] == "random-ssl"]["config"].iloc[0])

@@ -84,6 +84,20 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
     sys.modules.pop("my_plugin", None)
 
 
+def test_a_plugin_shadowed_by_a_builtin_is_named_in_a_warning(tmp_path, monkeypatch):
+    dist = tmp_path / "shadow-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shadow\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mkdt_bench.methods]\nrandom = shadow:Random\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg: Registry = Registry("method", entry_point_group="mkdt_bench.methods")
+    reg.add("random", object)
+    with pytest.warns(UserWarning, match=r"method plug-in 'random' \(shadow:Random\) is not "
+                      "used: mkdt-bench has a built-in method of that name"):
+        reg.names()
+    assert reg.get("random") is object
+
+
 def test_a_class_registered_under_another_name_keeps_its_own():
     class Named:
         name = "first"
