@@ -266,8 +266,9 @@ def plot_results(frame: pd.DataFrame, out: str | Path, fmt: str = "png", ci: boo
 def find_stored_set(cache_dir: str | Path, label: str, seed: int | None,
                     budget: int | None) -> tuple[Path, dict]:
     """The directory and manifest of the one distilled set in the cache made by ``label``
-    (a method or variant, ``mkdt[init=random]``) with ``seed`` (ignored for unseeded
-    methods) and ``budget``; a UserError lists the candidates when none or several match."""
+    (a method or variant, ``mkdt[init=random]``; a plain name prefers the set at the
+    method's defaults over its variants) with ``seed`` (ignored for unseeded methods) and
+    ``budget``; a UserError lists the candidates when none or several match."""
     import json
 
     from mkdt_bench.methods import METHODS
@@ -300,11 +301,17 @@ def find_stored_set(cache_dir: str | Path, label: str, seed: int | None,
         raise UserError(f"no set of {label!r} with seed {seed}"
                         f"{f' and budget {budget}' if budget is not None else ''} is stored; "
                         f"stored: {have}")
+    differing = sorted({k for *_, c in matching for k in c.get("options", {})
+                        if len({json.dumps(m[2].get("options", {}).get(k))
+                                for m in matching}) > 1})
+    if len(matching) > 1 and not options and name in METHODS:
+        # the plain name is the row without a variant: the method's defaults where they differ
+        defaults = METHODS.get(name).defaults
+        plain = [m for m in matching
+                 if all(m[2].get("options", {}).get(k) == defaults.get(k) for k in differing)]
+        matching = plain if len(plain) == 1 else matching
     if len(matching) > 1:
         choices = sorted({describe(c) for *_, c in matching})
-        differing = sorted({k for *_, c in matching for k, v in c.get("options", {}).items()
-                            if len({json.dumps(m[2].get("options", {}).get(k))
-                                    for m in matching}) > 1})
         hint = ("; they differ in " + ", ".join(differing) + ": name the variant, e.g. "
                 f"--method {name}[{differing[0]}=...]") if differing else ""
         raise UserError(f"{len(matching)} stored sets of {label!r} match ({'; '.join(choices)})"

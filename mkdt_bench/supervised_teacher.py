@@ -4,9 +4,9 @@ SSL teacher.
 The paper's teacher is self-supervised (spec ``mkdt.md`` §1). On a CPU an SSL teacher trained
 for an hour probes far below one trained with labels for the same time, which leaves the
 CPU yardstick too little room between ``none`` and the teacher to rank methods
-(``results/cifar10-cpu-v2.md``). This module offers the labelled teacher as a clearly named
-stand-in: cross-entropy through a linear classifier on the encoder's pooled features, SGD
-with momentum and a cosine schedule, random crop (padding 4, raw-zero padding) and
+(``results/cifar10-cpu-v2-validation.md``). This module offers the labelled teacher as a
+clearly named stand-in: cross-entropy through a linear classifier on the encoder's pooled
+features, SGD with momentum and a cosine schedule, random crop (padding 4, raw-zero padding) and
 horizontal flip. Its representations are the same pooled ``features`` an SSL teacher gives,
 so every method and evaluator treats it alike; tables name the teacher they used.
 """

@@ -168,6 +168,19 @@ def test_show_picks_a_stored_set_by_method_and_seed(tmp_path, cli):
     assert len(empty.stderr.strip().splitlines()) == 1 and "Traceback" not in empty.stderr
 
 
+def test_a_plain_name_picks_the_set_at_the_methods_defaults_over_its_variants(tmp_path):
+    from mkdt_bench.plots import find_stored_set
+
+    cache = tmp_path / "cache"
+    images = torch.zeros(3, 1, 8, 8)
+    store_set(cache, "mkdt", 0, 143, images, options={"init": "high_loss", "width": 16})
+    store_set(cache, "mkdt", 0, 143, images[:2], options={"init": "random", "width": 16})
+    _, plain = find_stored_set(cache, "mkdt", 0, 143)
+    assert plain["config"]["options"]["init"] == "high_loss"
+    _, variant = find_stored_set(cache, "mkdt[init=random]", 0, 143)
+    assert variant["config"]["options"]["init"] == "random"
+
+
 def test_show_a_directory(tmp_path, cli):
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)
     raw = torch.rand(9, 3, 40, 40, generator=torch.Generator().manual_seed(0))
