@@ -72,6 +72,16 @@ SAME_KERNELS = (torch.__version__ == SETTINGS["versions"]["torch"]
                 == SETTINGS["versions"]["cpu_capability"])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as the fixtures were made: the thread count changes the summation
+    order of CPU kernels, so bit-for-bit comparisons hold only at the same count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def inputs() -> dict[str, Tensor]:
     return load("inputs.pt")
