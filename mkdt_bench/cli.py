@@ -71,7 +71,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def _report(p: argparse.ArgumentParser, paired: bool = True) -> None:
+def _report(p: argparse.ArgumentParser, comparisons: bool = True) -> None:
     """How results are printed (run, eval and table share these)."""
     from mkdt_bench.results import METRICS
     from mkdt_bench.tables import FORMATS, LAYOUTS
@@ -88,9 +88,12 @@ def _report(p: argparse.ArgumentParser, paired: bool = True) -> None:
     p.add_argument("--ci", action="store_true", help="add a 95%% t-interval of the mean")
     p.add_argument("--budget-table", action="store_true", help="also print each set's storage, "
                    "compute time and peak memory, and the pre-training steps")
-    if paired:
+    if comparisons:
         p.add_argument("--paired", metavar="BASELINE", help="also print each method's "
                        "difference from BASELINE (e.g. random) with a paired t-test over seeds")
+        p.add_argument("--relative", action="store_true", help="also print each set's gain "
+                       "over random as a share of the full - random gap (0%% = random, "
+                       "100%% = full) with a 95%% interval over seeds")
     p.add_argument("--out", dest="out_file", metavar="FILE", help="write the tables (or "
                    "CSV) to FILE instead of standard output")
 
@@ -163,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help=DEVICE_HELP)
     ev.add_argument("--set", dest="overrides", action="append", default=[], type=_override,
                     metavar="SECTION.KEY=VALUE", help="override pretrain/evaluator options")
-    _report(ev, paired=False)
+    _report(ev, comparisons=False)
     ev.add_argument("--no-progress", action="store_true", help="no progress bars (on a "
                     "terminal) or per-step lines (otherwise)")
     ev.add_argument("--threads", type=int, default=0, metavar="N",
@@ -256,19 +259,21 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
 def report(frame: Any, methods: list[str] | None, args: argparse.Namespace) -> str:
     """The comparison table(s) in ``--layout`` (plus the methods x encoders tables when
     the default layout meets several encoders), the paired differences from a baseline
-    (``--paired``) and the budget tables (``--budget-table``), in ``--format``; as CSV
-    one tidy table holding all of it."""
+    (``--paired``), the relative scores (``--relative``) and the budget tables
+    (``--budget-table``), in ``--format``; as CSV one tidy table holding all of it."""
     from mkdt_bench.tables import (
         budget_tables,
         comparison_tables,
         paired_tables,
+        relative_tables,
         render,
         tidy_table,
     )
 
     paired = getattr(args, "paired", None)
+    relative = getattr(args, "relative", False)
     if args.format == "csv":
-        return tidy_table(frame, args.metric, paired, args.budget_table).to_csv(
+        return tidy_table(frame, args.metric, paired, args.budget_table, relative).to_csv(
             index=False).rstrip("\n")
     tables = comparison_tables(frame, args.layout, methods, args.ci, args.metric)
     encoders = set(frame.loc[frame["method"] != "teacher", "arch"]) if not frame.empty else ()
@@ -276,6 +281,8 @@ def report(frame: Any, methods: list[str] | None, args: argparse.Namespace) -> s
         tables += comparison_tables(frame, "arch", methods, args.ci, args.metric)
     if paired:
         tables += paired_tables(frame, paired, methods, args.metric)
+    if relative:
+        tables += relative_tables(frame, methods, args.metric)
     if args.budget_table:
         tables += budget_tables(frame, methods)
     return render(tables, args.format)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -240,6 +241,37 @@ def cell_groups(frame: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     return groups
 
 
+#: Where two cell groups may be paired seed by seed: everything of :data:`GROUP` but the
+#: set (its label, size and set-up).
+_POSITION = ["source", "teacher", "budget", "encoder", "evaluator", "task", "fraction",
+             "eval_setup"]
+
+
+def _ok_facets(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return row_facets(frame[frame["status"] == OK], metric).dropna(subset=["value"])
+
+
+def _reference(df: pd.DataFrame, label: str, role: str) -> pd.Series:
+    """``label``'s value per (position, seed): the seed-by-seed reference of ``role``."""
+    if label not in set(df["label"]):
+        raise UserError(f"no results for the {role} {label!r}; methods stored: "
+                        f"{', '.join(sorted(set(df['label'])))}")
+    rows = df[df["label"] == label]
+    if rows.duplicated([*_POSITION, "seed"]).any():
+        raise UserError(f"the {role} {label!r} has several set-ups at one position (options "
+                        "or code changed between runs); choose one with --methods or a "
+                        "separate --results-db")
+    return rows.set_index([*_POSITION, "seed"])["value"]
+
+
+def _groups_by_seed(df: pd.DataFrame, skip: list[str]) -> Iterator[tuple[tuple, pd.Series]]:
+    """(GROUP key, values indexed by position and seed) of each group not in ``skip``."""
+    for key, group in df[~df["label"].isin([*skip, TEACHER_ROW])].groupby(
+            GROUP, sort=False, dropna=False):
+        yield key, group.drop_duplicates("seed", keep="last").set_index(
+            [*_POSITION, "seed"])["value"]
+
+
 def paired_differences(frame: pd.DataFrame, baseline: str,
                        metric: str = "accuracy") -> pd.DataFrame:
     """Each cell group's per-seed difference from ``baseline``'s group at the same
@@ -249,23 +281,10 @@ def paired_differences(frame: pd.DataFrame, baseline: str,
     indexed by :data:`GROUP`. The baseline's own groups and the teacher have none."""
     from scipy.stats import ttest_rel
 
-    df = row_facets(frame[frame["status"] == OK], metric).dropna(subset=["value"])
-    if baseline not in set(df["label"]):
-        raise UserError(f"no results for the paired baseline {baseline!r}; methods stored: "
-                        f"{', '.join(sorted(set(df['label'])))}")
-    position = ["source", "teacher", "budget", "encoder", "evaluator", "task", "fraction",
-                "eval_setup"]
-    base = df[df["label"] == baseline]
-    if base.duplicated([*position, "seed"]).any():
-        raise UserError(f"the paired baseline {baseline!r} has several set-ups at one "
-                        "position (options or code changed between runs); choose one with "
-                        "--methods or a separate --results-db")
-    base = base.set_index([*position, "seed"])["value"]
+    df = _ok_facets(frame, metric)
+    base = _reference(df, baseline, "paired baseline")
     out = []
-    for key, group in df[~df["label"].isin([baseline, TEACHER_ROW])].groupby(
-            GROUP, sort=False, dropna=False):
-        values = group.drop_duplicates("seed", keep="last").set_index(
-            [*position, "seed"])["value"]
+    for key, values in _groups_by_seed(df, [baseline]):
         common = values.index.intersection(base.index)
         a, b = values.loc[common].to_numpy(float), base.loc[common].to_numpy(float)
         diff = a - b
@@ -278,6 +297,54 @@ def paired_differences(frame: pd.DataFrame, baseline: str,
                     "n_pairs": len(diff), "p_value": p})
     return pd.DataFrame(out, columns=[*GROUP, "baseline", "diff_mean", "diff_std", "n_pairs",
                                       "p_value"])
+
+
+def fieller_interval(gain: np.ndarray, gap: np.ndarray,
+                     level: float = 0.95) -> tuple[float, float]:
+    """Fieller's interval for ``mean(gain) / mean(gap)`` from paired samples (sample
+    covariance, n - 1 degrees of freedom); ``(nan, nan)`` where the interval is unbounded,
+    i.e. ``mean(gap)`` is not separated from zero at ``level``. Fieller (1954), J. R. Stat.
+    Soc. B 16, 175-185."""
+    from scipy.stats import t
+
+    n = len(gain)
+    if n < 2:
+        return (np.nan, np.nan)
+    q = t.ppf(0.5 + level / 2, n - 1) ** 2
+    cov = np.cov(np.vstack([gain, gap]), ddof=1) / n
+    a, b = gain.mean(), gap.mean()
+    quad = b * b - q * cov[1, 1]
+    if quad <= 0:
+        return (np.nan, np.nan)
+    half = b * a - q * cov[0, 1]
+    root = np.sqrt(max(half * half - quad * (a * a - q * cov[0, 0]), 0.0))
+    return (float((half - root) / quad), float((half + root) / quad))
+
+
+def relative_scores(frame: pd.DataFrame, low: str = "random", high: str = "full",
+                    metric: str = "accuracy") -> pd.DataFrame:
+    """Each cell group's gain over ``low`` as a share of the ``high`` - ``low`` gap at the
+    same position (DD-Ranking style: 0 % = ``low``, 100 % = ``high``), over the seeds the
+    three share: ``relative`` = 100 mean(set - low) / mean(high - low), its 95 % Fieller
+    interval ``relative_low``/``relative_high`` (NaN where the gap is not separated from
+    zero or below two seeds) and ``relative_pairs``; indexed by :data:`GROUP`. The teacher
+    has none; ``low`` and ``high`` get 0 and 100 on their shared seeds."""
+    df = _ok_facets(frame, metric)
+    base = _reference(df, low, "relative score's lower reference")
+    top = _reference(df, high, "relative score's upper reference")
+    out = []
+    for key, values in _groups_by_seed(df, []):
+        common = values.index.intersection(base.index).intersection(top.index)
+        gain = values.loc[common].to_numpy(float) - base.loc[common].to_numpy(float)
+        gap = top.loc[common].to_numpy(float) - base.loc[common].to_numpy(float)
+        score, lo, hi = np.nan, np.nan, np.nan
+        if len(common) and gap.mean() != 0:
+            score = 100 * gain.mean() / gap.mean()
+            lo, hi = (100 * v for v in fieller_interval(gain, gap))
+        out.append({**dict(zip(GROUP, key)), "relative": score, "relative_low": lo,
+                    "relative_high": hi, "relative_pairs": len(common)})
+    return pd.DataFrame(out, columns=[*GROUP, "relative", "relative_low", "relative_high",
+                                      "relative_pairs"])
 
 
 def significantly_best(facets: pd.DataFrame, candidates: pd.DataFrame,
@@ -327,6 +394,7 @@ def pretraining_note(frame: pd.DataFrame) -> str:
         f"{int(g['steps'].iloc[0]):,} steps for {int(n):,} images" for n, g in groups)
 
 
-__all__ = ["COSTS", "GROUP", "cell_groups", "confidence_interval", "differences", "metric_name",
-           "paired_differences", "pretraining_note", "row_facets", "short_task_name",
-           "significantly_best", "teacher_description"]
+__all__ = ["COSTS", "GROUP", "cell_groups", "confidence_interval", "differences",
+           "fieller_interval", "metric_name", "paired_differences", "pretraining_note",
+           "relative_scores", "row_facets", "short_task_name", "significantly_best",
+           "teacher_description"]

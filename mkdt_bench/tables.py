@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,7 @@ from mkdt_bench.summary import (
     metric_name,
     paired_differences,
     pretraining_note,
+    relative_scores,
     row_facets,
     short_task_name,
     significantly_best,
@@ -264,6 +266,19 @@ def comparison_tables(frame: pd.DataFrame, layout: str = "default",
     return tables
 
 
+def _tables_per_set(groups: pd.DataFrame, method_order: list[str] | None,
+                    text: Callable[[pd.Series], str], what: str, metric: str) -> list[Table]:
+    """One table of ``text(group)`` per source, teacher and budget, captioned ``what``."""
+    tables = []
+    for part in _split(groups, "default"):
+        part = _order(part, method_order)
+        rows = _row_labels(part, "default", float(part["budget"].iloc[0]))
+        columns = _column_labels(part, "default")
+        tables.append(Table(_caption(part, "default", metric, False, what),
+                            _grid(part, part.apply(text, axis=1), rows, columns, "default")))
+    return tables
+
+
 def paired_tables(frame: pd.DataFrame, baseline: str, method_order: list[str] | None = None,
                   metric: str = "accuracy") -> list[Table]:
     """Each set's accuracy minus ``baseline``'s on the same seeds: ``+3.21 (p=0.041, n=3)``
@@ -272,27 +287,48 @@ def paired_tables(frame: pd.DataFrame, baseline: str, method_order: list[str] | 
     diffs = paired_differences(frame, baseline, metric)
     if diffs.empty:
         return []
+
+    def text(g: pd.Series) -> str:
+        if g["n_pairs"] == 0:
+            return "n/a (no shared seeds)"
+        p = "n/a" if math.isnan(g["p_value"]) else f"{g['p_value']:.3f}"
+        return f"{g['diff_mean']:+.2f} (p={p}, n={g['n_pairs']})"
+
     groups = cell_groups(frame[frame["status"] == OK], metric).merge(diffs, on=GROUP)
-    tables = []
-    for part in _split(groups, "default"):
-        part = _order(part, method_order)
-        budget = part["budget"].iloc[0]
-        rows = _row_labels(part, "default", float(budget))
-        columns = _column_labels(part, "default")
+    return _tables_per_set(groups, method_order, text,
+                           f"Difference from {baseline} in points of {metric_name(metric)}, "
+                           "mean over the seeds both have (p: two-sided paired t-test, n: "
+                           "pairs)", metric)
 
-        def text(g: pd.Series) -> str:
-            if g["n_pairs"] == 0:
-                return "n/a (no shared seeds)"
-            p = "n/a" if math.isnan(g["p_value"]) else f"{g['p_value']:.3f}"
-            return f"{g['diff_mean']:+.2f} (p={p}, n={g['n_pairs']})"
 
-        caption = _caption(part, "default", metric, False,
-                           f"Difference from {baseline} in points of "
-                           f"{metric_name(metric)}, mean over the seeds both have "
-                           "(p: two-sided paired t-test, n: pairs)")
-        tables.append(Table(caption, _grid(part, part.apply(text, axis=1), rows, columns,
-                                           "default")))
-    return tables
+def relative_tables(frame: pd.DataFrame, method_order: list[str] | None = None,
+                    metric: str = "accuracy") -> list[Table]:
+    """Each set's gain over ``random`` as a share of ``full`` - ``random`` on the same
+    seeds (:func:`mkdt_bench.summary.relative_scores`): ``+42.1 % [+18.0, +66.3] (n=5)``,
+    one table per source, teacher and budget."""
+    scores = relative_scores(frame, metric=metric)
+    if scores.empty:
+        return []
+
+    def text(g: pd.Series) -> str:
+        if g["relative_pairs"] == 0:
+            return "n/a (no seeds shared with random and full)"
+        if math.isnan(g["relative"]):
+            return "n/a (full = random)"
+        if g["label"] in ("random", "full"):
+            return f"{g['relative']:.0f} % (reference)"
+        interval = ("[unbounded]" if math.isnan(g["relative_low"]) else
+                    f"[{g['relative_low']:+.1f}, {g['relative_high']:+.1f}]")
+        return f"{g['relative']:+.1f} % {interval} (n={g['relative_pairs']})"
+
+    groups = cell_groups(frame[frame["status"] == OK], metric).merge(scores, on=GROUP)
+    return _tables_per_set(groups, method_order, text,
+                           "Gain over random as a share of the full - random gap in "
+                           f"{metric_name(metric)}: 100 x mean(set - random) / mean(full - "
+                           "random) over the seeds the three share (0 % = random, 100 % = "
+                           "full; DD-Ranking style); [95 % Fieller interval of the ratio, "
+                           "unbounded where full - random is not separated from zero]",
+                           metric)
 
 
 #: Budget-table columns: (heading, cost column, format).
@@ -352,9 +388,10 @@ def _json_teacher(config: str) -> str:
 
 
 def tidy_table(frame: pd.DataFrame, metric: str = "accuracy", paired: str | None = None,
-               costs: bool = False) -> pd.DataFrame:
+               costs: bool = False, relative: bool = False) -> pd.DataFrame:
     """The CSV: one row per cell group, numeric columns, nothing pooled; with ``paired``
-    the difference from that baseline and its p-value, with ``costs`` the budget columns."""
+    the difference from that baseline and its p-value, with ``costs`` the budget columns,
+    with ``relative`` the share of the full - random gap and its interval."""
     columns = ["method", "variant", "set_images", "budget_images", "budget_percent", "source",
                "source_images", "teacher", "teacher_desc", "encoder", "evaluator", "task",
                "label_fraction", "metric", "mean", "std", "n", "seeds", "ci_low", "ci_high",
@@ -365,6 +402,9 @@ def tidy_table(frame: pd.DataFrame, metric: str = "accuracy", paired: str | None
         diffs = paired_differences(frame, paired, metric)
         groups = groups.merge(diffs, on=GROUP, how="left")
         columns += ["baseline", "diff_mean", "diff_std", "n_pairs", "p_value"]
+    if relative and not groups.empty:
+        groups = groups.merge(relative_scores(frame, metric=metric), on=GROUP, how="left")
+        columns += ["relative", "relative_low", "relative_high", "relative_pairs"]
     if costs:
         columns += list(COSTS)
     tidy = groups.rename(columns={"budget": "budget_images", "fraction": "label_fraction"})
@@ -411,4 +451,4 @@ def render(tables: list[Table], fmt: str = "markdown") -> str:
 
 
 __all__ = ["FORMATS", "LAYOUTS", "Table", "budget_tables", "comparison_tables",
-           "paired_tables", "render", "tidy_table"]
+           "paired_tables", "relative_tables", "render", "tidy_table"]

@@ -13,11 +13,17 @@ import pytest
 from mkdt_bench.cli import main
 from mkdt_bench.errors import UserError
 from mkdt_bench.results import ResultRow, ResultStore
-from mkdt_bench.summary import cell_groups, confidence_interval, teacher_description
+from mkdt_bench.summary import (
+    cell_groups,
+    confidence_interval,
+    fieller_interval,
+    teacher_description,
+)
 from mkdt_bench.tables import (
     budget_tables,
     comparison_tables,
     paired_tables,
+    relative_tables,
     render,
     tidy_table,
 )
@@ -282,3 +288,45 @@ def test_an_evaluator_with_two_setups_gets_two_columns(tmp_path):
                                    "linear {steps=20} digits @ 1%",
                                    "linear {steps=20} digits @ 5%"]
         assert table.cells.iloc[-1].str.startswith("61.00 ± ").sum() == 1
+
+
+def test_relative_scores_share_of_the_full_random_gap_with_fieller_interval(tmp_path, cli):
+    from scipy.stats import ttest_1samp
+
+    f = frame(grid(), tmp_path)
+    (table,) = relative_tables(f, ["random", "full", "mkdt"])
+    gain = np.array([60, 61, 62]) - np.array([50, 52, 57])
+    gap = np.array([70, 72, 71]) - np.array([50, 52, 57])
+    lo, hi = fieller_interval(gain, gap)
+    # Fieller's interval is the set of ratios a paired t-test of gain - ratio * gap keeps
+    for edge in (lo, hi):
+        assert ttest_1samp(gain - edge * gap, 0).pvalue == pytest.approx(0.05, abs=1e-6)
+    assert ttest_1samp(gain - (lo + hi) / 2 * gap, 0).pvalue > 0.05
+    assert table.cells.loc["mkdt", "digits @ 1%"] == \
+        f"{100 * gain.mean() / gap.mean():+.1f} % [{100 * lo:+.1f}, {100 * hi:+.1f}] (n=3)"
+    assert table.cells.loc["random", "digits @ 1%"] == "0 % (reference)"
+    assert table.cells.loc["full (1,437)", "digits @ 1%"] == "100 % (reference)"
+    assert table.cells.loc["none (0)", "digits @ 1%"].startswith("-")
+    assert "teacher" not in table.cells.index and "Fieller" in table.caption
+    # a gap the seeds do not separate from zero has no bounded interval
+    noisy = frame(grid(values={"random": [50, 52, 57], "full": [58, 45, 60],
+                               "mkdt": [55, 50, 58]}), tmp_path)
+    (table,) = relative_tables(noisy, ["random", "full", "mkdt"])
+    assert table.cells.loc["mkdt", "digits @ 1%"].endswith("[unbounded] (n=3)")
+    with pytest.raises(UserError, match="upper reference 'full'"):
+        relative_tables(frame(grid(values={"random": [50, 52, 57], "mkdt": [1, 2, 3]}),
+                              tmp_path))
+    db = tmp_path / "rel.sqlite"
+    ResultStore(db).add(grid())
+    out = cli("table", "--results-db", str(db), "--relative")
+    assert out.returncode == 0 and "Gain over random as a share" in out.stdout
+    csv = pd.read_csv(io.StringIO(cli("table", "--results-db", str(db), "--format", "csv",
+                                      "--relative").stdout))
+    mkdt = csv[(csv["method"] == "mkdt") & (csv["label_fraction"] == 0.01)].iloc[0]
+    assert mkdt["relative"] == pytest.approx(100 * gain.mean() / gap.mean())
+    assert mkdt["relative_low"] == pytest.approx(100 * lo)
+    assert csv.loc[csv["method"] == "teacher", "relative"].isna().all()
+    ResultStore(tmp_path / "no-full.sqlite").add(grid(values={"random": [50, 52, 57]}))
+    bad = cli("table", "--results-db", str(tmp_path / "no-full.sqlite"), "--relative")
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1
+    assert "'full'" in bad.stderr and "random" in bad.stderr
