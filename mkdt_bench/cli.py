@@ -390,7 +390,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = ResultStore(db)
     executor = make_executor(args)
     start = time.perf_counter()
-    frame = run_plan(plan, env, store, executor, estimates)
+    try:  # closed here, not at garbage collection: the WAL is folded in before we return
+        frame = run_plan(plan, env, store, executor, estimates)
+    finally:
+        store.close()
     print_tables(frame, cfg["run"]["methods"], args)
     return _summary(frame, start, db)
 
@@ -426,7 +429,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plan = plan_external(cfg, env, ResultStore.read_only(db), directory, name)
     store = ResultStore(db)
     start = time.perf_counter()
-    frame = run_plan(plan, env, store)
+    try:
+        frame = run_plan(plan, env, store)
+    finally:
+        store.close()
     print_tables(frame, [name], args)
     return _summary(frame, start, db)
 

@@ -206,6 +206,27 @@ def cells_to_compute(cells: list[Cell], artifacts: list[str], store: ResultStore
         done[c.key], artifacts, recompute.after(f"evaluators.{c.evaluator}")))
 
 
+def cell_steps(cells: list[Cell], todo: tuple[Cell, ...], unit: int, what: str, dataset: str,
+               arch: str, teacher: bool) -> tuple[tuple[Cell, ...], list[Step]]:
+    """The cells of evaluation unit ``unit`` still to compute (among ``todo``) and a step
+    for each of ``cells`` (``what``: the encoder, e.g. ``mkdt convnet seed 0``)."""
+    keys = {c.key for c in todo}
+    out: list[Cell] = []
+    steps = []
+    for cell in cells:
+        status, task_key = CACHED, ""
+        if cell.key in keys:
+            status = NO_DATA if cell.missing else TO_COMPUTE
+            task_key = f"{EVALUATE}{unit}:{len(out)}"
+            out.append(cell)
+        steps.append(Step(
+            "cell", cell.key, f"{what}: {cell.evaluator} {short_task_name(cell.task)} @ "
+            f"{cell.fraction * 100:g}%", status, task_key,
+            signature=cell_signature(dataset, arch, cell.evaluator, cell.options, cell.task,
+                                     cell.fraction, teacher)))
+    return tuple(out), steps
+
+
 def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
               recompute: Recompute | None = None, cache: ArtifactCache | None = None) -> Plan:
     """The grid's units and steps, computing and writing nothing: the data set is loaded
@@ -238,7 +259,7 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
     distill_units: dict[str, DistillUnit] = {}
     eval_units: list[EvalUnit] = []
     cell_keys: list[str] = []
-    cell_steps: list[Step] = []
+    grid_cell_steps: list[Step] = []
     encoder_steps: dict[str, Step] = {}
     #: distilled key -> (row label, method, options, seed, --recompute time)
     distilled_labels: dict[str, tuple[str, str, dict[str, Any], int, float]] = {}
@@ -248,20 +269,11 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
         """The encoder's cells still to compute; every cell becomes a step."""
         cells = grid_cells(cfg, encoder_id, seed, tasks, dataset.image_size, missing)
         cell_keys.extend(c.key for c in cells)
-        todo = {c.key for c in cells_to_compute(cells, artifacts, store, fresh, recompute)}
-        out: list[Cell] = []
-        for cell in cells:
-            status, task_key = CACHED, ""
-            if cell.key in todo:
-                status = NO_DATA if cell.missing else TO_COMPUTE
-                task_key = f"{EVALUATE}{len(eval_units)}:{len(out)}"
-                out.append(cell)
-            cell_steps.append(Step(
-                "cell", cell.key, f"{row} {arch} seed {seed}: {cell.evaluator} "
-                f"{short_task_name(cell.task)} @ {cell.fraction * 100:g}%", status, task_key,
-                signature=cell_signature(run["dataset"], arch, cell.evaluator, cell.options,
-                                         cell.task, cell.fraction, row == TEACHER_ROW)))
-        return tuple(out)
+        todo = cells_to_compute(cells, artifacts, store, fresh, recompute)
+        out, steps = cell_steps(cells, todo, len(eval_units), f"{row} {arch} seed {seed}",
+                                run["dataset"], arch, row == TEACHER_ROW)
+        grid_cell_steps.extend(steps)
+        return out
 
     # sub-units forced by --recompute first: other methods may share them (mkdt, highloss)
     for label in run["methods"]:
@@ -386,7 +398,7 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
         like=like("teacher", tcfg, {"data": fingerprint}),
         signature=teacher_signature(fingerprint, tcfg))
     steps = [teacher_step, *sub_steps.values(), *distill_steps, *encoder_steps.values(),
-             *cell_steps]
+             *grid_cell_steps]
     teacher_unit = TeacherUnit(cfg, tkey, rkey, recompute.after("teacher")) if work else None
     return Plan(list(sub_units.values()), list(distill_units.values()), distill_after,
                 eval_units, cell_keys, budget, teacher_unit, steps, n_train, n_source)
@@ -550,22 +562,11 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
                                          "pretrain": pretrain_key(cfg["pretrain"])}, seed,
                                    tasks, dataset.image_size, missing)
             cell_keys.extend(c.key for c in all_cells)
-            todo = {c.key for c in cells_to_compute(all_cells, artifacts, store, fresh,
-                                                     Recompute(frozenset(), 0.0))}
-            cells: list[Cell] = []
-            cell_steps = []
-            for cell in all_cells:
-                status, task_key = CACHED, ""
-                if cell.key in todo:
-                    status = NO_DATA if cell.missing else TO_COMPUTE
-                    task_key = f"{EVALUATE}{unit}:{len(cells)}"
-                    cells.append(cell)
-                cell_steps.append(Step(
-                    "cell", cell.key, f"{name} {arch} seed {seed}: {cell.evaluator} "
-                    f"{short_task_name(cell.task)} @ {cell.fraction * 100:g}%", status,
-                    task_key, signature=cell_signature(run["dataset"], arch, cell.evaluator,
-                                                       cell.options, cell.task, cell.fraction,
-                                                       False)))
+            todo = cells_to_compute(all_cells, artifacts, store, fresh,
+                                    Recompute(frozenset(), 0.0))
+            cells, unit_cell_steps = cell_steps(all_cells, todo, unit,
+                                                f"{name} {arch} seed {seed}", run["dataset"],
+                                                arch, False)
             needed = any(not c.missing for c in cells)
             status = (CACHED if not encoder_needed else
                       TO_COMPUTE if needed else NOT_NEEDED)
@@ -576,7 +577,7 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
                           {"distilled": dkey}),
                 signature=encoder_signature(dataset.fingerprint, name, len(distilled), arch,
                                             cfg["pretrain"])))
-            steps += cell_steps
+            steps += unit_cell_steps
             row_config = {"dataset": run["dataset"], "fingerprint": dataset.fingerprint,
                           "imported_from": str(directory), "files_sha256": content,
                           "set_method": distilled.method, "arch": arch,
