@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -27,6 +29,22 @@ def peak_rss_mib() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device``: where a script measures."""
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, or meta (the CUDA stand-in: shapes only)")
+
+
+def run_measurement(args: argparse.Namespace,
+                    measure: Callable[[argparse.Namespace, torch.device], dict[str, Any]]
+                    ) -> dict[str, Any]:
+    """``measure(args, device)`` on ``--device``, printed as one JSON line and returned."""
+    with on_device(args.device) as device:
+        result = measure(args, device)
+    print(json.dumps(result))
+    return result
 
 
 @contextmanager

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from _measure import (
+    add_device_arg,
     add_student_args,
     add_unroll_args,
     device_name,
@@ -72,8 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student", default="convnet", help="student model name")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
-    p.add_argument("--device", default="cpu",
-                   help="cpu, cuda, cuda:N, or meta (the CUDA stand-in: shapes only)")
+    add_device_arg(p)
     p.add_argument("--engine", default="full",
                    help="baseline: reference-style MTT unroll (_mtt_baseline.py); full / "
                         "checkpoint: the engine's unroll modes (mkdt option unroll); several, "

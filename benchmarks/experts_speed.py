@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import time
 from typing import Any
 
 import torch
-from _measure import add_student_args, device_name, on_device, sync
+from _measure import add_device_arg, add_student_args, device_name, run_measurement, sync
 
 from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._experts import EXPERT_DEFAULTS, train_expert, train_experts
@@ -38,17 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_student_args(p)
     p.add_argument("--heap", default="default", choices=("default", "retained"),
                    help="glibc heap during training")
-    p.add_argument("--device", default="cpu",
-                   help="cpu, cuda, cuda:N, or meta (the CUDA stand-in: shapes only)")
+    add_device_arg(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    with on_device(args.device) as device:
-        result = measure(args, device)
-    print(json.dumps(result))
-    return result
+    return run_measurement(parse_args(argv), measure)
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

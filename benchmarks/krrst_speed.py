@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _measure import device_name, on_device, sync, time_calls
+from _measure import add_device_arg, device_name, run_measurement, sync, time_calls
 from torch import nn
 
 from mkdt_bench.cache import ArtifactCache
@@ -53,8 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=10, help="pool models P")
     p.add_argument("--steps", type=int, default=3, help="timed outer steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed outer steps first")
-    p.add_argument("--device", default="cpu",
-                   help="cpu, cuda, cuda:N, or meta (the CUDA stand-in: shapes only)")
+    add_device_arg(p)
     p.add_argument("--teacher-channels-last", type=int, default=1, choices=(0, 1),
                    help="krrst option teacher_channels_last (1: as krrst runs by default; "
                         "0 with --heap default: the reference-style step)")
@@ -111,11 +109,7 @@ def _stepper(args: argparse.Namespace, ctx: MethodContext, teacher: nn.Module,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    with on_device(args.device) as device:
-        result = measure(args, device)
-    print(json.dumps(result))
-    return result
+    return run_measurement(parse_args(argv), measure)
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -18,12 +18,18 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
 import torch
-from _measure import add_student_args, add_unroll_args, device_name, on_device, sync
+from _measure import (
+    add_device_arg,
+    add_student_args,
+    add_unroll_args,
+    device_name,
+    run_measurement,
+    sync,
+)
 
 from mkdt_bench.device import PRECISIONS, autocast, configure, settings
 from mkdt_bench.methods._experts import build_student
@@ -36,17 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_student_args(p)
     p.add_argument("--unroll", default="full", choices=("full", "checkpoint"))
     p.add_argument("--modes", default=",".join(PRECISIONS), help="comma-separated")
-    p.add_argument("--device", default="cpu",
-                   help="cpu, cuda, cuda:N, or meta (the CUDA stand-in: shapes only)")
+    add_device_arg(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    with on_device(args.device) as device:
-        result = measure(args, device)
-    print(json.dumps(result))
-    return result
+    return run_measurement(parse_args(argv), measure)
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

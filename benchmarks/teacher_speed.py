@@ -14,14 +14,13 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _measure import device_name, on_device, sync
+from _measure import add_device_arg, device_name, run_measurement, sync
 
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.teacher import TEACHER_DEFAULTS, loader_options, train_teacher
@@ -36,17 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=32, help="image side in pixels")
     p.add_argument("--epoch-images", type=int, default=50_000,
                    help="images of the epoch to estimate (CIFAR: 50,000)")
-    p.add_argument("--device", default="cpu",
-                   help="cpu, cuda, cuda:N, or meta (the CUDA stand-in: shapes only)")
+    add_device_arg(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    with on_device(args.device) as device:
-        result = measure(args, device)
-    print(json.dumps(result))
-    return result
+    return run_measurement(parse_args(argv), measure)
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
