@@ -282,8 +282,9 @@ def _tables_per_set(groups: pd.DataFrame, method_order: list[str] | None,
 def paired_tables(frame: pd.DataFrame, baseline: str, method_order: list[str] | None = None,
                   metric: str = "accuracy") -> list[Table]:
     """Each set's accuracy minus ``baseline``'s on the same seeds: ``+3.21 (p=0.041, n=3)``
-    (mean per-seed difference in points, two-sided paired t-test; ``p=n/a`` below two
-    pairs or for identical differences), one table per source, teacher and budget."""
+    (mean per-seed difference in points, two-sided paired t-test; ``p<0.001`` below that,
+    ``p=n/a`` below two pairs or for identical differences), one table per source,
+    teacher and budget."""
     diffs = paired_differences(frame, baseline, metric)
     if diffs.empty:
         return []
@@ -291,8 +292,9 @@ def paired_tables(frame: pd.DataFrame, baseline: str, method_order: list[str] | 
     def text(g: pd.Series) -> str:
         if g["n_pairs"] == 0:
             return "n/a (no shared seeds)"
-        p = "n/a" if math.isnan(g["p_value"]) else f"{g['p_value']:.3f}"
-        return f"{g['diff_mean']:+.2f} (p={p}, n={g['n_pairs']})"
+        p = ("=n/a" if math.isnan(g["p_value"]) else "<0.001" if g["p_value"] < 0.001
+             else f"={g['p_value']:.3f}")
+        return f"{g['diff_mean']:+.2f} (p{p}, n={g['n_pairs']})"
 
     groups = cell_groups(frame[frame["status"] == OK], metric).merge(diffs, on=GROUP)
     return _tables_per_set(groups, method_order, text,

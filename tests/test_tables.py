@@ -330,3 +330,9 @@ def test_relative_scores_share_of_the_full_random_gap_with_fieller_interval(tmp_
     bad = cli("table", "--results-db", str(tmp_path / "no-full.sqlite"), "--relative")
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1
     assert "'full'" in bad.stderr and "random" in bad.stderr
+
+
+def test_paired_p_values_below_one_in_a_thousand_are_not_printed_as_zero(tmp_path):
+    values = {"random": [50, 52, 57, 51, 49], "mkdt": [60.1, 62, 67.2, 61, 58.9]}
+    (table,) = paired_tables(frame(grid(values=values), tmp_path), "random")
+    assert table.cells.loc["mkdt", "digits @ 1%"] == "+10.04 (p<0.001, n=5)"
