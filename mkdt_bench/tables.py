@@ -139,7 +139,7 @@ def _caption(groups: pd.DataFrame, layout: str, metric: str, ci: bool, what: str
     """What a table shows: source, teacher, budget (images and %), encoder, evaluator,
     tasks and label fractions, the statistic and its seeds."""
     methods = groups[groups["label"] != TEACHER_ROW]
-    first = groups.iloc[0]
+    first = (methods if len(methods) else groups).iloc[0]  # the teacher may see more images
     source = f"{first['source']}"
     known = not math.isnan(first["source_images"])
     if known:

@@ -336,3 +336,13 @@ def test_paired_p_values_below_one_in_a_thousand_are_not_printed_as_zero(tmp_pat
     values = {"random": [50, 52, 57, 51, 49], "mkdt": [60.1, 62, 67.2, 61, 58.9]}
     (table,) = paired_tables(frame(grid(values=values), tmp_path), "random")
     assert table.cells.loc["mkdt", "digits @ 1%"] == "+10.04 (p<0.001, n=5)"
+
+
+def test_caption_gives_the_pool_the_methods_distil_from_not_the_teachers_images(tmp_path):
+    rows = grid()
+    for r in rows:
+        if r.method != "teacher":  # methods distil from a 500-image pool (run.train_pool)
+            r.config.update(source_images=500, train_pool=500)
+    (table,) = comparison_tables(frame(rows, tmp_path))
+    assert "methods distil from 500 training images" in table.caption
+    assert "budget 143 images (28.6 %)" in table.caption
