@@ -303,6 +303,19 @@ def print_tables(frame: Any, methods: list[str] | None, args: argparse.Namespace
     emit(report(frame, methods, args), args)
 
 
+def check_report_rows(args: argparse.Namespace, methods: list[str]) -> None:
+    """Refuse ``--paired`` / ``--relative`` whose reference rows the grid does not compute
+    (before anything runs, not after it)."""
+    wanted = {f"--paired {args.paired}": [args.paired]} if args.paired else {}
+    if args.relative:
+        wanted["--relative"] = ["random", "full"]
+    for flag, labels in wanted.items():
+        absent = [label for label in labels if label not in methods]
+        if absent:
+            raise UserError(f"{flag} needs {' and '.join(map(repr, absent))} among the methods "
+                            f"({', '.join(methods)}); add it to --methods or drop {flag}")
+
+
 def check_executor_args(args: argparse.Namespace) -> None:
     """Refuse executor flags that do not go together (before anything is planned)."""
     if args.retries < 0:
@@ -349,6 +362,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--threads {args.threads} must be 0 or more")
     check_executor_args(args)
     cfg = build_config(preset, flags, overrides)
+    check_report_rows(args, cfg["run"]["methods"])
     recompute = parse_recompute(args.recompute, cfg) if args.recompute else None
     cache_dir, db = _paths(args)
     check_writable(cache_dir)

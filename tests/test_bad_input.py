@@ -119,6 +119,8 @@ CATALOGUE = [
     ("unknown executor", lambda d: ["--executor", "nosuch"], "'nosuch'"),
     ("negative retries", lambda d: ["--retries=-1"], "--retries -1"),
     ("negative threads", lambda d: ["--threads=-2"], "--threads -2"),
+    ("--relative without full in the grid", lambda d: ["--relative"], "'full'"),
+    ("--paired baseline not in the grid", lambda d: ["--paired", "kmeans"], "'kmeans'"),
 ]
 
 
