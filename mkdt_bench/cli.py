@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(conv)
 
     plot = sub.add_parser("plot", help="figures of stored results: accuracy versus label "
-                                       "fraction (and versus set size over budgets)")
+                                       "fraction (and versus set size over budgets, or "
+                                       "versus a method option)")
     _common(plot)
     plot.add_argument("--dataset", help="only this source data set")
     plot.add_argument("--methods", type=_methods, help="only these methods (rows)")
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--metric", default="accuracy", choices=METRICS)
     plot.add_argument("--ci", action="store_true", help="error bars: 95%% t-interval of the "
                                                         "mean (default: population std)")
+    plot.add_argument("--versus", metavar="OPTION", help="accuracy against this numeric "
+                      "method option instead (an ablation: e.g. iterations over rows "
+                      "mkdt[iterations=50],mkdt,...; other sets as horizontal lines)")
     plot.add_argument("--format", default="png", help="file type in an --out folder: png "
                       "(200 dpi), or vector pdf or svg")
     plot.add_argument("--out", default="plots", help="folder for the figures (default plots), "
@@ -527,7 +531,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if frame.empty or (frame["method"] == "teacher").all():
         raise UserError(f"no result rows in {db} match --dataset/--methods/--budget/--arch/"
                         "--evaluator/--task/--teacher")
-    for path in plot_results(frame, args.out, args.format, args.ci, args.metric):
+    for path in plot_results(frame, args.out, args.format, args.ci, args.metric, args.versus):
         print(path)
     return 0
 

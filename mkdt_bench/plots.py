@@ -3,11 +3,13 @@
 A figure never pools cell groups (:mod:`mkdt_bench.summary`): there is one per source,
 teacher, budget, encoder, evaluator and task (accuracy versus label fraction), and one
 per source, teacher, encoder, evaluator, task and label fraction when several budgets
-are stored (accuracy versus set size). Each says all of that in its title.
+are stored (accuracy versus set size). Each says all of that in its title. An ablation
+(``plot --versus iterations``) puts one method option on the x axis instead.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -22,6 +24,7 @@ from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.results import FLOOR_ROW, OK, TEACHER_ROW
 from mkdt_bench.summary import cell_groups, metric_name, short_task_name
+from mkdt_bench.variants import parse_label
 
 #: Figure file types (by the extension of ``--out`` or ``--format``); PNGs at :data:`DPI`.
 FIGURE_FORMATS = ("png", "pdf", "svg")
@@ -233,9 +236,106 @@ def figures(frame: pd.DataFrame, metric: str = "accuracy",
     return out
 
 
+def _option_value(set_parts: str, option: str) -> float | None:
+    """The numeric value of method option ``option`` in a group's ``set_parts``."""
+    raw = json.loads(set_parts).get(option)
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        return None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else None
+
+
+def _family(label: str, option: str) -> str:
+    """The row label without ``option``: ``mkdt[init=random,iterations=50]`` ->
+    ``mkdt[init=random]`` (the line the variant is a point of)."""
+    name, options = parse_label(label)
+    rest = [part for part in label.partition("[")[2].rstrip("]").split(",")
+            if part and part.split("=", 1)[0].strip() != option] if options else []
+    return f"{name}[{','.join(rest)}]" if rest else name
+
+
+def _versus_figure(groups: pd.DataFrame, teacher: pd.DataFrame, option: str, metric: str,
+                   ci: bool) -> Figure:
+    """Accuracy versus one numeric method option: a line per family of rows that set it
+    (a method and its variants), every other set, the teacher and ``none`` as horizontal
+    reference lines over the swept range."""
+    first = groups.iloc[0]
+    every = pd.concat([groups, teacher])
+    what = (f"budget {int(first['budget']):,} images; {first['fraction'] * 100:g} % of the "
+            "task's labels")
+    fig, ax = _axes(_title(first, what, ci, _seeds(every)),
+                    f"method option {option!r} (the other sets: horizontal lines)", metric)
+    ok = groups[groups["status"] == OK]
+    swept = ok[ok["x"].notna()]
+    xs = sorted(set(swept["x"]))
+    span = (xs[0] - 0.05 * (xs[-1] - xs[0] or 1), xs[-1] + 0.05 * (xs[-1] - xs[0] or 1))
+    logx = xs[0] > 0 and xs[-1] / xs[0] >= 20
+    if logx:
+        span = (xs[0] / 1.3, xs[-1] * 1.3)
+    for i, (family, rows) in enumerate(swept.groupby("family", sort=False)):
+        rows = rows.sort_values("x")
+        ax.errorbar(rows["x"], rows["mean"], yerr=_yerr(rows, ci),
+                    marker=_MARKERS[i % len(_MARKERS)], markersize=5, capsize=3,
+                    linewidth=1.3, label=family)
+    others = ok[ok["x"].isna() & (ok["label"] != FLOOR_ROW)]
+    palette = ("tab:gray", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:purple")
+    for j, (_, rows) in enumerate(others.groupby(["label", "set_images"], sort=False)):
+        _reference(ax, rows, "x", _legend(rows.iloc[0], float(first["budget"])),
+                   "-.", palette[j % len(palette)], ci, span)
+    if not teacher.empty:
+        _reference(ax, teacher[teacher["status"] == OK], "x", "teacher (ceiling)", "--",
+                   "0.25", ci, span)
+    floor = ok[ok["label"] == FLOOR_ROW]
+    if not floor.empty:
+        _reference(ax, floor, "x", "none (floor: no pre-training)", ":", "0.45", ci, span)
+    if logx:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_xlim(*span)
+    return _finish(fig, ax)
+
+
+def versus_figures(frame: pd.DataFrame, option: str, metric: str = "accuracy",
+                   ci: bool = False) -> list[tuple[str, Figure]]:
+    """``(name, figure)``: accuracy versus the method option ``option`` (e.g. MKDT's
+    ``iterations`` over rows ``mkdt[iterations=50]``, ``mkdt``, ...) per source, teacher,
+    budget, encoder, evaluator, task and label fraction; a UserError when no stored row
+    sets ``option`` to a number."""
+    ok = frame[frame["status"] == OK]
+    if ok.empty:
+        raise UserError("no successful result rows to plot; run a grid first")
+    groups = cell_groups(ok, metric)
+    groups["x"] = [_option_value(p, option) for p in groups["set_parts"]]
+    groups["family"] = [_family(label, option) for label in groups["label"]]
+    if groups["x"].isna().all():
+        known = sorted({k for p in groups["set_parts"] for k in json.loads(p)})
+        raise UserError(f"--versus {option!r}: no stored row has a numeric method option "
+                        f"of that name; options of the stored rows: {', '.join(known)}")
+    teachers = groups[groups["label"] == TEACHER_ROW]
+    sets = groups[groups["label"] != TEACHER_ROW]
+    out = []
+    for key, part in sets.groupby(["source", "teacher", "budget", "encoder", "evaluator",
+                                   "task", "fraction"], sort=False):
+        source, teacher, budget, encoder, evaluator, task, fraction = key
+        if part["x"].isna().all():
+            continue
+        lines = teachers[(teachers["source"] == source) & (teachers["teacher"] == teacher)
+                         & (teachers["evaluator"] == evaluator) & (teachers["task"] == task)
+                         & (teachers["fraction"] == fraction)]
+        name = _slug("-".join([short_task_name(source), teacher[:8], f"{int(budget)}img",
+                               encoder, evaluator, short_task_name(task),
+                               f"versus-{option}-{fraction * 100:g}pct-labels"]))
+        out.append((name, _versus_figure(part, lines, option, metric, ci)))
+    return out
+
+
 def plot_results(frame: pd.DataFrame, out: str | Path, fmt: str = "png", ci: bool = False,
-                 metric: str = "accuracy") -> list[Path]:
-    """Write :func:`figures`: into the folder ``out`` as ``fmt`` files, or, when the
+                 metric: str = "accuracy", versus: str | None = None) -> list[Path]:
+    """Write :func:`figures` (or :func:`versus_figures` of the option ``versus``): into
+    the folder ``out`` as ``fmt`` files, or, when the
     selection makes one figure, into the file ``out`` whose extension (.png, .pdf, .svg)
     gives the type. PNGs at :data:`DPI` dots per inch."""
     out = Path(out)
@@ -246,7 +346,7 @@ def plot_results(frame: pd.DataFrame, out: str | Path, fmt: str = "png", ci: boo
     if fmt not in FIGURE_FORMATS:
         raise UserError(f"figure format {fmt!r} is not known; choose "
                         f"{', '.join(FIGURE_FORMATS)}")
-    made = figures(frame, metric, ci)
+    made = versus_figures(frame, versus, metric, ci) if versus else figures(frame, metric, ci)
     if single and len(made) > 1:
         listed = "; ".join(name for name, _ in made[:6])
         raise UserError(f"the selection makes {len(made)} figures ({listed}"

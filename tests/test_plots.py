@@ -11,12 +11,12 @@ import pytest
 import torch
 from matplotlib.container import ErrorbarContainer
 from PIL import Image
-from test_tables import frame, grid
+from test_tables import frame, grid, row
 
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.cli import main
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.plots import DPI, figures
+from mkdt_bench.plots import DPI, figures, versus_figures
 from mkdt_bench.results import ResultStore
 
 TWO_BUDGETS = (grid(143, {"teacher": [66, 67, 68], "random": [48, 50, 52],
@@ -118,6 +118,46 @@ def test_plot_without_results_is_one_line(tmp_path, cli):
     out = cli("plot", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "plots"))
     assert out.returncode == 2 and "does not exist" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def ablation_rows() -> list:
+    """MKDT at 50 and 200 iterations from both starts, beside sets without the option."""
+    sweep = {"mkdt[iterations=50]": ({"iterations": 50, "init": "high_loss"}, [40, 41, 42]),
+             "mkdt": ({"iterations": 200, "init": "high_loss"}, [44, 45, 46]),
+             "mkdt[init=random,iterations=50]": ({"iterations": 50, "init": "random"},
+                                                 [50, 51, 52]),
+             "mkdt[init=random]": ({"iterations": 200, "init": "random"}, [53, 54, 55]),
+             "highloss": ({"num_experts": 4}, [30, 31, 32]), "random": ({}, [48, 50, 52]),
+             "teacher": ({}, [80, 81, 82]), "none": ({}, [20, 21, 22])}
+    return [row(label, seed, value, fraction=0.01, options=options)
+            for label, (options, values) in sweep.items() for seed, value in enumerate(values)]
+
+
+def test_versus_puts_a_method_option_on_the_x_axis(tmp_path, cli):
+    (name, fig), = versus_figures(frame(ablation_rows(), tmp_path), "iterations")
+    assert name == "digits-t1-143img-convnet-linear-digits-versus-iterations-1pct-labels"
+    ax = fig.axes[0]
+    lines = series(ax)  # one line per family, the option's values as x, means as y
+    assert set(lines) == {"mkdt", "mkdt[init=random]"}
+    assert list(lines["mkdt"][0]) == [50, 200] and list(lines["mkdt"][1]) == [41, 45]
+    assert list(lines["mkdt[init=random]"][1]) == [51, 54]
+    refs = {line.get_label(): line for line in ax.get_lines() if not line.get_label()
+            .startswith("_")}
+    for label in ("highloss", "random", "teacher (ceiling)", "none (floor: no pre-training)"):
+        assert list(refs[label].get_xdata())[0] < 50 < 200 < list(refs[label].get_xdata())[-1]
+    assert list(refs["random"].get_ydata()) == [50, 50]
+    assert "1 % of the task's labels" in ax.get_title() and "iterations" in ax.get_xlabel()
+    db = tmp_path / "r.sqlite"
+    ResultStore(db).add(ablation_rows())
+    out = cli("plot", "--results-db", str(db), "--versus", "iterations", "--out",
+              str(tmp_path / "it.png"))
+    assert out.returncode == 0, out.stderr
+    with Image.open(tmp_path / "it.png") as image:
+        assert image.size[0] > 1000
+    bad = cli("plot", "--results-db", str(db), "--versus", "iteration", "--out",
+              str(tmp_path / "x.png"))
+    assert bad.returncode == 2 and "'iteration'" in bad.stderr and "iterations" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def store_set(cache_dir, method: str, seed: int, budget: int, images: torch.Tensor,
