@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,9 @@ def _axes(title: str, xlabel: str, metric: str) -> tuple[Figure, object]:
     ax = fig.subplots()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric_name(metric)} (%)")
-    ax.set_title(title, fontsize=8.5)
+    # long lines (image-folder paths, proxy teachers) wrapped so that none runs off the page
+    ax.set_title("\n".join(textwrap.fill(line, 95) for line in title.split("\n")),
+                 fontsize=8.5)
     ax.grid(alpha=0.3)
     return fig, ax
 
