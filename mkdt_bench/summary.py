@@ -20,6 +20,10 @@ import numpy as np
 import pandas as pd
 
 from mkdt_bench.errors import UserError
+from mkdt_bench.evaluators import EVALUATORS
+from mkdt_bench.evaluators.pretrain import COMPATIBLE_DEFAULTS as PRETRAIN_COMPATIBLE
+from mkdt_bench.methods import METHODS
+from mkdt_bench.registry import Registry
 from mkdt_bench.results import FAILED, FLOOR_ROW, METRICS, MISSING, OK, TEACHER_ROW
 from mkdt_bench.variants import split_variant
 
@@ -100,6 +104,24 @@ def _setup_parts(config: dict[str, Any], names: tuple[str, ...]) -> dict[str, st
     return out
 
 
+def _registered_defaults(registry: Registry, name: str) -> dict[str, Any]:
+    """The ``compatible_defaults`` of the class registered as ``name`` (none if unknown)."""
+    return getattr(registry.get(name), "compatible_defaults", {}) if name in registry else {}
+
+
+def _compatible(config: dict[str, Any], method: str, evaluator: str) -> dict[str, Any]:
+    """``config`` whose method, evaluator and pre-training options hold their compatible
+    defaults where absent: a row stored before such an option existed ran with that value,
+    so it is not set apart from the rows that record it."""
+    out = dict(config)
+    for field, defaults in (("method_options", _registered_defaults(METHODS, method)),
+                            ("evaluator_options", _registered_defaults(EVALUATORS, evaluator)),
+                            ("pretrain", PRETRAIN_COMPATIBLE)):
+        if isinstance(out.get(field), dict):
+            out[field] = {**defaults, **out[field]}
+    return out
+
+
 def differences(parts: pd.Series, by: pd.Series) -> pd.Series:
     """For each row, ``k=v,...`` of the settings (``parts``: JSON of a flat dict) in which
     it differs from other rows of its ``by`` group (empty where all rows agree)."""
@@ -135,10 +157,12 @@ def row_facets(frame: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     df["seed"] = df["seed"].astype(int)
     df["source_images"] = _source_images(df, configs)
     df["set_images"] = _set_images(df, timings)
+    filled = [_compatible(c, m, e) for c, m, e in zip(configs, df["method_name"],
+                                                       df["evaluator"])]
     df["set_parts"] = [json.dumps(_setup_parts(c, _SET_SETUP), sort_keys=True)
-                       for c in configs]
+                       for c in filled]
     df["eval_parts"] = [json.dumps(_setup_parts(c, _EVAL_SETUP), sort_keys=True)
-                        for c in configs]
+                        for c in filled]
     set_diff = differences(df["set_parts"], df["label"])
     eval_diff = differences(df["eval_parts"], df["evaluator"])
     df["setup"] = [";".join(p for p in (a, b) if p) for a, b in zip(set_diff, eval_diff)]

@@ -290,6 +290,31 @@ def test_an_evaluator_with_two_setups_gets_two_columns(tmp_path):
         assert table.cells.iloc[-1].str.startswith("61.00 ± ").sum() == 1
 
 
+def test_a_row_stored_before_an_option_existed_reads_as_its_compatible_default(tmp_path):
+    """The linear probe's labelled_mode/encode_batch, MKDT's expert_half and pre-training's
+    steps came later; rows without them ran as their compatible defaults do."""
+    old = grid(values={"mkdt": [50, 52, 57]})
+    for r in old:
+        r.config["evaluator_options"] = {"steps": 20}
+        r.config["method_options"] = {"iterations": 5}
+    new = grid(values={"mkdt": [60, 61, 62]})
+    for r in new:
+        r.config["evaluator_options"] = {"steps": 20, "labelled_mode": "eval",
+                                         "encode_batch": 256}
+        r.config["method_options"] = {"iterations": 5, "expert_half": False}
+        r.config["pretrain"] = {**r.config["pretrain"], "steps": 0}
+        r.cell_key += "-new"
+    (table,) = comparison_tables(frame(old + new, tmp_path), "default")
+    assert list(table.cells.columns) == ["digits @ 1%", "digits @ 5%"]
+    assert [i for i in table.cells.index if i.startswith("mkdt")] == ["mkdt"]
+    # a value other than the compatible default still sets the rows apart
+    for r in new:
+        r.config["evaluator_options"]["labelled_mode"] = "train"
+    (table,) = comparison_tables(frame(old + new, tmp_path), "default")
+    assert "linear {labelled_mode=train} digits @ 1%" in table.cells.columns
+    assert "linear {labelled_mode=-} digits @ 1%" not in table.cells.columns
+
+
 def test_relative_scores_share_of_the_full_random_gap_with_fieller_interval(tmp_path, cli):
     from scipy.stats import ttest_1samp
 

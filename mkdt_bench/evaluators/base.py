@@ -28,6 +28,10 @@ class Evaluator:
     #: evaluators are at 1 until they declare one; a plug-in that declares none is keyed by
     #: the sha256 of its source files (:mod:`mkdt_bench.code_version`).
     version: ClassVar[int | None] = None
+    #: Options added after rows were first stored, each with the value that reproduces the
+    #: behaviour before it existed: tables read a stored row without the option as having
+    #: that value instead of setting it apart.
+    compatible_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
         self.config = resolve_options(f"evaluator {self.name!r}", options, self.defaults,

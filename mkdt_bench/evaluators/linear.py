@@ -59,6 +59,8 @@ class LinearProbe(Evaluator):
     defaults = {"steps": 20, "l2": 1e-3, "max_iter": 20, "lr": 1.0, "labelled_mode": "eval",
                 "encode_batch": 256}
     choices = {"labelled_mode": ("eval", "train")}
+    # rows stored before the two options existed encoded the labelled subset in eval mode
+    compatible_defaults = {"labelled_mode": "eval", "encode_batch": 256}
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

@@ -43,7 +43,8 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 #: Options added after encoders were stored, at the value that keeps the old behaviour:
-#: left out of encoder and cell keys at that value (see :func:`pretrain_key`).
+#: left out of encoder and cell keys at that value (see :func:`pretrain_key`); tables read
+#: a row stored without the option as having that value.
 COMPATIBLE_DEFAULTS: dict[str, Any] = {"steps": 0}
 
 

@@ -91,7 +91,8 @@ class Method:
     engine_options: ClassVar[frozenset[str]] = frozenset()
     #: Options added after sets were stored, with the value that reproduces the behaviour
     #: from before they existed: at that value they are left out of the cache key, so the
-    #: stored sets stay valid (any other value is part of the key).
+    #: stored sets stay valid (any other value is part of the key), and tables read a row
+    #: stored without the option as having that value.
     compatible_defaults: ClassVar[dict[str, Any]] = {}
     #: The version of the method's code: raise it (2, 3, ...) with every change that makes
     #: different sets; from 2 on it is part of the sets' cache key, so stored sets of older
