@@ -24,7 +24,7 @@ from torchvision.utils import make_grid
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.results import FLOOR_ROW, OK, TEACHER_ROW
-from mkdt_bench.summary import cell_groups, metric_name, short_task_name
+from mkdt_bench.summary import cell_groups, differences, metric_name, short_task_name
 from mkdt_bench.variants import parse_label
 
 #: Figure file types (by the extension of ``--out`` or ``--format``); PNGs at :data:`DPI`.
@@ -284,7 +284,8 @@ def _versus_figure(groups: pd.DataFrame, teacher: pd.DataFrame, option: str, met
                     linewidth=1.3, label=family)
     others = ok[ok["x"].isna() & (ok["label"] != FLOOR_ROW)]
     palette = ("tab:gray", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:purple")
-    for j, (_, rows) in enumerate(others.groupby(["label", "set_images"], sort=False)):
+    for j, (_, rows) in enumerate(others.groupby(["label", "set_images", "set_setup"],
+                                                 sort=False)):
         _reference(ax, rows, "x", _legend(rows.iloc[0], float(first["budget"])),
                    "-.", palette[j % len(palette)], ci, span)
     if not teacher.empty:
@@ -313,6 +314,14 @@ def versus_figures(frame: pd.DataFrame, option: str, metric: str = "accuracy",
     groups = cell_groups(ok, metric)
     groups["x"] = [_option_value(p, option) for p in groups["set_parts"]]
     groups["family"] = [_family(label, option) for label in groups["label"]]
+    # rows of one family that differ in other settings (e.g. pre-training steps) are
+    # separate lines, named by what differs
+    rest = pd.Series([json.dumps({k: v for k, v in json.loads(p).items() if k != option},
+                                 sort_keys=True) for p in groups["set_parts"]],
+                     index=groups.index)
+    setting = differences(rest, groups["family"])
+    groups["family"] = [f"{f} {{{d}}}" if d else f
+                        for f, d in zip(groups["family"], setting)]
     if groups["x"].isna().all():
         known = sorted({k for p in groups["set_parts"] for k in json.loads(p)})
         raise UserError(f"--versus {option!r}: no stored row has a numeric method option "

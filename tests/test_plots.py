@@ -160,6 +160,28 @@ def test_versus_puts_a_method_option_on_the_x_axis(tmp_path, cli):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_versus_draws_rows_that_differ_in_another_setting_as_separate_lines(tmp_path):
+    rows = ablation_rows()
+    longer = [row(label, seed, value + 10, fraction=0.01, options=options)
+              for label, options, values in (
+                  ("mkdt[iterations=50]", {"iterations": 50, "init": "high_loss"}, [40, 41, 42]),
+                  ("mkdt", {"iterations": 200, "init": "high_loss"}, [44, 45, 46]),
+                  ("random", {}, [48, 50, 52]))
+              for seed, value in enumerate(values)]
+    for r in longer:
+        r.config["pretrain"] = {**r.config["pretrain"], "steps": 1000}
+        r.cell_key += "-1000"
+    (_, fig), = versus_figures(frame(rows + longer, tmp_path), "iterations")
+    lines = series(fig.axes[0])
+    assert set(lines) == {"mkdt {pretrain.steps=0}", "mkdt {pretrain.steps=1000}",
+                          "mkdt[init=random]"}
+    assert list(lines["mkdt {pretrain.steps=0}"][1]) == [41, 45]
+    assert list(lines["mkdt {pretrain.steps=1000}"][1]) == [51, 55]
+    refs = [line.get_label() for line in fig.axes[0].get_lines()
+            if line.get_label().startswith("random")]
+    assert sorted(refs) == ["random {pretrain.steps=0}", "random {pretrain.steps=1000}"]
+
+
 def store_set(cache_dir, method: str, seed: int, budget: int, images: torch.Tensor,
               mean=(0.5,), std=(0.25,), options: dict | None = None) -> None:
     """A distilled set in the cache, stored as the runner stores one."""
