@@ -144,3 +144,33 @@ def test_linear_probe_labelled_mode_train_reproduces_the_reference_encoding(monk
         create_evaluator("linear", labelled_mode="test")
     with pytest.raises(UserError, match="encode_batch=0 must be at least 1"):
         create_evaluator("linear", encode_batch=0)
+
+
+def test_cells_of_one_encoder_encode_the_test_set_once(monkeypatch):
+    """The 1 % and 5 % cells (and other evaluators) of one encoder reuse its test features;
+    other weights, or another task object, encode again; the scores do not change."""
+    from mkdt_bench.evaluators import base
+
+    torch.manual_seed(0)
+    encoder = create_model("convnet", in_channels=1, image_size=2, out_dim=4, width=4,
+                           depth=1).eval()
+    task = blobs(n_test=300)
+    sizes = []
+    features = encoder.features
+
+    def counted(x):
+        sizes.append(len(x))
+        return features(x)
+
+    monkeypatch.setattr(encoder, "features", counted)
+    base._LAST_TEST_FEATURES.clear()
+    scores = [create_evaluator(name).evaluate(encoder, task, fraction, 0, CPU)
+              for name, fraction in (("linear", 0.1), ("linear", 0.2), ("knn", 0.1))]
+    assert sizes.count(300) == 1 and sorted(sizes) == [40, 40, 80, 300]
+    base._LAST_TEST_FEATURES.clear()
+    assert create_evaluator("linear").evaluate(encoder, task, 0.2, 0, CPU) == scores[1]
+    with torch.no_grad():
+        next(encoder.parameters()).add_(1.0)
+    create_evaluator("linear").evaluate(encoder, task, 0.2, 0, CPU)
+    create_evaluator("linear").evaluate(encoder, blobs(n_test=300), 0.2, 0, CPU)
+    assert sizes.count(300) == 4

@@ -12,6 +12,7 @@ from torch import nn
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import EVALUATORS, create_evaluator, linear_val
+from mkdt_bench.evaluators import base as evaluators_base
 from mkdt_bench.evaluators.base import extract_features, labelled_subset
 from mkdt_bench.evaluators.knn import knn_predict
 
@@ -120,9 +121,9 @@ class SpyTask:
             self._log.append(name)
         return getattr(self._task, name)
 
-    def normalized(self, split):
+    def normalized(self, split, index=None):
         self._log.append(f"normalized:{split}")
-        return self._task.normalized(split)
+        return self._task.normalized(split, index)
 
 
 def test_linear_val_touches_test_split_once_after_all_fits(monkeypatch):
@@ -139,6 +140,7 @@ def test_linear_val_touches_test_split_once_after_all_fits(monkeypatch):
 
     monkeypatch.setattr(linear_val, "fit_linear_lbfgs", logged_fit)
     monkeypatch.setattr(linear_val, "extract_features", logged_extract)
+    monkeypatch.setattr(evaluators_base, "extract_features", logged_extract)  # the test set
     grid = [1e-4, 1e-2, 1.0]
     evaluator = create_evaluator("linear-val", l2_grid=grid, steps=3)
     evaluator.evaluate(Flatten(), SpyTask(make_task(), log), 0.1, 0, CPU)

@@ -56,7 +56,9 @@ class ImageDataset:
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (images.float().div_(255.0) - mean) / std
 
-    def normalized(self, split: str) -> Tensor:
+    def normalized(self, split: str, index: Tensor | None = None) -> Tensor:
+        """The split's images (those at ``index`` only, if given), normalised."""
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        return self.normalize(getattr(self, f"{split}_images"))
+        images = getattr(self, f"{split}_images")
+        return self.normalize(images if index is None else images[index])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any, ClassVar
 
@@ -83,3 +84,30 @@ def extract_features(encoder: Encoder, images: Tensor, device: torch.device,
     chunks = [feature_dtype(encoder.features(images[i:i + batch_size].to(device)))
               for i in range(0, len(images), batch_size)]
     return torch.cat(chunks)
+
+
+#: The last encoder's test features: (its fingerprint, the task object, device, features).
+#: The cells of one encoder (label fractions, evaluators) encode the same test set.
+_LAST_TEST_FEATURES: list[tuple[str, ImageDataset, str, Tensor]] = []
+
+
+def encoder_fingerprint(encoder: Encoder) -> str:
+    """sha256 of the encoder's class and every parameter and buffer (names, dtypes, values):
+    equal for two encoders exactly when their features are."""
+    digest = hashlib.sha256(type(encoder).__qualname__.encode())
+    for name, tensor in encoder.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def encode_test_set(encoder: Encoder, task: ImageDataset, device: torch.device) -> Tensor:
+    """:func:`extract_features` of ``task``'s normalised test images, reused while the same
+    encoder (same weights and buffers) scores the same task object again."""
+    key = encoder_fingerprint(encoder)
+    for fingerprint, seen, where, features in _LAST_TEST_FEATURES:
+        if fingerprint == key and seen is task and where == str(device):
+            return features
+    features = extract_features(encoder, task.normalized("test"), device)
+    _LAST_TEST_FEATURES[:] = [(key, task, str(device), features)]
+    return features

@@ -49,7 +49,7 @@ class FineTune(Evaluator):
                  device: torch.device) -> dict[str, float]:
         cfg = self.config
         idx = torch.tensor(labelled_subset(len(task.train_labels), fraction, seed))
-        images, labels = task.normalized("train")[idx], task.train_labels[idx].long()
+        images, labels = task.normalized("train", idx), task.train_labels[idx].long()
         model = copy.deepcopy(encoder).to(device)
         with torch.no_grad():
             model.eval()

@@ -24,6 +24,7 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators.base import (
     Evaluator,
+    encode_test_set,
     extract_features,
     labelled_subset,
     test_scores,
@@ -72,8 +73,8 @@ class KNNMonitor(Evaluator):
     def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
                  device: torch.device) -> dict[str, float]:
         idx = torch.tensor(labelled_subset(len(task.train_labels), fraction, seed))
-        bank = extract_features(encoder, task.normalized("train")[idx], device).to(device)
-        queries = extract_features(encoder, task.normalized("test"), device).to(device)
+        bank = extract_features(encoder, task.normalized("train", idx), device).to(device)
+        queries = encode_test_set(encoder, task, device).to(device)
         pred = knn_predict(bank, task.train_labels[idx].to(device), queries, self.config["k"],
                            task.num_classes, self.config["weighting"])
         return {**test_scores(pred, task.test_labels), "labelled": float(len(idx)),

@@ -29,6 +29,7 @@ from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators._lbfgs import fit_linear_lbfgs
 from mkdt_bench.evaluators.base import (
     Evaluator,
+    encode_test_set,
     extract_features,
     feature_dtype,
     labelled_subset,
@@ -72,13 +73,13 @@ class LinearProbe(Evaluator):
                  device: torch.device) -> dict[str, float]:
         cfg = self.config
         idx = torch.tensor(labelled_subset(len(task.train_labels), fraction, seed))
-        images = task.normalized("train")[idx]
+        images = task.normalized("train", idx)
         if cfg["labelled_mode"] == "train":
             encoder = copy.deepcopy(encoder)  # its running statistics change
             x_train = train_mode_features(encoder, images, cfg["encode_batch"], device)
         else:
             x_train = extract_features(encoder, images, device)
-        x_test = extract_features(encoder, task.normalized("test"), device)
+        x_test = encode_test_set(encoder, task, device)
         clf = fit_linear_lbfgs(x_train, task.train_labels[idx], task.num_classes, cfg["l2"],
                                cfg["steps"], seed, lr=cfg["lr"], max_iter=cfg["max_iter"])
         with torch.no_grad():

@@ -21,6 +21,7 @@ from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators._lbfgs import accuracy, fit_linear_lbfgs
 from mkdt_bench.evaluators.base import (
     Evaluator,
+    encode_test_set,
     extract_features,
     labelled_subset,
     test_scores,
@@ -64,7 +65,7 @@ class LinearValProbe(Evaluator):
             raise UserError(f"evaluator {self.name!r}: val_fraction={cfg['val_fraction']} of "
                             f"{len(idx)} labelled images gives {n_val} validation and "
                             f"{len(idx) - n_val} fit images; each needs at least one")
-        x = extract_features(encoder, task.normalized("train")[idx], device)
+        x = extract_features(encoder, task.normalized("train", idx), device)
         y = task.train_labels[idx]
         perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))
         val, fit = perm[:n_val], perm[n_val:]
@@ -77,7 +78,7 @@ class LinearValProbe(Evaluator):
                   for l2 in cfg["l2_grid"]]
         best = max(range(len(scores)), key=scores.__getitem__)  # first maximum on ties
         clf = fit_probe(x, y, cfg["l2_grid"][best])
-        x_test = extract_features(encoder, task.normalized("test"), device)
+        x_test = encode_test_set(encoder, task, device)
         with torch.no_grad():
             pred = clf(x_test).argmax(1)
         return {**test_scores(pred, task.test_labels), "labelled": float(len(idx)),
