@@ -105,8 +105,11 @@ def _setup_parts(config: dict[str, Any], names: tuple[str, ...]) -> dict[str, st
 
 
 def _registered_defaults(registry: Registry, name: str) -> dict[str, Any]:
-    """The ``compatible_defaults`` of the class registered as ``name`` (none if unknown)."""
-    return getattr(registry.get(name), "compatible_defaults", {}) if name in registry else {}
+    """The ``compatible_defaults`` of the class registered as ``name`` (none if unknown or
+    made by a prefix such as ``import:DIR``, whose factory would read its argument)."""
+    if ":" in name or name not in registry:
+        return {}
+    return getattr(registry.get(name), "compatible_defaults", {})
 
 
 def _compatible(config: dict[str, Any], method: str, evaluator: str) -> dict[str, Any]:
