@@ -40,7 +40,7 @@ from mkdt_bench.evaluators.pretrain import pretrain_key
 from mkdt_bench.executors import Executor, InProcessExecutor, Task
 from mkdt_bench.methods import METHODS, create_method
 from mkdt_bench.progress import GridTask, Measured, Progress
-from mkdt_bench.results import FAILED, TEACHER_ROW, ResultStore
+from mkdt_bench.results import FAILED, TEACHER_ROW, ResultRow, ResultStore
 from mkdt_bench.stages.distill import (
     DistillUnit,
     MethodInputs,
@@ -110,6 +110,8 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     n_train: int = 0
     n_source: int = 0
+    #: When the plan was made: a cell another process stores after it is not computed again.
+    planned_at: float = field(default_factory=time.time)
 
     @property
     def to_compute(self) -> list[Step]:
@@ -482,6 +484,9 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
 
     grid = progress.grid([weighed(task.key) for task in tasks])
     here = isinstance(executor, InProcessExecutor)
+    if here:
+        tasks = [_unless_stored(t, store, plan.planned_at) if t.key.startswith(EVALUATE)
+                 else t for t in tasks]
     results = iter(executor.run(tasks, env))
     while True:
         with Measured(progress.enabled) as measured:
@@ -506,6 +511,18 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
         grid.done(task.key, measured.seconds, peak, failed=isinstance(result, Exception))
     grid.close()
     return store.frame(cell_key=plan.cell_keys)
+
+
+def _unless_stored(task: Task, store: ResultStore, since: float) -> Task:
+    """``task`` (one evaluation cell, run in this process) computing nothing where its ok
+    row was stored after ``since`` (the plan) by another ``run`` on the same database."""
+    key = task.unit.cells[0].key
+
+    def run(unit: EvalUnit, env: Env) -> list[ResultRow]:
+        created = store.done([key]).get(key, (0.0, None))[0]
+        return [] if created >= since else task.fn(unit, env)
+
+    return replace(task, fn=run)
 
 
 def _artifact_peak(env: Env, step: Step | None) -> float | None:

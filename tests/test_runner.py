@@ -200,3 +200,36 @@ def test_rows_record_the_compute_budget(tmp_path):
         assert t["set_images"] == 40
     assert timings["krrst"]["distill_s"] > timings["random"]["distill_s"]
     assert set(timings["teacher"]) == {"teacher_s", "teacher_peak_mib", "evaluate_s"}
+
+
+def test_a_cell_another_run_stored_after_planning_is_not_computed_again(tmp_path, monkeypatch):
+    """Two ``run`` processes on one database: the cell the other stored while this one was
+    pre-training is taken from the database, not evaluated a second time."""
+    from dataclasses import replace
+
+    from mkdt_bench.evaluators.linear import LinearProbe
+    from mkdt_bench.results import ResultRow
+    from mkdt_bench.runner import run_plan
+
+    cfg = build_config(flags={"methods": ["random"], "seeds": [0], "fractions": [0.01, 0.05],
+                              "teacher_row": False}, overrides=FAST[:5])
+    env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
+    store = ResultStore(tmp_path / "results.sqlite")
+    plan = plan_grid(cfg, env, store)
+    (unit,) = plan.eval_units
+    other = next(c for c in unit.cells if c.fraction == 0.05)
+    ResultStore(tmp_path / "results.sqlite").add([ResultRow(
+        other.key, "digits", "random", unit.budget, unit.arch, "linear", "digits", 0.05, 0,
+        12.34)])
+    calls = []
+    evaluate = LinearProbe.evaluate
+    monkeypatch.setattr(LinearProbe, "evaluate",
+                        lambda self, *a, **k: calls.append(a[2]) or evaluate(self, *a, **k))
+    frame = run_plan(plan, env, store).set_index("fraction")
+    assert calls == [0.01]
+    assert frame.loc[0.05, "accuracy"] == 12.34 and frame.loc[0.01, "accuracy"] != 12.34
+    # a row stored before the plan was made is the planner's business, not skipped here
+    calls.clear()
+    run_plan(replace(plan_grid(cfg, env, store), eval_units=plan.eval_units,
+                     planned_at=plan.planned_at + 1e6), env, store)
+    assert calls == [0.01, 0.05]
