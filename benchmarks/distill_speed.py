@@ -51,8 +51,8 @@ from _measure import (
 )
 from _mtt_baseline import ReparamNet, baseline_loss
 
+from mkdt_bench.allocator import retained_heap
 from mkdt_bench.device import unroll_budget_bytes
-from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._experts import build_student
 from mkdt_bench.methods._unroll import (
     FlatNet,
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "comma-separated, are timed round robin in one heap (median; no "
                         "memory figure)")
     p.add_argument("--heap", default="auto", choices=("auto", "retained", "default"),
-                   help="glibc heap during iterations: retained (mkdt_bench.methods._alloc, "
+                   help="glibc heap during iterations: retained (mkdt_bench.allocator, "
                         "what mkdt does on the CPU) or default; auto: retained for the "
                         "engine, default for the baseline (round robin: retained)")
     p.add_argument("--peak", action="store_true",

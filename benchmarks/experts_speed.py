@@ -5,7 +5,7 @@ one after another (``train_expert``, the reference path) and then in groups of e
 ``--groups`` size (``train_experts``), and reports seconds per expert-epoch, the ratio to
 the sequential time and the largest difference between the grouped and sequential
 trajectories. ``--heap retained`` runs everything inside ``retained_heap`` (see
-``mkdt_bench/methods/_alloc.py``).
+``mkdt_bench/allocator.py``).
 
 Example::
 
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from _measure import add_device_arg, add_student_args, device_name, run_measurement, sync
 
-from mkdt_bench.methods._alloc import retained_heap
+from mkdt_bench.allocator import retained_heap
 from mkdt_bench.methods._experts import EXPERT_DEFAULTS, train_expert, train_experts
 
 

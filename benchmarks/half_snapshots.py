@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from _measure import add_student_args, add_unroll_args
 
-from mkdt_bench.methods._alloc import retained_heap
+from mkdt_bench.allocator import retained_heap
 from mkdt_bench.methods._experts import EXPERT_DEFAULTS, build_student, train_expert
 from mkdt_bench.methods._unroll import FlatNet, meta_step, syn_batches
 

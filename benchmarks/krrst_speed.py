@@ -35,10 +35,10 @@ import torch
 from _measure import add_device_arg, device_name, run_measurement, sync, time_calls
 from torch import nn
 
+from mkdt_bench.allocator import retained_heap
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.device import resident
 from mkdt_bench.methods import MethodContext, create_method
-from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.teacher import build_teacher
 
 
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "0 with --heap default: the reference-style step)")
     p.add_argument("--heap", default="retained", choices=("retained", "default"),
                    help="glibc heap during the steps: retained (what krrst does on the CPU, "
-                        "mkdt_bench/methods/_alloc.py) or default (the reference-style run)")
+                        "mkdt_bench/allocator.py) or default (the reference-style run)")
     p.add_argument("--teacher-views", default="0",
                    help="krrst option teacher_views (0: the faithful step); several, "
                         "comma-separated, are timed round robin in one process (median)")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from mkdt_bench.allocator import retained_heap
 from mkdt_bench.device import resolve_device
 from mkdt_bench.errors import UserError
 
@@ -53,6 +54,13 @@ class Executor(Protocol):
     def run(self, tasks: Sequence[Task], env: Env) -> Iterator[tuple[Task, Any]]: ...
 
 
+def run_unit(fn: Callable[[U, Env], R], unit: U, env: Env) -> R:
+    """``fn(unit, env)``, on the CPU inside :func:`~mkdt_bench.allocator.retained_heap`
+    (freed tensor buffers are reused, not page-faulted in again; the same numbers)."""
+    with retained_heap(env.device == "cpu"):
+        return fn(unit, env)
+
+
 def map_units(executor: Executor, fn: Callable[[U, Env], R], units: Iterable[U],
               env: Env) -> Iterator[tuple[U, R | Exception]]:
     """``fn`` over independent units: yields ``(unit, result or exception)``."""
@@ -76,7 +84,7 @@ class InProcessExecutor:
                 result: Any = broken[0]
             else:
                 try:
-                    result = task.fn(task.unit, env)
+                    result = run_unit(task.fn, task.unit, env)
                 except Exception as e:
                     result = e
             if isinstance(result, Exception):
@@ -89,7 +97,7 @@ def _after(fn: Callable[[Any, Env], Any], unit: Any, env: Env, *dependencies: An
     memory the task's process keeps cached is returned afterwards: the worker may idle
     while other tasks use the same card."""
     try:
-        return fn(unit, env)
+        return run_unit(fn, unit, env)
     finally:
         import torch
 

@@ -8,9 +8,15 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from mkdt_bench.threads import configure_openmp
+from mkdt_bench.threads import configure_openmp, usable_cores
 
 configure_openmp()  # before anything imports torch: the suite behaves on a shared machine
+# Under pytest-xdist (`-n N`, the README's command) each worker gets its share of the cores
+# as torch threads, and the mkdt-bench subprocesses it starts inherit it: N workers with a
+# thread per core each would put N threads on every core.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // _workers))
 
 import pytest  # noqa: E402
 

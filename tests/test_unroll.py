@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import mkdt_bench.methods._unroll as unroll
+from mkdt_bench import allocator
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods import _alloc
 from mkdt_bench.models import create_model
 
 
@@ -78,7 +78,7 @@ def test_auto_follows_the_memory_budget():
 RETAINED_SCRIPT = """
 import os
 import torch
-from mkdt_bench.methods import _alloc
+from mkdt_bench import allocator
 
 def resident_mib():
     with open("/proc/self/statm") as f:
@@ -92,7 +92,7 @@ def freed_block_stays(mib=64):
 
 out = [freed_block_stays()]  # glibc default: mmap, munmap on free
 before = resident_mib()
-with _alloc.retained_heap():
+with allocator.retained_heap():
     out.append(freed_block_stays())
     out.append(freed_block_stays(160))
     out.append(resident_mib() - before > 150)
@@ -101,7 +101,7 @@ print(out)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or _alloc._libc() is None,
+@pytest.mark.skipif(not sys.platform.startswith("linux") or allocator._libc() is None,
                     reason="glibc only")
 def test_retained_heap_keeps_freed_blocks_until_exit():
     """In a fresh process: the heap of a test run may already hold free blocks."""
@@ -109,3 +109,59 @@ def test_retained_heap_keeps_freed_blocks_until_exit():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == "[False, True, True, True, True]".split()
+
+
+NESTED_SCRIPT = """
+import os
+import torch
+from mkdt_bench import allocator
+
+def resident_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+def freed_block_stays(mib=64):
+    block = torch.ones(mib * 2**18)
+    with_block = resident_mib()
+    del block
+    return with_block - resident_mib() < mib / 2
+
+out = []
+with allocator.retained_heap():
+    with allocator.retained_heap():
+        out.append(allocator.retained())
+    out.append(allocator.retained())
+    out.append(freed_block_stays())  # the inner block's exit left the outer one's settings
+out.append(allocator.retained())
+out.append(freed_block_stays())  # glibc's defaults again
+print(out)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or allocator._libc() is None,
+                    reason="glibc only")
+def test_retained_heap_blocks_nest():
+    out = subprocess.run([sys.executable, "-c", NESTED_SCRIPT], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == "[True, True, True, False, False]".split()
+
+
+def _in_retained_heap(unit, env):
+    return allocator.retained()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or allocator._libc() is None,
+                    reason="glibc only")
+def test_every_cpu_unit_runs_in_the_retained_heap(tmp_path):
+    from dataclasses import replace
+
+    from mkdt_bench.executors import InProcessExecutor, map_units
+    from mkdt_bench.stages.env import Env
+
+    env = Env(cache_dir=str(tmp_path), data_root="", device="cpu")
+    executor = InProcessExecutor()
+    assert [r for _, r in map_units(executor, _in_retained_heap, [1, 2], env)] == [True, True]
+    on_gpu = replace(env, device="cuda:0")  # not run on a GPU: the flag alone is read
+    assert [r for _, r in map_units(executor, _in_retained_heap, [1], on_gpu)] == [False]
+    assert not allocator.retained()

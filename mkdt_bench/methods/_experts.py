@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mkdt_bench.allocator import retained_heap
 from mkdt_bench.cache import ArtifactCache, config_hash
 from mkdt_bench.device import resident, to_device
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._unroll import FlatNet, require_buffer_free
 from mkdt_bench.methods.base import MethodContext
 from mkdt_bench.models import Encoder, create_model

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mkdt_bench.allocator import retained_heap
 from mkdt_bench.augment import crop_flip
 from mkdt_bench.cache import ArtifactCache, atomic_torch_save
 from mkdt_bench.data.stats import KRRST_STATS, lookup, renormalize
@@ -27,7 +28,6 @@ from mkdt_bench.device import resident, to_device, to_host
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
-from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._teacher_views import TeacherViews, ensure_views
 from mkdt_bench.methods.base import Method, MethodContext
 from mkdt_bench.models import Encoder, create_model
@@ -235,7 +235,7 @@ class KRRST(Method):
         teacher_channels_last (True): on the CPU, run a copy of the frozen teacher in the
             channels-last layout (oneDNN: about 1.4x faster for the ResNet-18 teacher;
             targets within ~1e-6 of the default layout's). The loop also runs in a
-            retained glibc heap on the CPU (``_alloc.retained_heap``; identical numbers).
+            retained glibc heap on the CPU (``allocator.retained_heap``; identical numbers).
     Deviation, opt-in (issue 8):
         teacher_views (0 = off, the faithful path): V > 0 precomputes, once per inputs, V
             crop + flip views of every pool image and the teacher's targets of each

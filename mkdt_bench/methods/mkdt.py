@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mkdt_bench.allocator import retained_heap
 from mkdt_bench.cache import atomic_torch_save
 from mkdt_bench.device import autocast, to_device, to_host, unroll_budget_bytes
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
-from mkdt_bench.methods._alloc import retained_heap
 from mkdt_bench.methods._experts import (
     EXPERT_DEFAULTS,
     HALF_KEY,
@@ -165,7 +165,7 @@ class MKDT(Method):
             loss by rounding (``benchmarks/README.md``).
 
     On the CPU the inner loop and the expert training run in a retained glibc heap
-    (``_alloc.retained_heap``: no page faults on every new activation tensor; 1.8-2.2x
+    (``allocator.retained_heap``: no page faults on every new activation tensor; 1.8-2.2x
     faster, identical numbers, 15-45 % more resident memory; ``benchmarks/README.md``).
 
     Off the CPU the data stay on the device and an iteration reads nothing back to the
