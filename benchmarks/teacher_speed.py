@@ -1,19 +1,26 @@
-"""Time the SSL teacher's training (spec ``mkdt.md`` §1) over ``--images`` images; print
+"""Time the teacher's training (spec ``mkdt.md`` §1) over ``--images`` images; print
 JSON with the seconds per batch and the epoch over ``--epoch-images`` images it implies.
 
-One epoch of ``mkdt_bench.teacher.train_teacher`` on random uint8 images: lightly's
-Barlow Twins views made by the DataLoader (worker processes and pinned memory on a GPU,
-``mkdt_bench.teacher.loader_options``), the teacher and its projector, SGD. The time
-includes the loader's start and the epoch's snapshot, as in a real epoch.
+One epoch on random uint8 images. ``--kind ssl``: ``mkdt_bench.teacher.train_teacher``,
+lightly's Barlow Twins views made by the DataLoader (worker processes and pinned memory on
+a GPU, ``mkdt_bench.teacher.loader_options``), the teacher and its projector, SGD.
+``--kind supervised``: ``mkdt_bench.supervised_teacher.train_supervised_teacher`` (the
+labelled proxy of ``cifar10-cpu-v2``: crop + flip, cross-entropy, SGD). The time includes
+the loader's start and the epoch's snapshot, as in a real epoch. ``--heap retained`` runs
+it inside ``mkdt_bench.allocator.retained_heap``, as a run does on the CPU; ``default`` in
+glibc's default heap.
 
-Example::
+Examples::
 
     python benchmarks/teacher_speed.py --images 5120 --batch 256 --device cuda
+    python benchmarks/teacher_speed.py --kind supervised --arch convnet:width=64 \\
+        --images 10240 --heap default
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +29,10 @@ from typing import Any
 import torch
 from _measure import add_device_arg, device_name, run_measurement, sync
 
+from mkdt_bench.allocator import retained_heap
 from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.teacher import TEACHER_DEFAULTS, loader_options, train_teacher
+from mkdt_bench.supervised_teacher import train_supervised_teacher
+from mkdt_bench.teacher import TEACHER_DEFAULTS, build_teacher, loader_options, train_teacher
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=32, help="image side in pixels")
     p.add_argument("--epoch-images", type=int, default=50_000,
                    help="images of the epoch to estimate (CIFAR: 50,000)")
+    p.add_argument("--kind", default="ssl", choices=("ssl", "supervised"), help="teacher.kind")
+    p.add_argument("--heap", default="retained", choices=("retained", "default"),
+                   help="glibc heap on the CPU: retained (as a run) or glibc's default")
     add_device_arg(p)
     return p.parse_args(argv)
 
@@ -47,22 +59,32 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     shape = (args.images, 3, args.resolution, args.resolution)
     images = torch.randint(256, shape, generator=g, dtype=torch.uint8)
-    labels = torch.zeros(args.images, dtype=torch.long)
-    dataset = ImageDataset("random", images, labels, images[:1], labels[:1], ["x"],
-                           (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    labels = torch.randint(10, (args.images,), generator=g)
+    dataset = ImageDataset("random", images, labels, images[:1], labels[:1],
+                           [str(c) for c in range(10)], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     cfg = dict(TEACHER_DEFAULTS, arch=args.arch, epochs=1, batch_size=args.batch,
                proj_dim=args.proj_dim)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with tempfile.TemporaryDirectory() as scratch:
+    heap = retained_heap(args.heap == "retained" and device.type == "cpu")
+    with tempfile.TemporaryDirectory() as scratch, heap:
+        model = build_teacher(args.arch, dataset) if args.kind == "supervised" else None
         sync(device)
         start = time.perf_counter()
-        train_teacher(dataset, cfg, Path(scratch), device)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        if args.kind == "supervised":
+            train_supervised_teacher(dataset, cfg, model, Path(scratch), device)
+        else:
+            train_teacher(dataset, cfg, Path(scratch), device)
         sync(device)
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
     batches = args.images // args.batch
     per_batch = seconds / batches
     result = {
+        "kind": args.kind, "heap": args.heap,
+        "system_cpu_seconds": round(after.ru_stime - before.ru_stime, 1),
+        "minor_page_faults": after.ru_minflt - before.ru_minflt,
         "images": args.images, "batch": args.batch, "arch": args.arch,
         "proj_dim": args.proj_dim, "resolution": args.resolution, "batches": batches,
         "seconds": round(seconds, 3), "seconds_per_batch": round(per_batch, 4),

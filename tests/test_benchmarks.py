@@ -41,6 +41,14 @@ def test_prints_json(script, args, key):
     assert result[key] > 0 and result["memory_measure"] == "ru_maxrss_growth"
 
 
+@pytest.mark.parametrize("heap", ["default", "retained"])
+def test_teacher_speed_times_the_supervised_teacher_in_either_heap(heap):
+    result = _run("teacher_speed.py", "--kind", "supervised", "--arch", "convnet:width=8",
+                  "--images", "64", "--batch", "32", "--heap", heap)
+    assert (result["kind"], result["heap"], result["batches"]) == ("supervised", heap, 2)
+    assert result["seconds_per_batch"] > 0 and result["minor_page_faults"] > 0
+
+
 def test_krrst_teacher_views_round_robin_times_the_precompute_apart():
     result = _run("krrst_speed.py", "--images", "20", "--real-batch", "32", "--width", "8",
                   "--teacher", "convnet:width=8", "--steps", "1", "--rounds", "2",
