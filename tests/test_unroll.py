@@ -75,7 +75,7 @@ def test_auto_follows_the_memory_budget():
         unroll.choose_unroll("fast", net.module, images, 4, 5, 2**30)
 
 
-RETAINED_SCRIPT = """
+HEAP_HELPERS = """
 import os
 import torch
 from mkdt_bench import allocator
@@ -89,7 +89,9 @@ def freed_block_stays(mib=64):
     with_block = resident_mib()
     del block
     return with_block - resident_mib() < mib / 2
+"""
 
+RETAINED_SCRIPT = HEAP_HELPERS + """
 out = [freed_block_stays()]  # glibc default: mmap, munmap on free
 before = resident_mib()
 with allocator.retained_heap():
@@ -111,21 +113,7 @@ def test_retained_heap_keeps_freed_blocks_until_exit():
     assert out.stdout.split() == "[False, True, True, True, True]".split()
 
 
-NESTED_SCRIPT = """
-import os
-import torch
-from mkdt_bench import allocator
-
-def resident_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-def freed_block_stays(mib=64):
-    block = torch.ones(mib * 2**18)
-    with_block = resident_mib()
-    del block
-    return with_block - resident_mib() < mib / 2
-
+NESTED_SCRIPT = HEAP_HELPERS + """
 out = []
 with allocator.retained_heap():
     with allocator.retained_heap():
