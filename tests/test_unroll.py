@@ -103,14 +103,22 @@ print(out)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or allocator._libc() is None,
-                    reason="glibc only")
-def test_retained_heap_keeps_freed_blocks_until_exit():
-    """In a fresh process: the heap of a test run may already hold free blocks."""
-    out = subprocess.run([sys.executable, "-c", RETAINED_SCRIPT], capture_output=True,
-                         text=True, timeout=120)
+GLIBC_ONLY = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or allocator._libc() is None, reason="glibc only")
+
+
+def _printed_by(script: str) -> list[str]:
+    """What ``script`` prints, run in a fresh process: the heap of a test run may already
+    hold free blocks."""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == "[False, True, True, True, True]".split()
+    return out.stdout.split()
+
+
+@GLIBC_ONLY
+def test_retained_heap_keeps_freed_blocks_until_exit():
+    assert _printed_by(RETAINED_SCRIPT) == "[False, True, True, True, True]".split()
 
 
 NESTED_SCRIPT = HEAP_HELPERS + """
@@ -126,21 +134,16 @@ print(out)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or allocator._libc() is None,
-                    reason="glibc only")
+@GLIBC_ONLY
 def test_retained_heap_blocks_nest():
-    out = subprocess.run([sys.executable, "-c", NESTED_SCRIPT], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == "[True, True, True, False, False]".split()
+    assert _printed_by(NESTED_SCRIPT) == "[True, True, True, False, False]".split()
 
 
 def _in_retained_heap(unit, env):
     return allocator.retained()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or allocator._libc() is None,
-                    reason="glibc only")
+@GLIBC_ONLY
 def test_every_cpu_unit_runs_in_the_retained_heap(tmp_path):
     from dataclasses import replace
 
