@@ -13,6 +13,7 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.threads import configure_openmp
 
 QUICK = "quick"
+EXECUTORS = ("auto", "inprocess", "processes", "ray")
 DEVICE_HELP = ("cpu, cuda, cuda:N or auto (default auto: the first CUDA device when one is "
                "present, else the CPU; rows record the device used)")
 
@@ -137,16 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
                      "where the cache measured its like) and exit; computes and writes nothing")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (on a "
                      "terminal) or per-step lines (otherwise)")
-    run.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"],
-                     help="where units run: this process (default) or Ray tasks "
-                          "(needs Ray: pip install -e '.[ray]' in a checkout)")
+    run.add_argument("--executor", default="auto", choices=EXECUTORS,
+                     help="where units run: auto (default: worker processes on a CPU with "
+                          "more than one core, else this process), inprocess, processes "
+                          "(local workers, one per core), or ray (needs Ray: pip install -e "
+                          "'.[ray]' in a checkout)")
+    run.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="worker processes of --executor auto/processes (default 0: the "
+                          "usable cores divided by --threads)")
     run.add_argument("--ray-address", help="Ray cluster to join (e.g. auto or HOST:6379; "
                                            "default: start a local instance)")
     run.add_argument("--retries", type=int, default=2, metavar="N",
                      help="Ray: reruns of a task whose worker or node died (default 2)")
     run.add_argument("--threads", type=int, default=0, metavar="N",
                      help="torch CPU threads per unit (default 0: one per usable core, or "
-                          "OMP_NUM_THREADS; waiting threads sleep, OMP_WAIT_POLICY=PASSIVE)")
+                          "OMP_NUM_THREADS, in this process; one per worker process)")
 
     ev = sub.add_parser("eval", help="evaluate a stored DistilledSet directory (no teacher, "
                                      "no distillation) and print its table")
@@ -324,18 +330,33 @@ def check_executor_args(args: argparse.Namespace) -> None:
     """Refuse executor flags that do not go together (before anything is planned)."""
     if args.retries < 0:
         raise UserError(f"--retries {args.retries} must be 0 or more")
-    if args.executor == "inprocess" and args.ray_address:
-        raise UserError("--ray-address needs --executor ray")
+    if args.workers < 0:
+        raise UserError(f"--workers {args.workers} must be 0 (one per core) or more")
+    if args.executor != "ray" and args.ray_address:
+        raise UserError(f"--ray-address needs --executor ray, not {args.executor}")
+    if args.executor in ("inprocess", "ray") and args.workers:
+        raise UserError(f"--workers {args.workers} needs --executor processes or auto, "
+                        f"not {args.executor}")
 
 
-def make_executor(args: argparse.Namespace) -> Any:
-    """The executor ``--executor`` names (Ray tasks get a GPU each when they use CUDA)."""
-    from mkdt_bench.executors import InProcessExecutor, RayExecutor
+def make_executor(args: argparse.Namespace, env: Any) -> Any:
+    """The executor ``--executor`` names; ``auto`` is :class:`ProcessExecutor` where the run
+    computes on the CPU and the usable cores hold two or more workers of ``--threads``
+    threads (default 1), else :class:`InProcessExecutor` (Ray tasks get a GPU each when
+    they use CUDA)."""
+    from mkdt_bench.executors import InProcessExecutor, ProcessExecutor, RayExecutor
+    from mkdt_bench.threads import default_threads
 
     check_executor_args(args)
-    if args.executor == "inprocess":
-        return InProcessExecutor()
-    return RayExecutor(address=args.ray_address, retries=args.retries)
+    if args.executor == "ray":
+        return RayExecutor(address=args.ray_address, retries=args.retries)
+    cores = default_threads()
+    workers = args.workers or max(1, cores // (args.threads or 1))
+    threads = args.threads or max(1, cores // workers)
+    on_cpu = env.torch_device.type == "cpu"
+    if args.executor == "processes" or (args.executor == "auto" and on_cpu and workers > 1):
+        return ProcessExecutor(workers, threads)
+    return InProcessExecutor()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -406,7 +427,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store.close()
     ArtifactCache(cache_dir)
     store = ResultStore(db)
-    executor = make_executor(args)
+    executor = make_executor(args, env)
     start = time.perf_counter()
     try:  # closed here, not at garbage collection: the WAL is folded in before we return
         frame = run_plan(plan, env, store, executor, estimates)

@@ -1,15 +1,22 @@
 """Executors: where the grid's units run.
 
 A unit is a picklable value and ``fn(unit, env)`` a module-level function, so a unit can
-run in this process (:class:`InProcessExecutor`, the default) or as a Ray task on any node
-that sees the cache directory (:class:`RayExecutor`, needs ``pip install 'mkdt-bench[ray]'``).
+run in this process (:class:`InProcessExecutor`), in local worker processes
+(:class:`ProcessExecutor`, the command line's default on a CPU with more than one core), or
+as a Ray task on any node that sees the cache directory (:class:`RayExecutor`, needs
+``pip install 'mkdt-bench[ray]'``).
 Work is a list of :class:`Task` with dependencies; a task that fails yields its exception
 instead of a result, and so do the tasks that depend on it: one failure never stops a grid.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -32,13 +39,17 @@ class Task:
 
     ``key`` names the task within one :meth:`Executor.run` call; ``after`` holds keys of
     tasks listed before it (the grid's dependencies follow its cache keys: a distillation
-    waits for its method's sub-units, an evaluation for its distillation).
+    waits for its method's sub-units, an evaluation for its distillation). ``alone``: the
+    task wants the whole machine (the teacher, which every other unit needs);
+    :class:`ProcessExecutor` runs it in its own process with the run's threads, after the
+    tasks listed before it and before those listed after it.
     """
 
     key: str
     fn: Callable[[Any, Env], Any]
     unit: Any
     after: tuple[str, ...] = ()
+    alone: bool = False
 
 
 class Executor(Protocol):
@@ -70,7 +81,8 @@ def map_units(executor: Executor, fn: Callable[[U, Env], R], units: Iterable[U],
 
 
 class InProcessExecutor:
-    """The default executor: one task after another in this process, in the given order."""
+    """One task after another in this process, in the given order (the command line's
+    default on a GPU or a single core)."""
 
     def device_env(self, env: Env) -> Env:
         """``env`` with its device resolved here (``auto`` -> ``cuda:0`` or ``cpu``)."""
@@ -79,17 +91,135 @@ class InProcessExecutor:
     def run(self, tasks: Sequence[Task], env: Env) -> Iterator[tuple[Task, Any]]:
         failed: dict[str, Exception] = {}
         for task in tasks:
-            broken = [failed[k] for k in task.after if k in failed]
-            if broken:
-                result: Any = broken[0]
-            else:
+            yield from _run_here(task, env, failed)
+
+
+class ProcessExecutor:
+    """Tasks in ``workers`` local worker processes (the standard library's
+    ``concurrent.futures`` pool, spawned), each unit on ``threads`` torch threads; a task
+    marked ``alone`` runs in this process with the run's own threads.
+
+    Small units (the digits preset's distillations, pre-trainings and probes) barely use a
+    second thread, so on a 2-core CPU two of them side by side take about half the time of
+    one after the other (``results/quick.md``). A unit computes the same numbers as in
+    this process with ``--threads`` equal to ``threads``, whichever worker runs it.
+    Tasks start in the given order once their dependencies are done; a worker that dies
+    fails the tasks it was running (a rerun computes them).
+    """
+
+    def __init__(self, workers: int, threads: int = 1) -> None:
+        if workers < 1:
+            raise UserError(f"--workers {workers} must be 1 or more")
+        if threads < 1:
+            raise UserError(f"threads per worker {threads} must be 1 or more")
+        self.workers = workers
+        self.threads = threads
+
+    def device_env(self, env: Env) -> Env:
+        """``env`` on the CPU: worker processes do not share a GPU here (use
+        ``--executor inprocess`` or ``ray`` for CUDA)."""
+        device = resolve_device(env.device)
+        if device.type != "cpu":
+            raise UserError(f"--executor processes runs units on the CPU, but the device "
+                            f"{env.device!r} is {device}; use --executor inprocess or ray")
+        return replace(env, device="cpu")
+
+    def run(self, tasks: Sequence[Task], env: Env) -> Iterator[tuple[Task, Any]]:
+        worker_env = replace(env, threads=self.threads, progress=False)
+        failed: dict[str, Exception] = {}
+        before = set(multiprocessing.active_children())
+        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(self.threads,))
+        complete = False
+        try:
+            segment: list[Task] = []
+            for task in [*tasks, None]:
+                if task is not None and not task.alone:
+                    segment.append(task)
+                    continue
+                yield from self._run_segment(pool, segment, worker_env, failed)
+                segment = []
+                if task is not None:
+                    yield from _run_here(task, env, failed)
+            complete = True
+        finally:
+            pool.shutdown(wait=complete, cancel_futures=True)
+            if not complete:  # interrupted: stop the units still running, then the pool
+                _interrupt(set(multiprocessing.active_children()) - before)
+                pool.shutdown(wait=True)
+
+    @staticmethod
+    def _run_segment(pool: ProcessPoolExecutor, tasks: list[Task], env: Env,
+                     failed: dict[str, Exception]) -> Iterator[tuple[Task, Any]]:
+        """``tasks`` on the pool, each once its dependencies among them are done."""
+        keys = {task.key for task in tasks}
+        finished: set[str] = set()
+        waiting = list(tasks)
+        running: dict[Future, Task] = {}
+        while waiting or running:
+            for task in list(waiting):
+                broken = [failed[k] for k in task.after if k in failed]
+                if broken:
+                    waiting.remove(task)
+                    failed[task.key] = broken[0]
+                    finished.add(task.key)
+                    yield task, broken[0]
+                elif all(k in finished or k not in keys for k in task.after):
+                    waiting.remove(task)
+                    running[pool.submit(run_unit, task.fn, task.unit, env)] = task
+            if not running:
+                if waiting:
+                    raise ValueError(f"task {waiting[0].key!r} waits for a task not listed "
+                                     "before it")
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = running.pop(future)
                 try:
-                    result = run_unit(task.fn, task.unit, env)
-                except Exception as e:
+                    result: Any = future.result()
+                except Exception as e:  # the unit's own error, or its worker died
                     result = e
-            if isinstance(result, Exception):
-                failed[task.key] = result
-            yield task, result
+                if isinstance(result, Exception):
+                    failed[task.key] = result
+                finished.add(task.key)
+                yield task, result
+
+
+def _interrupt(workers: set[multiprocessing.process.BaseProcess], grace: float = 10.0) -> None:
+    """Stop ``workers`` as Ctrl-C would: a KeyboardInterrupt in the unit each runs (its
+    artifact is not written; what finished stays cached), ending the worker once the pool
+    has no work left; a worker still alive after ``grace`` seconds is terminated."""
+    for worker in workers:
+        if worker.pid is not None and worker.is_alive():
+            os.kill(worker.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.terminate()
+
+
+def _start_worker(threads: int) -> None:
+    """A worker process's torch threads (its units set them again from their ``env``)."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def _run_here(task: Task, env: Env, failed: dict[str, Exception]) -> Iterator[tuple[Task, Any]]:
+    """``task`` in this process (or its failed dependency's exception)."""
+    broken = [failed[k] for k in task.after if k in failed]
+    if broken:
+        result: Any = broken[0]
+    else:
+        try:
+            result = run_unit(task.fn, task.unit, env)
+        except Exception as e:
+            result = e
+    if isinstance(result, Exception):
+        failed[task.key] = result
+    yield task, result
 
 
 def _after(fn: Callable[[Any, Env], Any], unit: Any, env: Env, *dependencies: Any) -> Any:

@@ -407,13 +407,14 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
 
 
 def grid_tasks(plan: Plan) -> list[Task]:
-    """The plan as tasks whose dependencies follow the cache keys: the teacher first, a
-    distillation once its method's sub-units exist, a pre-training once its distilled set
-    exists, and each evaluation cell once its encoder (or the teacher) exists."""
+    """The plan as tasks whose dependencies follow the cache keys: the teacher first (alone:
+    it has the machine to itself), a distillation once its method's sub-units exist, a
+    pre-training once its distilled set exists, and each evaluation cell once its encoder
+    (or the teacher) exists."""
     tasks: list[Task] = []
     teacher: tuple[str, ...] = ()
     if plan.teacher is not None:
-        tasks.append(Task(TEACHER, run_teacher, plan.teacher))
+        tasks.append(Task(TEACHER, run_teacher, plan.teacher, alone=True))
         teacher = (TEACHER,)
     tasks += [Task(f"{u.sub.stage}:{u.sub.key}", run_sub_unit, u, teacher)
               for u in plan.sub_units]

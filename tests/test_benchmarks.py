@@ -139,3 +139,13 @@ def test_distill_speed_times_the_official_code():
     assert official["model"] == "ConvNetW32" and official["seconds_per_iteration"] > 0
     assert official["reference_commit"].startswith("eaf200e")
     assert result["time_ratio_to_official"] > 0
+
+
+def test_teacher_validation_probes_on_held_out_training_images():
+    result = _run("teacher_validation.py", "--arch", "convnet:width=8,depth=2", "--epochs", "1",
+                  "--train", "200", "--seeds", "2")
+    assert (result["train_images"], result["validation_images"]) == (200, 1237)
+    for key in ("accuracy@1%", "accuracy@5%"):
+        mean, std = result[key]
+        assert 0 <= mean <= 100 and std >= 0
+    assert result["seconds"] > 0

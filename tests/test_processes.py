@@ -1,0 +1,151 @@
+"""The local worker-process executor: same rows as in-process, dependencies, failures, and
+the command line's choice of executor."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from mkdt_bench.cli import make_executor
+from mkdt_bench.config import build_config
+from mkdt_bench.errors import UserError
+from mkdt_bench.executors import InProcessExecutor, ProcessExecutor, Task
+from mkdt_bench.results import ResultStore
+from mkdt_bench.runner import run_grid
+from mkdt_bench.stages.env import Env, prepare_threads
+
+OVERRIDES = ["teacher.arch=convnet", "teacher.epochs=1", "teacher.proj_dim=64",
+             "teacher.batch_size=128", "pretrain.epochs=2", "methods.mkdt.iterations=3",
+             "methods.mkdt.num_experts=3", "methods.mkdt.train_epochs=3"]
+
+
+def double_or_raise(x: int, env: Env) -> int:
+    if x == 3:
+        raise ValueError("three is not allowed")
+    return 2 * x
+
+
+def sleep_then(seconds: float, env: Env) -> float:
+    time.sleep(seconds)
+    return time.time()
+
+
+def pid_and_time(_: object, env: Env) -> tuple[int, float, int]:
+    """Its process, the time, and the torch threads it runs on (set as every unit does)."""
+    import torch
+
+    prepare_threads(env)
+    return os.getpid(), time.time(), torch.get_num_threads()
+
+
+def die(_: object, env: Env) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run(executor, tasks, tmp_path: Path, threads: int = 0) -> dict:
+    return {t.key: r for t, r in executor.run(tasks, Env(str(tmp_path), threads=threads))}
+
+
+@pytest.mark.slow
+def test_grid_matches_in_process_with_one_thread(tmp_path):
+    cfg = build_config("quick", flags={"methods": ["random", "mkdt", "none"], "seeds": [0, 1]},
+                       overrides=OVERRIDES)
+    frames = {}
+    for name, executor in (("here", InProcessExecutor()), ("pool", ProcessExecutor(2, 1))):
+        env = Env(cache_dir=str(tmp_path / name), threads=1, progress=False)
+        frames[name] = run_grid(cfg, env, ResultStore(tmp_path / f"{name}.sqlite"), executor)
+    here, pool = frames["here"], frames["pool"]
+    assert len(here) == len(pool) > 0 and set(pool["status"]) == {"ok"}
+    assert dict(zip(here["cell_key"], here["accuracy"])) == \
+        dict(zip(pool["cell_key"], pool["accuracy"]))
+
+
+def test_units_run_in_workers_with_their_threads_and_alone_tasks_here(tmp_path):
+    tasks = [Task("first", sleep_then, 1.0), Task("alone", pid_and_time, None, alone=True),
+             Task("after", pid_and_time, None)]
+    done = run(ProcessExecutor(2, threads=1), tasks, tmp_path, threads=2)
+    assert done["alone"][0] == os.getpid() and done["alone"][2] == 2
+    assert done["after"][0] != os.getpid() and done["after"][2] == 1
+    assert done["first"] <= done["alone"][1] <= done["after"][1]
+
+
+def test_task_starts_when_its_inputs_exist(tmp_path):
+    """A dependant of a fast task finishes while an unrelated slow task still runs."""
+    tasks = [Task("slow", sleep_then, 4.0), Task("fast", sleep_then, 0.1),
+             Task("after-fast", pid_and_time, None, after=("fast",))]
+    done = run(ProcessExecutor(2), tasks, tmp_path)
+    assert done["fast"] <= done["after-fast"][1] < done["slow"]
+
+
+def test_failures_are_results_and_reach_the_dependants(tmp_path):
+    tasks = [Task("bad", double_or_raise, 3), Task("child", double_or_raise, 1, after=("bad",)),
+             Task("free", double_or_raise, 2)]
+    done = run(ProcessExecutor(2), tasks, tmp_path)
+    assert isinstance(done["bad"], ValueError) and "three is not allowed" in str(done["bad"])
+    assert done["child"] is done["bad"] and done["free"] == 4
+
+
+def test_a_dead_worker_fails_its_task_instead_of_hanging(tmp_path):
+    done = run(ProcessExecutor(1), [Task("dies", die, None)], tmp_path)
+    assert isinstance(done["dies"], Exception)
+    assert "terminated abruptly" in str(done["dies"])
+
+
+def test_a_dependency_listed_later_is_refused(tmp_path):
+    tasks = [Task("child", double_or_raise, 1, after=("parent",)),
+             Task("parent", double_or_raise, 2, after=("child",))]
+    with pytest.raises(ValueError, match="'child' waits for a task not listed before it"):
+        run(ProcessExecutor(1), tasks, tmp_path)
+
+
+def test_bad_worker_counts_are_user_errors():
+    with pytest.raises(UserError, match=r"--workers 0 must be 1 or more"):
+        ProcessExecutor(0)
+
+
+def cli_args(**kw) -> argparse.Namespace:
+    base = dict(executor="auto", workers=0, threads=0, retries=2, ray_address=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("cores, kw, expected", [
+    ("2", {}, (ProcessExecutor, 2, 1)),
+    ("1", {}, (InProcessExecutor,)),
+    ("2", {"threads": 2}, (InProcessExecutor,)),
+    ("4", {"threads": 2}, (ProcessExecutor, 2, 2)),
+    ("4", {"workers": 2}, (ProcessExecutor, 2, 2)),
+    ("2", {"executor": "inprocess"}, (InProcessExecutor,)),
+    ("1", {"executor": "processes"}, (ProcessExecutor, 1, 1)),
+])
+def test_auto_executor_on_the_cpu(monkeypatch, tmp_path, cores, kw, expected):
+    monkeypatch.setenv("OMP_NUM_THREADS", cores)
+    executor = make_executor(cli_args(**kw), Env(str(tmp_path), device="cpu"))
+    assert type(executor) is expected[0]
+    if expected[0] is ProcessExecutor:
+        assert (executor.workers, executor.threads) == expected[1:]
+
+
+def test_auto_executor_on_a_gpu_runs_in_process(monkeypatch, tmp_path):
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    monkeypatch.setattr(Env, "torch_device", property(lambda self: __import__("torch").device(
+        "cuda", 0)))
+    assert type(make_executor(cli_args(), Env(str(tmp_path), device="cuda"))) is \
+        InProcessExecutor
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"workers": -1}, "--workers -1 must be 0 (one per core) or more"),
+    ({"executor": "inprocess", "workers": 2}, "--workers 2 needs --executor processes or auto, "
+                                              "not inprocess"),
+    ({"executor": "processes", "ray_address": "auto"}, "--ray-address needs --executor ray, "
+                                                       "not processes"),
+])
+def test_executor_flags_that_do_not_go_together(tmp_path, kw, message):
+    with pytest.raises(UserError) as info:
+        make_executor(cli_args(**kw), Env(str(tmp_path)))
+    assert str(info.value) == message
