@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -149,3 +151,59 @@ def test_executor_flags_that_do_not_go_together(tmp_path, kw, message):
     with pytest.raises(UserError) as info:
         make_executor(cli_args(**kw), Env(str(tmp_path)))
     assert str(info.value) == message
+
+
+INTERRUPTED = ["--methods", "random,mkdt,none", "--seeds", "0,1", "--executor", "processes",
+               "--workers", "2", "--threads", "1", "--no-progress", *[
+                   a for o in OVERRIDES for a in ("--set", o)]]
+
+
+def start_run(cache: Path) -> subprocess.Popen:
+    env = dict(os.environ, MKDT_BENCH_CACHE=str(cache))
+    return subprocess.Popen([sys.executable, "-m", "mkdt_bench.cli", "run", *INTERRUPTED],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def reference_table(tmp_path_factory) -> list[str]:
+    reference = start_run(tmp_path_factory.mktemp("reference"))
+    out, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err
+    return [r for r in out.splitlines() if r.startswith("|")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["group", "driver"])
+def test_interrupt_stops_the_workers_and_a_rerun_resumes(tmp_path, reference_table, target):
+    """SIGINT to the process group (Ctrl-C) or to the main process alone (``kill -INT``)."""
+    cache = tmp_path / "cut"
+    victim = start_run(cache)
+    deadline = time.time() + 300
+    while not list((cache / "artifacts" / "expert").glob("*/manifest.json")):
+        assert victim.poll() is None and time.time() < deadline, "no expert appeared"
+        time.sleep(0.05)
+    if target == "group":
+        os.killpg(victim.pid, signal.SIGINT)
+    else:
+        victim.send_signal(signal.SIGINT)
+    _, err = victim.communicate(timeout=120)
+    assert victim.returncode == 130, err
+    assert "interrupted; finished work is cached, rerun to resume" in err
+    deadline = time.time() + 30
+    while group_alive(victim.pid):
+        assert time.time() < deadline, "worker processes outlived the interrupted run"
+        time.sleep(0.1)
+
+    rerun = start_run(cache)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    assert [r for r in out.splitlines() if r.startswith("|")] == reference_table
