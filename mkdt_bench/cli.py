@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Ray: reruns of a task whose worker or node died (default 2)")
     run.add_argument("--threads", type=int, default=0, metavar="N",
                      help="torch CPU threads per unit (default 0: one per usable core, or "
-                          "OMP_NUM_THREADS, in this process; one per worker process)")
+                          "OMP_NUM_THREADS, in this process; in worker processes, the cores "
+                          "divided by the workers)")
 
     ev = sub.add_parser("eval", help="evaluate a stored DistilledSet directory (no teacher, "
                                      "no distillation) and print its table")

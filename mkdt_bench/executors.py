@@ -41,7 +41,7 @@ class Task:
     tasks listed before it (the grid's dependencies follow its cache keys: a distillation
     waits for its method's sub-units, an evaluation for its distillation). ``alone``: the
     task wants the whole machine (the teacher, which every other unit needs);
-    :class:`ProcessExecutor` runs it in its own process with the run's threads, after the
+    :class:`ProcessExecutor` runs it in the main process with the run's threads, after the
     tasks listed before it and before those listed after it.
     """
 
