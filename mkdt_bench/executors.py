@@ -103,8 +103,12 @@ class ProcessExecutor:
     second thread, so on a 2-core CPU two of them side by side take about half the time of
     one after the other (``results/quick.md``). A unit computes the same numbers as in
     this process with ``--threads`` equal to ``threads``, whichever worker runs it.
-    Tasks start in the given order once their dependencies are done; a worker that dies
-    fails the tasks it was running (a rerun computes them).
+    At most ``workers`` tasks are handed to the pool at a time, and a free worker takes the
+    first task in the given order whose dependencies are done: the order is the priority
+    (the grid lists sub-units, then distillations, pre-trainings and evaluations, so MKDT's
+    long distillation starts as soon as its experts exist instead of queueing behind every
+    pre-training that became ready first). A worker that dies fails the tasks it was
+    running (a rerun computes them).
     """
 
     def __init__(self, workers: int, threads: int = 1) -> None:
@@ -137,7 +141,7 @@ class ProcessExecutor:
                 if task is not None and not task.alone:
                     segment.append(task)
                     continue
-                yield from self._run_segment(pool, segment, worker_env, failed)
+                yield from self._run_segment(pool, self.workers, segment, worker_env, failed)
                 segment = []
                 if task is not None:
                     yield from _run_here(task, env, failed)
@@ -149,9 +153,10 @@ class ProcessExecutor:
                 pool.shutdown(wait=True)
 
     @staticmethod
-    def _run_segment(pool: ProcessPoolExecutor, tasks: list[Task], env: Env,
+    def _run_segment(pool: ProcessPoolExecutor, slots: int, tasks: list[Task], env: Env,
                      failed: dict[str, Exception]) -> Iterator[tuple[Task, Any]]:
-        """``tasks`` on the pool, each once its dependencies among them are done."""
+        """``tasks`` on the pool, each once its dependencies among them are done, at most
+        ``slots`` at a time, the first ready one in list order first."""
         keys = {task.key for task in tasks}
         finished: set[str] = set()
         waiting = list(tasks)
@@ -164,7 +169,8 @@ class ProcessExecutor:
                     failed[task.key] = broken[0]
                     finished.add(task.key)
                     yield task, broken[0]
-                elif all(k in finished or k not in keys for k in task.after):
+                elif len(running) < slots and all(k in finished or k not in keys
+                                                  for k in task.after):
                     waiting.remove(task)
                     running[pool.submit(run_unit, task.fn, task.unit, env)] = task
             if not running:

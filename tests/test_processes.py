@@ -84,6 +84,17 @@ def test_task_starts_when_its_inputs_exist(tmp_path):
     assert done["fast"] <= done["after-fast"][1] < done["slow"]
 
 
+def test_a_free_worker_takes_the_first_ready_task_in_list_order(tmp_path):
+    """The list order is the priority: a task that becomes ready (MKDT's distillation once
+    its experts exist) runs before tasks listed after it that were ready earlier (the
+    pre-trainings of other sets), instead of queueing behind them."""
+    tasks = [Task("expert", sleep_then, 0.5), Task("distill", pid_and_time, None,
+                                                   after=("expert",)),
+             *(Task(f"pretrain-{i}", sleep_then, 0.2) for i in range(3))]
+    done = run(ProcessExecutor(1), tasks, tmp_path)
+    assert done["expert"] <= done["distill"][1] < min(done[f"pretrain-{i}"] for i in range(3))
+
+
 def test_failures_are_results_and_reach_the_dependants(tmp_path):
     tasks = [Task("bad", double_or_raise, 3), Task("child", double_or_raise, 1, after=("bad",)),
              Task("free", double_or_raise, 2)]
