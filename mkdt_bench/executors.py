@@ -113,9 +113,10 @@ class ProcessExecutor:
 
     def __init__(self, workers: int, threads: int = 1) -> None:
         if workers < 1:
-            raise UserError(f"--workers {workers} must be 1 or more")
+            raise UserError(f"ProcessExecutor(workers={workers}): workers must be 1 or more")
         if threads < 1:
-            raise UserError(f"threads per worker {threads} must be 1 or more")
+            raise UserError(f"ProcessExecutor(threads={threads}): threads per worker must "
+                            "be 1 or more")
         self.workers = workers
         self.threads = threads
 

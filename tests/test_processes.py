@@ -117,8 +117,10 @@ def test_a_dependency_listed_later_is_refused(tmp_path):
 
 
 def test_bad_worker_counts_are_user_errors():
-    with pytest.raises(UserError, match=r"--workers 0 must be 1 or more"):
+    with pytest.raises(UserError, match=r"ProcessExecutor\(workers=0\): workers must be 1 or"):
         ProcessExecutor(0)
+    with pytest.raises(UserError, match=r"ProcessExecutor\(threads=0\): threads per worker"):
+        ProcessExecutor(2, threads=0)
 
 
 def cli_args(**kw) -> argparse.Namespace:
