@@ -171,11 +171,18 @@ INTERRUPTED = ["--methods", "random,mkdt,none", "--seeds", "0,1", "--executor", 
                    a for o in OVERRIDES for a in ("--set", o)]]
 
 
+def default_sigint() -> None:
+    """SIGINT as in a terminal's foreground job: a suite started in the background of a
+    non-interactive shell inherits it ignored, and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(cache: Path) -> subprocess.Popen:
     env = dict(os.environ, MKDT_BENCH_CACHE=str(cache))
     return subprocess.Popen([sys.executable, "-m", "mkdt_bench.cli", "run", *INTERRUPTED],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
 
 
 def group_alive(pgid: int) -> bool:
