@@ -329,17 +329,32 @@ def test_trajectory_matching_matches_distill_py(inputs, monkeypatch, tmp_path, m
     close(f"{mode} images after 2 updates", out[-1]["images"], ref["images"], 1e-12)
 
 
+def float32_unroll_tolerance(iteration: int, key: str) -> float:
+    """1e-5, but for iteration 2's image and target gradients (and the images after it)
+    under other CPU kernels than the fixtures'. Iteration 2 starts from images moved by
+    iteration 1's update, and the second-order gradient amplifies the kernels' rounding of
+    that start about a thousandfold: with AVX-512 kernels against the fixtures' AVX2 ones,
+    iteration 1 is within 6.3e-7 (same inputs), iteration 2's grad_images 5.7e-4,
+    grad_targets 2.6e-5, the images after 2 updates 8.7e-6 (every other value ≤ 6e-7)."""
+    if SAME_KERNELS or iteration == 1:
+        return 1e-5
+    return {"grad_images": 2e-3, "grad_targets": 2e-4, "images": 5e-5}.get(key, 1e-5)
+
+
 def test_full_unroll_matches_distill_py_in_float32(inputs, monkeypatch, tmp_path):
     """The same in float32 (the precision runs use) with ``unroll=full``: the graph is the
     reference's, op for op, except the reference's extra division by the parameter count
     and its ``mse_loss`` sums: tolerance 1e-5 (float32 rounding through 5 second-order
-    steps; 7e-7 measured with the fixtures' kernels)."""
+    steps; 7e-7 measured with the fixtures' kernels), looser for iteration 2's gradients
+    under other kernels (:func:`float32_unroll_tolerance`)."""
     ref = load("distill32.pt")
     out = run_mkdt_iterations(inputs, monkeypatch, tmp_path, torch.float32, "full", ref)
     for it, got in enumerate(out):
         for key in ("loss", "grad_images", "grad_targets", "grad_lr", "targets", "lr"):
-            close(f"float32 iteration {it + 1} {key}", got[key], ref[key][it], 1e-5)
-    close("float32 images after 2 updates", out[-1]["images"], ref["images"], 1e-5)
+            close(f"float32 iteration {it + 1} {key}", got[key], ref[key][it],
+                  float32_unroll_tolerance(it + 1, key))
+    close("float32 images after 2 updates", out[-1]["images"], ref["images"],
+          float32_unroll_tolerance(2, "images"))
 
 
 # --------------------------------------------------------- MKDT: evaluation (protocol A)
