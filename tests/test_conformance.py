@@ -480,15 +480,17 @@ def test_krrst_outer_steps_match_distill_run(float64, inputs, tmp_path):
     (``convnet_4_8_16_bn`` = ``convnet:widths=4-8-16,norm=batchnorm``), then per outer step
     the lr, loss, gradients of X_s and Y_s, the Adam update and the pool model after its
     online step (parameters and BatchNorm statistics). float64; the KRR solve and the
-    kernels sum in another order: tolerance 1e-11 (observed ≤ ~1e-13)."""
+    kernels sum in another order: tolerance 1e-11 (observed ≤ ~1e-13). The initial targets
+    g*(norm(X_s)) were bit-equal on the AVX2 machines that made the fixtures; an Intel
+    AVX-512 machine's float64 kernels are 1.45e-15 away (tolerance 1e-13)."""
     k, ref = CFG["krrst"], load("krrst.pt")
     mean = torch.tensor(KRRST_MEAN).view(1, -1, 1, 1)
     std = torch.tensor(KRRST_STD).view(1, -1, 1, 1)
     raw = inputs["images_u8"].double() / 255
     x_syn, real = raw[k["syn_indices"]], (raw[k["real_indices"]] - mean) / std
     teacher = LinearTeacher(linear_teacher_weight(k["teacher_seed"], k["target_dim"]).double())
-    with torch.no_grad():
-        assert torch.equal(teacher.features((x_syn - mean) / std), ref["y_syn"])
+    with torch.no_grad():  # one float64 product; other CPUs' kernels round it otherwise
+        close("Y_s = g*(norm(X_s))", teacher.features((x_syn - mean) / std), ref["y_syn"], 1e-13)
     method = krrst_method()
     ctx = krrst_context(tmp_path, real, torch.zeros(len(real), k["target_dim"]), len(x_syn))
     state = method._state(ctx, x_syn, ref["y_syn"], torch.Generator().manual_seed(0),
