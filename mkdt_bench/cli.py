@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from mkdt_bench.threads import configure_openmp
 
 QUICK = "quick"
 EXECUTORS = ("auto", "inprocess", "processes", "ray")
+#: Exit status of a run whose rows (some of them) could not be stored: they are kept.
+UNSTORED = 3
 DEVICE_HELP = ("cpu, cuda, cuda:N or auto (default auto: the first CUDA device when one is "
                "present, else the CPU; rows record the device used)")
 
@@ -160,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ev)
     ev.add_argument("--distilled", required=True, metavar="DIR",
                     help="directory with images.pt, targets.pt, distilled.json [, lr.pt]")
-    ev.add_argument("--name", help="method name in the tables (default: import:<DIR name>)")
+    ev.add_argument("--name", help="method name in the tables (default: import:<DIR name>); "
+                    "not a method's name, nor that of another set's stored rows")
+    ev.add_argument("--preset", help="shipped preset name or a .toml path whose pre-training "
+                    "([pretrain]), evaluators and archs, fractions, seeds and tasks apply, as in "
+                    "run (default: none, the built-in settings): give the preset of the grid "
+                    "the set is compared with")
     ev.add_argument("--dataset", help="the data the set was distilled from (default: the "
                                       "set's own source)")
     ev.add_argument("--data-root", help="where downloadable data sets live")
@@ -233,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=int, help="its seed (needed when several are stored)")
     show.add_argument("--budget", type=int, metavar="IMAGES",
                       help="its grid's budget (needed when several are stored)")
-    show.add_argument("--out", required=True, help="PNG file to write")
+    show.add_argument("--out", required=True, help="image file to write: .png (or .pdf, .svg)")
     show.add_argument("--max-images", type=int, default=100, help="at most this many (100)")
     show.add_argument("--cache-dir", help="artifact cache (default $MKDT_BENCH_CACHE or "
                                           "~/.cache/mkdt-bench)")
@@ -246,11 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     _report(table)
 
     cache = sub.add_parser("cache", help="check or prune the artifact cache")
-    cache.add_argument("action", choices=["verify", "prune"], help="verify: check every "
-                       "artifact's sha256 against its manifest; prune: list (with --apply, "
-                       "delete) the artifacts no row of the results database uses")
+    cache.add_argument("action", choices=["verify", "prune"], help="verify: check that every "
+                       "artifact's files are exactly those its manifest lists, with their "
+                       "sha256; prune: list (with --apply, delete) the artifacts no row of the "
+                       "results database uses, moved-aside corrupt copies and orphaned "
+                       "temporary files")
     cache.add_argument("--apply", action="store_true", help="prune: really delete")
     _common(cache)
+
+    res = sub.add_parser("results", help="store the result rows that a run could not store "
+                                         "(kept in spill files)")
+    res.add_argument("action", choices=["ingest"], help="ingest: store the rows of spill files "
+                     "(default: the database's own, beside it or in <cache>/unstored/) and "
+                     "remove the files")
+    res.add_argument("files", nargs="*", metavar="FILE", help="spill files (JSON lines) to store")
+    _common(res)
 
     lst = sub.add_parser("list", help="show registered methods, models, data sets, "
                                       "evaluators and presets")
@@ -299,11 +318,32 @@ def report(frame: Any, methods: list[str] | None, args: argparse.Namespace) -> s
     return render(tables, args.format)
 
 
+def _creatable(text: str) -> Path:
+    """``--out`` as a path whose nearest existing folder is a writable folder (a UserError
+    otherwise: a path under a file, or a folder without write permission)."""
+    out = Path(text).expanduser().absolute()
+    existing = next(p for p in out.parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {text!r} cannot be written: {str(existing)!r} is not a "
+                        "writable folder")
+    return out
+
+
+def check_out_file(args: argparse.Namespace) -> None:
+    """Refuse an ``--out FILE`` that cannot be written, before anything is computed."""
+    if not getattr(args, "out_file", None):
+        return
+    if _creatable(args.out_file).is_dir():
+        raise UserError(f"--out {args.out_file!r} is a directory; give a file name for the "
+                        "tables (e.g. results.md)")
+
+
 def emit(text: str, args: argparse.Namespace) -> None:
     """``text`` to ``--out`` (written atomically) or to standard output."""
     from mkdt_bench.cache import atomic_write_bytes
 
     if getattr(args, "out_file", None):
+        check_out_file(args)
         atomic_write_bytes(Path(args.out_file).expanduser(), (text + "\n").encode())
     else:
         print(text)
@@ -338,6 +378,13 @@ def check_executor_args(args: argparse.Namespace) -> None:
     if args.executor in ("inprocess", "ray") and args.workers:
         raise UserError(f"--workers {args.workers} needs --executor processes or auto, "
                         f"not {args.executor}")
+    if args.executor == "ray":
+        from mkdt_bench.executors import RAY_HINT
+
+        try:
+            import ray  # noqa: F401 - refused here, before the database is created
+        except ImportError:
+            raise UserError(RAY_HINT) from None
 
 
 def make_executor(args: argparse.Namespace, env: Any) -> Any:
@@ -369,7 +416,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mkdt_bench.data._decode import NotDownloaded
     from mkdt_bench.dryrun import cost_warning, plan_estimates, render_config, render_plan
     from mkdt_bench.estimate import CostBook
-    from mkdt_bench.results import ResultStore
     from mkdt_bench.runner import parse_recompute, plan_grid, run_plan
     from mkdt_bench.stages.env import Env, cached_dataset, prepare_threads
 
@@ -379,8 +425,6 @@ def cmd_run(args: argparse.Namespace) -> int:
              "tasks": args.tasks, "evaluators": args.evaluators, "device": args.device,
              "data_root": args.data_root}
     overrides = list(args.overrides)
-    if args.teacher_checkpoint:
-        overrides.append(f"teacher.checkpoint={args.teacher_checkpoint!r}")
     for name in ("methods", "archs", "fractions", "seeds", "tasks", "evaluators"):
         if flags[name] == []:
             raise UserError(f"--{name} is empty; give at least one value")
@@ -388,24 +432,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--threads {args.threads} must be 0 or more")
     check_executor_args(args)
     cfg = build_config(preset, flags, overrides)
+    if args.teacher_checkpoint is not None:  # the path as it is, not read as a TOML value
+        checkpoint = Path(args.teacher_checkpoint).expanduser()
+        if not checkpoint.is_file():
+            raise UserError(f"teacher checkpoint {args.teacher_checkpoint!r} "
+                            f"{'is not a file' if checkpoint.exists() else 'does not exist'}")
+        cfg["teacher"]["checkpoint"] = args.teacher_checkpoint
+    check_out_file(args)
     check_report_rows(args, cfg["run"]["methods"])
     recompute = parse_recompute(args.recompute, cfg) if args.recompute else None
     cache_dir, db = _paths(args)
-    check_writable(cache_dir)
+    if not args.dry_run:  # a dry run writes nothing: a read-only cache is enough
+        check_writable(cache_dir)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
               device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads,
               precision=cfg["run"]["precision"], deterministic=cfg["run"]["deterministic"])
     prepare_threads(env)
     # Planning reads the cache and the database and writes neither: a refused input
     # leaves nothing behind, and --dry-run also loads the data without caching a decode.
-    store, cache = ResultStore.read_only(db), ArtifactCache(cache_dir, create=False)
+    store, spills = _planning_store(db, cache_dir)
+    cache = ArtifactCache(cache_dir, create=False)
     device = env.torch_device.type
     if args.dry_run:
         print(f"# mkdt-bench run --dry-run: nothing is computed or written\n"
               f"# resolved configuration (defaults < preset {preset or '(none)'} < flags < "
               f"--set)\n\n{render_config(cfg)}")
+        kept = (f"; {len(store.unstored)} result rows kept in {' '.join(map(str, spills))} "
+                "count as stored (the run stores them first)") if store.unstored else ""
         print(f"# plan: cache {cache_dir}, results {db}"
-              f"{'' if db.exists() else ' (does not exist yet)'}\n")
+              f"{'' if db.exists() else ' (does not exist yet)'}{kept}\n")
+        try:
+            check_writable(cache_dir)
+        except UserError as e:
+            print(f"# note: a run would stop here: {e}\n")
         try:
             with no_writes():
                 plan = plan_grid(cfg, env, store, recompute, cache)
@@ -426,16 +485,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     store.close()
+    executor = make_executor(args, env)  # a cluster that does not answer: nothing written yet
     ArtifactCache(cache_dir)
-    store = ResultStore(db)
-    executor = make_executor(args, env)
+    store = _writing_store(db, cache_dir, spills)
     start = time.perf_counter()
     try:  # closed here, not at garbage collection: the WAL is folded in before we return
         frame = run_plan(plan, env, store, executor, estimates)
+    except BaseException:
+        _report_unstored(store)
+        raise
     finally:
         store.close()
     print_tables(frame, cfg["run"]["methods"], args)
-    return _summary(frame, start, db)
+    return _summary(frame, start, db, store)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -443,50 +505,124 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mkdt_bench.cache import check_writable
     from mkdt_bench.config import build_config
     from mkdt_bench.distilled import DistilledSet
-    from mkdt_bench.results import ResultStore
-    from mkdt_bench.runner import plan_external, run_plan
+    from mkdt_bench.evaluators.pretrain import describe_pretrain
+    from mkdt_bench.runner import check_set_name, plan_external, run_plan
     from mkdt_bench.stages.env import Env
 
     directory = Path(args.distilled).expanduser()
     if not directory.is_dir():
-        raise UserError(f"distilled set directory {str(directory)!r} does not exist")
+        raise UserError(f"distilled set directory {str(directory)!r} "
+                        f"{'is not a directory' if directory.exists() else 'does not exist'}")
     for name in ("archs", "fractions", "seeds", "tasks", "evaluators"):
         if getattr(args, name) == []:
             raise UserError(f"--{name} is empty; give at least one value")
     if args.threads < 0:
         raise UserError(f"--threads {args.threads} must be 0 or more")
+    check_out_file(args)
+    name = args.name or f"import:{directory.resolve().name}"
+    check_set_name(name)
     dataset = args.dataset or DistilledSet.load(directory).source
     flags = {"dataset": dataset, "archs": args.archs, "fractions": args.fractions,
              "seeds": args.seeds, "tasks": args.tasks, "evaluators": args.evaluators,
              "device": args.device, "data_root": args.data_root, "teacher_row": False}
-    cfg = build_config(None, flags, list(args.overrides))
+    cfg = build_config(args.preset, flags, list(args.overrides))
     cache_dir, db = _paths(args)
     check_writable(cache_dir)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
               device=cfg["run"]["device"], progress=not args.no_progress, threads=args.threads,
               precision=cfg["run"]["precision"], deterministic=cfg["run"]["deterministic"])
-    name = args.name or f"import:{directory.resolve().name}"
-    plan = plan_external(cfg, env, ResultStore.read_only(db), directory, name)
-    store = ResultStore(db)
+    planning, spills = _planning_store(db, cache_dir)
+    try:
+        plan = plan_external(cfg, env, planning, directory, name)
+    finally:
+        planning.close()
+    recipe = f"preset {args.preset}" if args.preset else "the built-in defaults (no --preset)"
+    print(f"pre-training recipe: {recipe}: {describe_pretrain(cfg['pretrain'])}",
+          file=sys.stderr)
+    store = _writing_store(db, cache_dir, spills)
     start = time.perf_counter()
     try:
         frame = run_plan(plan, env, store)
+    except BaseException:
+        _report_unstored(store)
+        raise
     finally:
         store.close()
     print_tables(frame, [name], args)
-    return _summary(frame, start, db)
+    return _summary(frame, start, db, store)
 
 
-def _summary(frame: Any, start: float, db: Path) -> int:
-    """One stderr line; exit 1 when a cell failed (cells of missing tasks do not count)."""
+def _summary(frame: Any, start: float, db: Path, store: Any) -> int:
+    """One stderr line; exit 1 when a cell failed (cells of missing tasks do not count),
+    3 when rows could not be stored (:func:`_report_unstored`)."""
     from mkdt_bench.results import FAILED, MISSING
 
     failed = int((frame["status"] == FAILED).sum()) if not frame.empty else 0
     missing = int((frame["status"] == MISSING).sum()) if not frame.empty else 0
     absent = f", {missing} n/a for missing data" if missing else ""
+    unstored = len(store.unstored)
+    where = f"{unstored} of them not stored in {db}" if unstored else f"results in {db}"
     print(f"\n{len(frame)} cells ({failed} failed{absent}) in "
-          f"{time.perf_counter() - start:.1f} s; results in {db}", file=sys.stderr)
-    return 1 if failed else 0
+          f"{time.perf_counter() - start:.1f} s; {where}", file=sys.stderr)
+    return UNSTORED if _report_unstored(store) else 1 if failed else 0
+
+
+def _planning_store(db: Path, cache_dir: Path) -> tuple[Any, list[Path]]:
+    """The database read-only (for planning), the rows that its spill files keep counted
+    as stored, and those files; a bad spill file is refused here, before any work."""
+    from mkdt_bench.results import ResultStore, find_spills
+
+    spills = find_spills(db, cache_dir)
+    store = ResultStore.read_only(db)
+    try:
+        store.keep_files(spills)
+    except UserError:
+        store.close()
+        raise
+    return store, spills
+
+
+def _writing_store(db: Path, cache_dir: Path, spills: list[Path]) -> Any:
+    """The database opened for writing, the rows of ``spills`` stored in it first (one
+    stderr line when there were some)."""
+    from mkdt_bench.results import ResultStore
+
+    store = ResultStore(db, spill_dir=cache_dir)
+    if spills:
+        store.keep_files(spills)
+        store.flush()
+        stored = sum(n for _, n in store.stored_from)
+        if stored:
+            print(f"stored {stored} result rows that an earlier run kept in "
+                  f"{' '.join(str(p) for p, _ in store.stored_from)}", file=sys.stderr)
+    return store
+
+
+def _note_spills(db: Path, cache_dir: Path) -> None:
+    """One stderr line when spill files hold rows of ``db`` that it does not hold yet."""
+    import shlex
+
+    from mkdt_bench.results import find_spills
+
+    spills = find_spills(db, cache_dir)
+    if spills:
+        print(f"note: {len(spills)} spill file{'s' if len(spills) != 1 else ''} "
+              f"({' '.join(shlex.quote(str(p)) for p in spills)}) hold result rows that "
+              f"{db} does not hold yet: `mkdt-bench results ingest --results-db "
+              f"{shlex.quote(str(db))}` stores them", file=sys.stderr)
+
+
+def _report_unstored(store: Any) -> bool:
+    """One ``error:`` line when rows could not be stored (how many, why, where they are
+    kept, what to do), followed by the rows themselves where no file could keep them."""
+    from mkdt_bench.results import spill_text
+
+    message = store.unstored_message()
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        if store.unkept:
+            print(spill_text(store.unkept), end="", file=sys.stderr)
+    return bool(message)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -501,6 +637,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists():
         raise UserError(f"--out {str(out)!r} already exists; give a new directory")
+    _creatable(args.out)
     dataset = load_dataset(args.dataset, root=args.data_root, cache_dir=str(cache_dir))
     if args.kind == "mkdt":
         distilled = from_mkdt(args.source, args.step, dataset, args.stats)
@@ -542,13 +679,14 @@ def _selected(frame: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from mkdt_bench.plots import plot_results
+    from mkdt_bench.plots import check_figure_out, plot_results
     from mkdt_bench.results import ResultStore
 
     _, db = _paths(args)
     if not db.is_file():
         raise UserError(f"results database {str(db)!r} does not exist; run a grid first")
-    frame = ResultStore(db).frame()
+    check_figure_out(args.out, args.format)
+    frame = ResultStore.read_only(db).frame()
     frame = _selected(frame, args) if not frame.empty else frame
     if frame.empty or (frame["method"] == "teacher").all():
         raise UserError(f"no result rows in {db} match --dataset/--methods/--budget/--arch/"
@@ -560,11 +698,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from mkdt_bench.distilled import DistilledSet
-    from mkdt_bench.plots import find_stored_set, set_title, show_set
+    from mkdt_bench.plots import check_figure_out, find_stored_set, set_title, show_set
 
     if (args.directory is None) == (args.method is None):
         raise UserError("show needs a DistilledSet directory or --method (with --seed and, "
                         "where several budgets are stored, --budget), not both")
+    check_figure_out(args.out)
     seed, budget = args.seed, args.budget
     if args.method:
         cache_dir, _ = _paths(args)
@@ -575,12 +714,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         directory = Path(args.directory).expanduser()
         if not directory.is_dir():
-            raise UserError(f"distilled set directory {args.directory!r} does not exist")
+            raise UserError(f"distilled set directory {args.directory!r} "
+                            f"{'is not a directory' if directory.exists() else 'does not exist'}")
         label = None
         if (directory / "manifest.json").is_file():  # a set of the cache: its seed, budget
-            import json
+            from mkdt_bench.cache import CorruptManifest, read_manifest
 
-            config = json.loads((directory / "manifest.json").read_text()).get("config", {})
+            try:
+                config = read_manifest(directory).get("config", {})
+            except CorruptManifest:
+                config = {}
             seed, budget = config.get("seed", seed), config.get("budget", budget)
     distilled = DistilledSet.load(directory)
     title = set_title(distilled, label or distilled.method or directory.name, seed, budget,
@@ -596,8 +739,18 @@ def cmd_table(args: argparse.Namespace) -> int:
     if not db.is_file():
         raise UserError(f"results database {str(db)!r} does not exist; run `mkdt-bench run` "
                         "first or pass --results-db")
-    store = ResultStore(db)
-    frame = store.frame(dataset=args.dataset)
+    check_out_file(args)
+    frame = ResultStore.read_only(db).frame()
+    _note_spills(db, _paths(args)[0])
+    for flag, column, wanted in (("--dataset", "dataset", [args.dataset] if args.dataset else []),
+                                 ("--methods", "method", args.methods or [])):
+        stored = sorted(set(frame[column]))
+        absent = [w for w in wanted if w not in stored]
+        if absent:  # a typo is not an empty table
+            raise UserError(f"{flag}: no stored rows of {', '.join(map(repr, absent))} in "
+                            f"{str(db)!r}; stored: {', '.join(stored) or '(none)'}")
+    if args.dataset:
+        frame = frame[frame["dataset"] == args.dataset]
     if args.methods:
         frame = frame[frame["method"].isin(args.methods + ["teacher"])]
     if args.format != "markdown":  # one CSV, or LaTeX floats whose captions name the source
@@ -611,22 +764,21 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     """``cache verify``: one line per corrupt artifact; exit 1 when there is one.
-    ``cache prune``: the artifacts no result row uses; deleted only with ``--apply``."""
+    ``cache prune``: the artifacts no result row uses, corrupt copies and orphaned
+    temporary files; deleted only with ``--apply``. Both read a read-only cache."""
     from mkdt_bench.cache import ArtifactCache
 
     cache_dir, db = _paths(args)
     if not (cache_dir / "artifacts").is_dir():
         raise UserError(f"cache directory {str(cache_dir)!r} holds no artifacts")
-    cache = ArtifactCache(cache_dir)
+    # verify and a listing prune write nothing: they work on a read-only cache
+    cache = ArtifactCache(cache_dir, create=args.action == "prune" and args.apply)
     if args.action == "prune":
         return _prune(cache, db, args.apply)
-    artifacts = cache.artifacts()
+    artifacts = cache.folders()
     corrupt = 0
     for stage, key in artifacts:
-        try:
-            bad = cache.verify(stage, key)
-        except (OSError, ValueError, KeyError):
-            bad = ["manifest.json"]
+        bad = cache.verify(stage, key)
         if bad:
             corrupt += 1
             print(f"corrupt: {cache.path(stage, key)} ({', '.join(bad)})")
@@ -643,7 +795,7 @@ def _prune(cache: Any, db: Path, apply: bool) -> int:
     if not db.is_file():
         raise UserError(f"results database {str(db)!r} does not exist; prune keeps what its "
                         "rows use, so give the database with --results-db")
-    frame = ResultStore(db).frame()
+    frame = ResultStore.read_only(db).frame()
     keep: set[str] = set()
     for config in frame["config"]:
         used = json.loads(config).get("artifacts")
@@ -652,7 +804,7 @@ def _prune(cache: Any, db: Path, apply: bool) -> int:
                             "recorded the artifacts each row uses; prune cannot tell what "
                             "they need (rerun the grids into a new database first)")
         keep.update(used)
-    checked = len(cache.artifacts())
+    checked = len(cache.folders())
     doomed = cache.prune(keep, apply=apply)
     for path, size in doomed:
         print(f"{'removed' if apply else 'would remove'}: {path} ({size / 2**20:.1f} MiB)")
@@ -660,6 +812,37 @@ def _prune(cache: Any, db: Path, apply: bool) -> int:
     print(f"{len(doomed)} unused of {checked} artifacts checked against "
           f"{len(frame)} result rows of {db}: {total:.1f} MiB "
           f"{'freed' if apply else 'to free (dry run; --apply deletes)'}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """``results ingest``: store the rows of spill files (every file checked first, a bad
+    one refused before anything is written) and remove the files; exit 3 when the database
+    still does not take them."""
+    from mkdt_bench.results import ResultStore, find_spills, read_spill
+
+    cache_dir, db = _paths(args)
+    files = [Path(f).expanduser() for f in args.files]
+    for path in files:
+        if not path.is_file():
+            raise UserError(f"spill file {str(path)!r} does not exist (or is not a file)")
+    files = files or find_spills(db, cache_dir)
+    if not files:
+        print(f"no spill files of {db} (beside it or in {cache_dir / 'unstored'})")
+        return 0
+    for path in files:
+        read_spill(path)
+    store = ResultStore(db, spill_dir=cache_dir)
+    try:
+        n = store.keep_files(files)
+        store.flush()
+    finally:
+        store.close()
+    if _report_unstored(store):
+        return UNSTORED
+    print(f"{n} result rows of {len(files)} spill file{'s' if len(files) != 1 else ''} read, "
+          f"{store.written} stored in {db} (the others it holds already, or a newer row of "
+          "their cell); the files are removed")
     return 0
 
 
@@ -678,6 +861,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+_PYTHON_FORMATWARNING = warnings.formatwarning
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str,
+                    lineno: int, line: str | None = None) -> str:
+    """A skipped plug-in's :class:`~mkdt_bench.registry.PluginWarning` as one ``warning:``
+    line; other warnings as Python shows them."""
+    from mkdt_bench.registry import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        return f"warning: {message}\n"
+    return _PYTHON_FORMATWARNING(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_openmp()  # before anything imports torch
     parser = build_parser()
@@ -687,10 +884,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = {"run": cmd_run, "eval": cmd_eval, "convert": cmd_convert, "table": cmd_table,
                "plot": cmd_plot, "show": cmd_show, "cache": cmd_cache,
-               "list": cmd_list}[args.command]
+               "results": cmd_results, "list": cmd_list}[args.command]
+    warnings.formatwarning = _format_warning
     try:
         return handler(args)
     except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a folder without write permission, ...
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -23,10 +23,10 @@ from typing import Any
 
 from mkdt_bench.device import PRECISIONS, check_device_name
 from mkdt_bench.errors import UserError
-from mkdt_bench.evaluators.pretrain import PRETRAIN_DEFAULTS
-from mkdt_bench.options import resolve_options
-from mkdt_bench.teacher import TEACHER_CHOICES, TEACHER_DEFAULTS
-from mkdt_bench.variants import canonical_label, parse_label
+from mkdt_bench.evaluators.pretrain import PRETRAIN_BOUNDS, PRETRAIN_DEFAULTS
+from mkdt_bench.options import SEED_MAX, Each, Interval, check_bounds, resolve_options
+from mkdt_bench.teacher import TEACHER_BOUNDS, TEACHER_CHOICES, TEACHER_DEFAULTS
+from mkdt_bench.variants import canonical_label, parse_label, parse_value
 
 RUN_DEFAULTS: dict[str, Any] = {
     "dataset": "digits",
@@ -44,6 +44,16 @@ RUN_DEFAULTS: dict[str, Any] = {
     "deterministic": False,
     "shared_distillation": False,
     "teacher_row": True,
+}
+#: Ranges of the ``run`` options; the lists are non-empty with no value twice (a value
+#: twice would be the same rows twice). Budget and fractions have parsers of their own.
+RUN_BOUNDS: dict[str, Interval | Each] = {
+    "methods": Each(str, distinct=True, min_len=1),
+    "archs": Each(str, distinct=True, min_len=1),
+    "seeds": Each(Interval(int, 0, SEED_MAX), distinct=True, min_len=1),
+    "tasks": Each(str, distinct=True),
+    "evaluators": Each(str, distinct=True, min_len=1),
+    "train_pool": Interval(int, 0, None, note="0 = every training image"),
 }
 
 SECTIONS = ("run", "teacher", "pretrain", "methods", "evaluators")
@@ -64,20 +74,28 @@ def read_preset(name: str) -> dict[str, Any]:
     if name.endswith(".toml") or "/" in name:
         path = Path(name)
         if not path.is_file():
-            raise UserError(f"preset file {name!r} does not exist")
-        text = path.read_text()
+            raise UserError(f"preset file {name!r} "
+                            f"{'is not a file' if path.exists() else 'does not exist'}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"preset file {name!r} cannot be read as UTF-8 text: {e}") from None
     else:
         if name not in list_presets():
             raise UserError(f"unknown preset {name!r}; known: {', '.join(list_presets())}")
         text = (resources.files("mkdt_bench") / "presets" / f"{name}.toml").read_text()
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # TOMLDecodeError, or an integer of over 4300 digits
         raise UserError(f"preset {name!r} is not valid TOML: {e}") from None
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise UserError(f"preset {name!r}: unknown section [{unknown[0]}]; "
                         f"allowed: {', '.join(SECTIONS)}")
+    for section, value in data.items():
+        if not isinstance(value, dict):
+            raise UserError(f"preset {name!r}: {section} = {value!r} must be a table "
+                            f"([{section}] with its keys below)")
     return data
 
 
@@ -90,20 +108,17 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``section.key=value`` -> (path, value); the value is read as a TOML literal if it can."""
+    """``section.key=value`` -> (path, value); the value is read as one TOML literal if it
+    is one, else kept as text (:func:`mkdt_bench.variants.parse_value`)."""
     if "=" not in text:
         raise UserError(f"--set {text!r} must look like section.key=value "
                         "(e.g. teacher.epochs=5)")
     key, raw = text.split("=", 1)
-    path = key.strip().split(".")
+    path = [part.strip() for part in key.split(".")]
     if path[0] not in SECTIONS or len(path) < 2 or not all(path):
         raise UserError(f"--set {text!r}: key must start with one of {', '.join(SECTIONS)} "
                         "(e.g. teacher.epochs=5, methods.mkdt.iterations=100)")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return path, value
+    return path, parse_value(raw.strip())
 
 
 def build_config(preset: str | None = None, flags: dict[str, Any] | None = None,
@@ -133,17 +148,18 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     from mkdt_bench.methods import METHODS
     from mkdt_bench.models import MODELS
 
-    cfg["run"] = resolve_options("run", cfg["run"], RUN_DEFAULTS, {"precision": PRECISIONS})
-    cfg["teacher"] = resolve_options("teacher", cfg["teacher"], TEACHER_DEFAULTS, TEACHER_CHOICES)
-    cfg["pretrain"] = resolve_options("pretrain", cfg["pretrain"], PRETRAIN_DEFAULTS)
-    run = cfg["run"]
     for key in ("methods", "archs", "seeds", "fractions", "evaluators"):
-        if not run[key]:
+        if isinstance(cfg["run"].get(key), list) and not cfg["run"][key]:
             raise UserError(f"run.{key} is empty; give at least one value")
-    run["methods"] = [canonical_label(label) for label in run["methods"]]
-    repeated = sorted({m for m in run["methods"] if run["methods"].count(m) > 1})
-    if repeated:
-        raise UserError(f"run.methods lists {repeated[0]!r} twice; give each row once")
+    cfg["run"] = resolve_options("run", cfg["run"], RUN_DEFAULTS, {"precision": PRECISIONS},
+                                 RUN_BOUNDS)
+    cfg["run"]["methods"] = check_bounds("run", "methods", [
+        canonical_label(label) for label in cfg["run"]["methods"]], RUN_BOUNDS["methods"])
+    cfg["teacher"] = resolve_options("teacher", cfg["teacher"], TEACHER_DEFAULTS, TEACHER_CHOICES,
+                                     TEACHER_BOUNDS)
+    cfg["pretrain"] = resolve_options("pretrain", cfg["pretrain"], PRETRAIN_DEFAULTS,
+                                      bounds=PRETRAIN_BOUNDS)
+    run = cfg["run"]
     for label in run["methods"]:
         METHODS.get(parse_label(label)[0])
     for name in run["evaluators"]:
@@ -152,10 +168,9 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         MODELS.get(name)
     for name in [run["dataset"], *run["tasks"]]:
         _check_dataset(name, DATASETS)
-    run["fractions"] = [parse_fraction(f) for f in run["fractions"]]
-    for s in run["seeds"]:
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise UserError(f"seed {s!r} must be a non-negative integer")
+    run["fractions"] = check_bounds("run", "fractions",
+                                    [parse_fraction(f) for f in run["fractions"]],
+                                    Each(distinct=True, min_len=1))
     check_device_name(run["device"])
     for section, registry in (("methods", METHODS), ("evaluators", EVALUATORS)):
         for label in run[section]:
@@ -174,11 +189,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
                     **{**cfg["methods"][name], **extra}).config
             except UserError as e:
                 raise UserError(f"{label}: {e}") from None
-    kind, value = parse_budget(run["budget"])
-    run["budget"] = f"{value * 100:g}%" if kind == "fraction" else str(int(value))
-    if run["train_pool"] < 0:
-        raise UserError(f"run.train_pool={run['train_pool']} must be 0 (every training image) "
-                        "or a positive image count")
+    run["budget"] = budget_text(run["budget"])
     return cfg
 
 
@@ -196,21 +207,21 @@ def _check_dataset(name: str, registry: Any) -> None:
 
 def parse_fraction(value: Any) -> float:
     """A label fraction in (0, 1]: ``0.05``, or ``"5%"`` as the tables print it."""
-    text = str(value).strip()
     try:
+        text = str(value).strip()
         number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
+    except ValueError:  # not a number, or an integer too long to print
         number = float("nan")
     if isinstance(value, bool) or not 0 < number <= 1:
-        raise UserError(f"label fraction {value!r} must be a number in (0, 1] or a "
+        raise UserError(f"label fraction {_shown(value)} must be a number in (0, 1] or a "
                         "percentage in (0%, 100%] (e.g. 0.05 or 5%)")
     return number
 
 
 def parse_budget(budget: Any) -> tuple[str, float]:
     """``"2%"`` -> ("fraction", 0.02); ``1000`` -> ("count", 1000)."""
-    text = str(budget).strip()
     try:
+        text = str(budget).strip()
         if text.endswith("%"):
             value = float(text[:-1]) / 100
             if not 0 < value <= 1:
@@ -221,8 +232,24 @@ def parse_budget(budget: Any) -> tuple[str, float]:
             raise ValueError
         return "count", count
     except ValueError:
-        raise UserError(f"budget {budget!r} must be a positive image count (e.g. 1000) or a "
-                        "percentage in (0, 100] (e.g. 2%)") from None
+        raise UserError(f"budget {_shown(budget)} must be a positive image count (e.g. 1000) "
+                        "or a percentage in (0, 100] (e.g. 2%)") from None
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, cut to 60 characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return "(an integer of over 4000 digits)"
+    return text if len(text) <= 60 else f"{text[:56]}...{text[-1]}"
+
+
+def budget_text(budget: Any) -> str:
+    """The budget as tables and cache keys spell it: ``" 2 %"`` -> ``"2%"``, ``1000`` ->
+    ``"1000"``; a percentage keeps the digits it was given (up to 15)."""
+    kind, value = parse_budget(budget)
+    return f"{value * 100:.15g}%" if kind == "fraction" else str(value)
 
 
 def resolve_budget(budget: Any, n_train: int) -> int:

@@ -99,7 +99,10 @@ def render_plan(plan: Plan, estimates: dict[tuple[str, str], Estimate], cfg: dic
                      + (f"; {_plural(unknown, 'step')} without a measurement of the same "
                         "stage and config in the cache or the results, not in the total"
                         if unknown else ""))
-    return "\n".join([head, "", table, *([""] + notes if notes else []), "", *lines]) + "\n"
+    corrupt = [f"corrupt: {artifact} ({', '.join(problems)}); the run moves it aside and "
+               "computes it again" for artifact, problems in plan.corrupt.items()]
+    return "\n".join([head, "", table, *([""] + notes if notes else []),
+                      *([""] + corrupt if corrupt else []), "", *lines]) + "\n"
 
 
 def cost_warning(plan: Plan, estimates: dict[tuple[str, str], Estimate], cfg: dict[str, Any],

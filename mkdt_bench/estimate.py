@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mkdt_bench.cache import ArtifactCache, canonical_json
+from mkdt_bench.cache import ArtifactCache, CorruptManifest, canonical_json
 from mkdt_bench.results import OK, TEACHER_ROW, ResultStore
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class CostBook:
         for stage, key in cache.artifacts():
             try:
                 manifests[stage, key] = cache.manifest(stage, key)
-            except (OSError, ValueError):
+            except CorruptManifest:
                 continue
         representations = {m.get("inputs", {}).get("teacher"): m
                            for (stage, _), m in manifests.items() if stage == "representations"}

@@ -14,8 +14,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -31,6 +32,13 @@ U = TypeVar("U")
 R = TypeVar("R")
 
 RAY_HINT = "--executor ray needs Ray: pip install 'mkdt-bench[ray]'"
+
+
+class WorkerLost(UserError):
+    """A Ray task whose worker process or node died (killed, out of memory, node lost) on
+    every attempt ``--retries`` allowed. It fails the task's cells like any failed unit, and
+    where the task is the teacher the run stops with this one line: what finished is kept,
+    and running the same command again computes the rest."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ class Executor(Protocol):
 
     def device_env(self, env: Env) -> Env: ...
 
-    def run(self, tasks: Sequence[Task], env: Env) -> Iterator[tuple[Task, Any]]: ...
+    def run(self, tasks: Sequence[Task], env: Env) -> Generator[tuple[Task, Any], None, None]: ...
 
 
 def run_unit(fn: Callable[[U, Env], R], unit: U, env: Env) -> R:
@@ -88,7 +96,7 @@ class InProcessExecutor:
         """``env`` with its device resolved here (``auto`` -> ``cuda:0`` or ``cpu``)."""
         return replace(env, device=str(resolve_device(env.device)))
 
-    def run(self, tasks: Sequence[Task], env: Env) -> Iterator[tuple[Task, Any]]:
+    def run(self, tasks: Sequence[Task], env: Env) -> Generator[tuple[Task, Any], None, None]:
         failed: dict[str, Exception] = {}
         for task in tasks:
             yield from _run_here(task, env, failed)
@@ -129,7 +137,7 @@ class ProcessExecutor:
                             f"{env.device!r} is {device}; use --executor inprocess or ray")
         return replace(env, device="cpu")
 
-    def run(self, tasks: Sequence[Task], env: Env) -> Iterator[tuple[Task, Any]]:
+    def run(self, tasks: Sequence[Task], env: Env) -> Generator[tuple[Task, Any], None, None]:
         worker_env = replace(env, threads=self.threads, progress=False)
         failed: dict[str, Exception] = {}
         before = set(multiprocessing.active_children())
@@ -155,7 +163,7 @@ class ProcessExecutor:
 
     @staticmethod
     def _run_segment(pool: ProcessPoolExecutor, slots: int, tasks: list[Task], env: Env,
-                     failed: dict[str, Exception]) -> Iterator[tuple[Task, Any]]:
+                     failed: dict[str, Exception]) -> Generator[tuple[Task, Any], None, None]:
         """``tasks`` on the pool, each once its dependencies among them are done, at most
         ``slots`` at a time, the first ready one in list order first."""
         keys = {task.key for task in tasks}
@@ -214,7 +222,8 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_here(task: Task, env: Env, failed: dict[str, Exception]) -> Iterator[tuple[Task, Any]]:
+def _run_here(task: Task, env: Env,
+              failed: dict[str, Exception]) -> Generator[tuple[Task, Any], None, None]:
     """``task`` in this process (or its failed dependency's exception)."""
     broken = [failed[k] for k in task.after if k in failed]
     if broken:
@@ -249,7 +258,8 @@ class RayExecutor:
     Args:
         address: a running cluster (``"auto"``, ``"HOST:6379"``); None starts a local
             instance.
-        retries: how often a task whose worker process or node died is rerun. Exceptions
+        retries: how often a task whose worker process or node died is rerun; a task
+            that dies on every attempt has a :class:`WorkerLost` as its result. Exceptions
             raised by the unit itself are not retried; they are returned as its result.
         num_cpus_per_task, gpus_per_task: the resources each task declares (GPUs, None:
             one for tasks on CUDA, none for tasks on the CPU).
@@ -274,14 +284,22 @@ class RayExecutor:
         self.num_cpus_per_task = num_cpus_per_task
         self.gpus_per_task = gpus_per_task
         options: dict[str, Any] = {} if num_cpus is None else {"num_cpus": num_cpus}
-        ray.init(address=address or None, ignore_reinit_error=True, **options)
+        if address:
+            _check_reachable(address)
+        try:
+            ray.init(address=address or None, ignore_reinit_error=True, **options)
+        except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
+            lines = str(e).strip().splitlines()
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise UserError(f"--executor ray: could not start or join {where}: "
+                            f"{lines[0] if lines else type(e).__name__}") from None
 
     def device_env(self, env: Env) -> Env:
         """``env`` with the device of its tasks (see the class doc)."""
         gpus = self._ray.cluster_resources().get("GPU", 0)
         return replace(env, device=task_device(env.device, gpus))
 
-    def run(self, tasks: Sequence[Task], env: Env) -> Iterator[tuple[Task, Any]]:
+    def run(self, tasks: Sequence[Task], env: Env) -> Generator[tuple[Task, Any], None, None]:
         ray = self._ray
         worker_env = replace(self.device_env(env), progress=False)
         gpus = self.gpus_per_task
@@ -304,13 +322,41 @@ class RayExecutor:
                     try:
                         result: Any = ray.get(ref)
                     except ray.exceptions.RayTaskError as e:
-                        result = e.cause if isinstance(e.cause, Exception) else e
+                        if isinstance(e.cause, ray.exceptions.RayError):
+                            result = self._lost(task, e.cause, "a task it needs")
+                        else:
+                            result = e.cause if isinstance(e.cause, Exception) else e
                     except ray.exceptions.RayError as e:
-                        result = e
+                        result = self._lost(task, e, "it")
                     yield task, result
         finally:
-            for ref in pending:
-                ray.cancel(ref)
+            if ray.is_initialized():  # else Ray has shut down, and its tasks with it
+                for ref in pending:
+                    ray.cancel(ref)
+
+    def _lost(self, task: Task, error: Exception, whose: str) -> WorkerLost:
+        """``error`` (Ray's, several lines) as one line naming the task and what to do;
+        ``whose``: the task itself (``"it"``) or ``"a task it needs"``."""
+        lines = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}: {lines[0] if lines else ''}".strip().rstrip(":.")
+        tries = "once" if self.retries == 0 else f"{self.retries + 1} times"
+        return WorkerLost(f"{task.key}: the Ray worker or node running {whose} died, "
+                          f"{tries} ({reason}); run the same command again to compute what "
+                          "is missing (what finished is kept), or give more --retries")
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A UserError where nothing listens at ``HOST:PORT`` (``ray.init`` would retry for
+    minutes); other forms (``auto``) are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"--ray-address {address}: no Ray cluster answers there ({e}); start "
+                        "one with `ray start --head`, or leave the flag out for a local "
+                        "instance") from None
 
 
 def task_device(device: str, cluster_gpus: float) -> str:

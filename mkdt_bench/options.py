@@ -1,12 +1,129 @@
-"""Validation of plain-data options (scikit-learn style: one place, one clear message)."""
+"""Validation of plain-data options (scikit-learn style: one place, one clear message).
+
+Each option's range is declared once, beside its default, as a constraint
+(:class:`Interval` for a number, :class:`Each` for a list) in a ``bounds`` mapping that
+:func:`resolve_options` checks (issue 29 §4: a value that makes no sense is refused before
+any work starts).
+"""
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mkdt_bench.errors import UserError
+
+_CLOSED = ("left", "right", "both", "neither")
+
+#: The largest seed: NumPy's generators take seeds below 2**32 (torch's and Python's more).
+SEED_MAX = 2**32 - 1
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 400-digit number stays short)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return "(an integer of over 4000 digits)"
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A range of ints or numbers, like scikit-learn's ``Interval``: ``Interval(int, 1,
+    None)`` is [1, inf), ``Interval(float, 0, 1, closed="right")`` is (0, 1]. ``None`` is
+    an unbounded end; infinities and NaN are never inside. ``note`` says what a special
+    value means (e.g. ``"0 = off"``)."""
+
+    kind: type
+    low: float | None
+    high: float | None
+    closed: str = "both"
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in (int, float) or self.closed not in _CLOSED:
+            raise ValueError(f"Interval({self.kind!r}, closed={self.closed!r}): kind must be "
+                             f"int or float, closed one of {', '.join(_CLOSED)}")
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (
+                value == self.low and self.closed in ("right", "neither"))):
+            return False
+        return self.high is None or not (value > self.high or (
+            value == self.high and self.closed in ("left", "neither")))
+
+    def __str__(self) -> str:
+        left = "[" if self.low is not None and self.closed in ("left", "both") else "("
+        right = "]" if self.high is not None and self.closed in ("right", "both") else ")"
+        low = "-inf" if self.low is None else _number(self.low)
+        high = "inf" if self.high is None else _number(self.high)
+        what = "an int" if self.kind is int else "a number"
+        return f"{what} in {left}{low}, {high}{right}" + (f" ({self.note})" if self.note else "")
+
+    def convert(self, value: Any) -> Any:
+        """``value``, or the number a string such as ``"3"`` or ``"1e-3"`` spells."""
+        if isinstance(value, str):
+            try:
+                return self.kind(value.strip())
+            except ValueError:
+                return value
+        return value
+
+
+@dataclass(frozen=True)
+class Each:
+    """A list whose every item lies in ``item`` (an :class:`Interval`, or a type such as
+    ``str`` the items must have), at least ``min_len`` long, with no item twice when
+    ``distinct``."""
+
+    item: Interval | type | None = None
+    distinct: bool = False
+    min_len: int = 0
+
+
+def check_bounds(where: str, key: str, value: Any, bound: Interval | Each) -> Any:
+    """``value`` if it satisfies ``bound`` (list items converted to numbers where the bound
+    says so), else a UserError naming ``key``, the value and the allowed range."""
+    if isinstance(bound, Interval):
+        if value not in bound:
+            raise UserError(f"{where}: {key}={_short(value)} must be {bound}")
+        return value
+    items = list(value)
+    if len(items) < bound.min_len:
+        raise UserError(f"{where}: {key} is empty; give at least {bound.min_len} value"
+                        + ("s" if bound.min_len > 1 else ""))
+    if isinstance(bound.item, Interval):
+        items = [bound.item.convert(v) for v in items]
+        for v in items:
+            if v not in bound.item:
+                raise UserError(f"{where}: {key} holds {_short(v)}; each value must be "
+                                f"{bound.item}")
+    elif bound.item is not None:
+        for v in items:
+            if not isinstance(v, bound.item) or (isinstance(v, bool) and bound.item is not bool):
+                raise UserError(f"{where}: {key} holds {_short(v)}; each value must be of "
+                                f"type {bound.item.__name__}")
+    if bound.distinct:
+        seen: list[Any] = []
+        for v in items:
+            if v in seen:
+                raise UserError(f"{where}: {key} lists {_short(v)} twice; give each value once")
+            seen.append(v)
+    return items
 
 
 def coerce(where: str, key: str, value: Any, default: Any, choices: Mapping[str, Any]) -> Any:
@@ -23,7 +140,11 @@ def coerce(where: str, key: str, value: Any, default: Any, choices: Mapping[str,
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
             return value.lower() in ("true", "1")
     elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise UserError(f"{where}: {key}={_short(value)} is too large for a number "
+                            f"(default {default!r})") from None
     elif kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     elif kind is list and isinstance(value, (list, tuple)):
@@ -50,8 +171,10 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
 
 
 def resolve_options(where: str, given: Mapping[str, Any], defaults: Mapping[str, Any],
-                    choices: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults overridden by ``given``; unknown keys and wrong types raise UserError."""
+                    choices: Mapping[str, Any] | None = None,
+                    bounds: Mapping[str, Interval | Each] | None = None) -> dict[str, Any]:
+    """Defaults overridden by ``given``; unknown keys, wrong types and values outside
+    ``bounds`` raise UserError."""
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         hint = did_you_mean(unknown[0], defaults)
@@ -60,4 +183,7 @@ def resolve_options(where: str, given: Mapping[str, Any], defaults: Mapping[str,
     out = dict(defaults)
     for key, value in given.items():
         out[key] = coerce(where, key, value, defaults[key], choices or {})
+    for key, bound in (bounds or {}).items():
+        if out.get(key) is not None:
+            out[key] = check_bounds(where, key, out[key], bound)
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -344,20 +345,42 @@ def versus_figures(frame: pd.DataFrame, option: str, metric: str = "accuracy",
     return out
 
 
+def check_figure_out(out: str | Path, fmt: str | None = None) -> str:
+    """The figure type of the file ``out`` (by its extension), or ``""`` for a folder of
+    ``fmt`` files (``fmt`` None: ``out`` must be a file); a UserError for anything that
+    cannot be written: an unknown type, a folder where a file is asked or a file where a
+    folder is, a path under a file or a folder without write permission."""
+    path = Path(out).expanduser().absolute()
+    single = path.suffix.lstrip(".").lower()
+    allowed = ", ".join("." + f for f in FIGURE_FORMATS)
+    if fmt is None and single not in FIGURE_FORMATS:
+        raise UserError(f"--out {str(out)!r}: the image file must end in {allowed}")
+    if path.suffix and single not in FIGURE_FORMATS:
+        raise UserError(f"--out {str(out)!r}: a figure file must end in {allowed} (or give a "
+                        "folder)")
+    if fmt is not None and fmt not in FIGURE_FORMATS:
+        raise UserError(f"figure format {fmt!r} is not known; choose "
+                        f"{', '.join(FIGURE_FORMATS)}")
+    if single and path.is_dir():
+        raise UserError(f"--out {str(out)!r} is a folder; give a file name ending in {allowed}")
+    if not single and path.exists() and not path.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a folder for the figures")
+    existing = next(p for p in (path.parents if single else (path, *path.parents))
+                    if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {str(out)!r} cannot be written: {str(existing)!r} is not a "
+                        "writable folder")
+    return single
+
+
 def plot_results(frame: pd.DataFrame, out: str | Path, fmt: str = "png", ci: bool = False,
                  metric: str = "accuracy", versus: str | None = None) -> list[Path]:
     """Write :func:`figures` (or :func:`versus_figures` of the option ``versus``): into
     the folder ``out`` as ``fmt`` files, or, when the
     selection makes one figure, into the file ``out`` whose extension (.png, .pdf, .svg)
     gives the type. PNGs at :data:`DPI` dots per inch."""
-    out = Path(out)
-    single = out.suffix.lstrip(".").lower()
-    if out.suffix and single not in FIGURE_FORMATS:
-        raise UserError(f"--out {str(out)!r}: a figure file must end in "
-                        f"{', '.join('.' + f for f in FIGURE_FORMATS)} (or give a folder)")
-    if fmt not in FIGURE_FORMATS:
-        raise UserError(f"figure format {fmt!r} is not known; choose "
-                        f"{', '.join(FIGURE_FORMATS)}")
+    single = check_figure_out(out, fmt)
+    out = Path(out).expanduser()
     made = versus_figures(frame, versus, metric, ci) if versus else figures(frame, metric, ci)
     if single and len(made) > 1:
         listed = "; ".join(name for name, _ in made[:6])
@@ -365,12 +388,11 @@ def plot_results(frame: pd.DataFrame, out: str | Path, fmt: str = "png", ci: boo
                         f"{'; ...' if len(made) > 6 else ''}) but --out {str(out)!r} is one "
                         "file; choose one with --budget, --arch, --evaluator, --task (and "
                         "--teacher), or give a folder")
-    if not single:
-        out.mkdir(parents=True, exist_ok=True)
+    (out.parent if single else out).mkdir(parents=True, exist_ok=True)
     written = []
     for name, fig in made:
         path = out if single else out / f"{name}.{fmt}"
-        fig.savefig(path, dpi=DPI)
+        fig.savefig(path, dpi=DPI, format=single or fmt)
         written.append(path)
     return written
 
@@ -380,24 +402,37 @@ def find_stored_set(cache_dir: str | Path, label: str, seed: int | None,
     """The directory and manifest of the one distilled set in the cache made by ``label``
     (a method or variant, ``mkdt[init=random]``; a plain name prefers the set at the
     method's defaults over its variants) with ``seed`` (ignored for unseeded methods) and
-    ``budget``; a UserError lists the candidates when none or several match."""
+    ``budget``; a UserError lists the candidates when none or several match. A corrupt
+    set (:meth:`ArtifactCache.verify`) is left out with a warning."""
     import json
+    import warnings
 
+    from mkdt_bench.cache import ArtifactCache, CorruptManifest
     from mkdt_bench.methods import METHODS
     from mkdt_bench.variants import parse_label
 
     name, options = parse_label(label)
     seeded = not name.startswith("import:") and name in METHODS and METHODS.get(name).seeded
+    cache = ArtifactCache(cache_dir, create=False)
     stored = []
-    for manifest_path in sorted(Path(cache_dir).expanduser().glob(
-            "artifacts/distilled/*/manifest.json")):
-        manifest = json.loads(manifest_path.read_text())
+    for stage, key in cache.artifacts():
+        if stage != "distilled":
+            continue
+        try:
+            manifest = cache.manifest(stage, key)
+        except CorruptManifest:
+            manifest = {}
         config = manifest.get("config", {})
-        if config.get("method", manifest.get("method")) != name:
+        if manifest and (config.get("method", manifest.get("method")) != name or any(
+                config.get("options", {}).get(k) != v for k, v in options.items())):
             continue
-        if any(config.get("options", {}).get(k) != v for k, v in options.items()):
+        bad = cache.verify(stage, key)
+        if bad:
+            warnings.warn(f"corrupt stored set {cache.path(stage, key)} ({', '.join(bad)}) "
+                          "left out; the next run that needs it computes it again",
+                          stacklevel=2)
             continue
-        stored.append((manifest_path.parent, manifest, config))
+        stored.append((cache.path(stage, key), manifest, config))
     if not stored:
         raise UserError(f"no set of {label!r} is stored in {str(cache_dir)!r}; run a grid "
                         "with it first (or give the set's directory)")
@@ -454,9 +489,10 @@ def _upscaled(images: torch.Tensor, min_pixels: int = 32) -> torch.Tensor:
 
 def show_set(distilled: DistilledSet, out: str | Path, title: str,
              max_images: int = 100) -> Path:
-    """A PNG of a set's first ``max_images`` images, de-normalised with the set's own
-    statistics, each upscaled (nearest) to at least 32 px, under ``title`` (which the
-    file also carries as its PNG ``Title``)."""
+    """A PNG (or PDF, SVG: ``out``'s extension) of a set's first ``max_images`` images,
+    de-normalised with the set's own statistics, each upscaled (nearest) to at least
+    32 px, under ``title`` (which the file also carries as its ``Title``)."""
+    kind = check_figure_out(out)
     if max_images < 1:
         raise UserError(f"--max-images {max_images} must be at least 1")
     if len(distilled) == 0:
@@ -465,9 +501,6 @@ def show_set(distilled: DistilledSet, out: str | Path, title: str,
     if distilled.channels not in (1, 3):
         raise UserError(f"{title}: images with {distilled.channels} channels cannot be shown "
                         "(1 or 3 needed)")
-    if len(distilled.mean) != distilled.channels or len(distilled.std) != distilled.channels:
-        raise UserError(f"{title}: mean/std have {len(distilled.mean)}/{len(distilled.std)} "
-                        f"values for {distilled.channels}-channel images")
     shown = distilled.images[:max_images]
     mean = torch.tensor(distilled.mean).view(1, -1, 1, 1)
     std = torch.tensor(distilled.std).view(1, -1, 1, 1)
@@ -483,7 +516,7 @@ def show_set(distilled: DistilledSet, out: str | Path, title: str,
     ax.imshow(pixels, interpolation="nearest", vmin=0, vmax=1)
     ax.set_axis_off()
     fig.text(0.5, 1 - 6 / fig_h, title, ha="center", va="top", fontsize=9, wrap=True)
-    out = Path(out)
+    out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, metadata={"Title": title})
+    fig.savefig(out, dpi=100, format=kind, metadata={"Title": title})
     return out

@@ -15,12 +15,16 @@ point in the registry's group, e.g. in their ``pyproject.toml``::
 
 Entry points are loaded lazily, the first time a registry is queried. A registry of
 classes with a ``name`` attribute (methods, evaluators) gives each class the name it is
-registered under, the entry point's name included (:func:`named_class`).
+registered under, the entry point's name included (:func:`named_class`). A plug-in that
+cannot be used (its module raises on import, or it is not what the registry holds) is
+named in one :class:`PluginWarning` and skipped: one broken package does not stop every
+command (issue 29 §5).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
@@ -31,6 +35,14 @@ from mkdt_bench.options import did_you_mean
 
 T = TypeVar("T")
 
+#: Environment variable listing the plug-ins already warned about, so that the worker
+#: processes of a run (which inherit it) do not repeat the warning.
+WARNED_ENV = "MKDT_BENCH_SKIPPED_PLUGINS"
+
+
+class PluginWarning(UserWarning):
+    """A third-party plug-in that is not used; the CLI prints it as one ``warning:`` line."""
+
 
 class Registry(Generic[T]):
     """A name -> object mapping with decorator registration and entry-point plug-ins.
@@ -40,12 +52,15 @@ class Registry(Generic[T]):
         entry_point_group: the ``importlib.metadata`` group scanned for plug-ins.
         on_add: ``(name, obj) -> obj`` applied to everything registered, by decorator or
             entry point (e.g. :func:`named_class`); what it returns is what is stored.
+        base: the class every plug-in must subclass (methods, evaluators); without it a
+            plug-in must be callable (model and data-set factories).
     """
 
     def __init__(self, kind: str, entry_point_group: str | None = None,
-                 on_add: Callable[[str, T], T] | None = None) -> None:
+                 on_add: Callable[[str, T], T] | None = None, base: type | None = None) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.base = base
         self._on_add = on_add
         self._items: dict[str, T] = {}
         self._plugins_loaded = entry_point_group is None
@@ -83,13 +98,43 @@ class Registry(Generic[T]):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
+        plugins: dict[str, str] = {}
         for ep in entry_points(group=self.entry_point_group):
-            if ep.name not in self._items:
-                self.add(ep.name, ep.load())
-            elif ep.value.split(":")[0].split(".")[0] != "mkdt_bench":
-                warnings.warn(f"{self.kind} plug-in {ep.name!r} ({ep.value}) is not used: "
-                              f"mkdt-bench has a built-in {self.kind} of that name; register "
-                              "the plug-in under another name", stacklevel=3)
+            if ep.name in plugins:
+                self._skip(ep.name, ep.value, f"the plug-in {plugins[ep.name]} has that name")
+            elif ep.name in self._items:
+                if ep.value.split(":")[0].split(".")[0] != "mkdt_bench":
+                    self._skip(ep.name, ep.value, f"mkdt-bench has a built-in {self.kind} of "
+                                                  "that name; register the plug-in under "
+                                                  "another name")
+            else:
+                try:
+                    self.add(ep.name, self._checked(ep.load()))
+                    plugins[ep.name] = ep.value
+                except Exception as e:  # noqa: BLE001 - a third party's module may raise anything
+                    reason = str(e).splitlines()[0][:200] if str(e) else ""
+                    self._skip(ep.name, ep.value, f"{type(e).__name__}"
+                                                  + (f": {reason}" if reason else ""))
+
+    def _checked(self, obj: T) -> T:
+        """``obj`` if it is what this registry holds, else a TypeError saying what is needed."""
+        if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
+            raise TypeError(f"{obj!r} is not a subclass of {self.base.__module__}."
+                            f"{self.base.__qualname__}")
+        if self.base is None and not callable(obj):
+            raise TypeError(f"{obj!r} is not callable")
+        return obj
+
+    def _skip(self, name: str, value: str, reason: str) -> None:
+        """One warning (in this process and none in the workers it starts) naming the
+        plug-in that is not used and why."""
+        tag = f"{self.entry_point_group}:{name}={value}"
+        warned = os.environ.get(WARNED_ENV, "")
+        if tag in warned.split("\n"):
+            return
+        os.environ[WARNED_ENV] = f"{warned}\n{tag}" if warned else tag
+        warnings.warn(f"{self.kind} plug-in {name!r} ({value}) is not used: {reason}",
+                      PluginWarning, stacklevel=4)
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style wildcard, sorted."""

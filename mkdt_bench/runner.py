@@ -13,16 +13,26 @@ pre-training for its distilled set, a cell for its encoder; only this process wr
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mkdt_bench.cache import ArtifactCache, config_hash, file_sha256, is_stale
+from mkdt_bench.cache import (
+    ArtifactCache,
+    CorruptManifest,
+    config_hash,
+    file_sha256,
+    is_stale,
+)
 from mkdt_bench.code_version import code_key, code_version
 from mkdt_bench.config import resolve_budget
+from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.distilled import DistilledSet, check_compatible
 from mkdt_bench.errors import UserError
 from mkdt_bench.estimate import (
@@ -39,8 +49,16 @@ from mkdt_bench.evaluators import EVALUATORS
 from mkdt_bench.evaluators.pretrain import pretrain_key
 from mkdt_bench.executors import Executor, InProcessExecutor, Task
 from mkdt_bench.methods import METHODS, create_method
+from mkdt_bench.methods.imported import check_not_empty
 from mkdt_bench.progress import GridTask, Measured, Progress
-from mkdt_bench.results import FAILED, TEACHER_ROW, ResultRow, ResultStore
+from mkdt_bench.results import (
+    FAILED,
+    STORE_ERRORS,
+    TEACHER_ROW,
+    ResultRow,
+    ResultStore,
+    rows_frame,
+)
 from mkdt_bench.stages.distill import (
     DistillUnit,
     MethodInputs,
@@ -112,6 +130,8 @@ class Plan:
     n_source: int = 0
     #: When the plan was made: a cell another process stores after it is not computed again.
     planned_at: float = field(default_factory=time.time)
+    #: ``{"stage/key": problems}`` of the corrupt artifacts the plan computes again.
+    corrupt: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def to_compute(self) -> list[Step]:
@@ -152,21 +172,33 @@ def parse_recompute(stages: list[str], cfg: dict[str, Any]) -> Recompute:
 
 
 class _Freshness:
-    """Which artifacts of a plan must be computed: missing, stale (see
+    """Which artifacts of a plan must be computed: missing, corrupt (see
+    :meth:`ArtifactCache.verify`, listed in ``corrupt``), stale (see
     :meth:`ArtifactCache.current`), forced by ``--recompute``, or computed from an input
     that will be computed again; decided once per artifact, inputs first."""
 
     def __init__(self, cache: ArtifactCache) -> None:
         self.cache = cache
         self.needed: dict[str, bool] = {}
+        self.corrupt: dict[str, list[str]] = {}
+
+    def _redone(self, artifacts: list[str], stamps: dict[str, float]) -> bool:
+        """Whether one of ``artifacts`` that is stored (intact or corrupt) is computed again;
+        an absent one (e.g. pruned) does not make its products stale."""
+        return any(self.needed.get(a, False) for a in artifacts
+                   if a in stamps or a in self.corrupt)
 
     def check(self, artifact: str, inputs: list[str], fresh_after: float = 0.0) -> bool:
-        """Whether ``artifact`` must be computed; ``inputs`` are checked before. An input
-        that is absent (e.g. pruned) does not make a stored product stale."""
+        """Whether ``artifact`` must be computed; ``inputs`` are checked before."""
         if artifact not in self.needed:
             stage, key = artifact.split("/", 1)
             stamps = self.cache.stamps(inputs)
-            self.needed[artifact] = any(self.needed.get(i, False) for i in stamps) or not \
+            path = self.cache.path(stage, key)
+            bad = self.cache.verify(stage, key) \
+                if path.exists() or path.is_symlink() else []
+            if bad:
+                self.corrupt[artifact] = bad
+            self.needed[artifact] = bool(bad) or self._redone(inputs, stamps) or not \
                 self.cache.current(stage, key, stamps, fresh_after)
         return self.needed[artifact]
 
@@ -175,9 +207,25 @@ class _Freshness:
         """Whether a stored row (created, built_from) predates one of its artifacts."""
         created, built_from = row
         stamps = self.cache.stamps(artifacts)
-        if created < fresh_after or any(self.needed.get(a, False) for a in stamps):
+        if created < fresh_after or self._redone(artifacts, stamps):
             return True
         return is_stale({"created": created, "built_from": built_from}, stamps)
+
+
+def check_labelled(tasks: list[str], missing: dict[str, str], fractions: list[float], env: Env,
+                   source: ImageDataset) -> None:
+    """Refuse, before any work, a label fraction that leaves a task (present) fewer than two
+    labelled images: a probe of one image predicts one class whatever the encoder."""
+    for name in tasks:
+        if name in missing:
+            continue
+        n = len(cached_dataset(name, env.data_root, env.cache_dir, source.image_size
+                               ).train_labels)
+        for fraction in fractions:
+            if int(n * fraction) < 2:
+                raise UserError(f"label fraction {fraction:g} selects {int(n * fraction)} of "
+                                f"the {n:,} training images of task {name!r}; a probe needs "
+                                "at least 2 labelled images, so give a larger fraction")
 
 
 def grid_cells(cfg: dict[str, Any], encoder_id: dict[str, Any], seed: int, tasks: list[str],
@@ -242,10 +290,16 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
     run = cfg["run"]
     dataset = cached_dataset(run["dataset"], env.data_root, env.cache_dir)
     n_train = len(dataset.train_images)
+    for option, images in (("run.train_pool", run["train_pool"]),
+                           ("teacher.train_images", cfg["teacher"]["train_images"])):
+        if images > n_train:  # it would silently mean every image, under another key
+            raise UserError(f"{option}={images} is larger than the {n_train:,} training images "
+                            f"of {run['dataset']}; give at most {n_train} (0 = all of them)")
     n_source = run["train_pool"] if 0 < run["train_pool"] < n_train else n_train
     budget = resolve_budget(run["budget"], n_source)
     tasks = run["tasks"] or [run["dataset"]]
     missing = load_tasks(tasks, env, dataset)
+    check_labelled(tasks, missing, run["fractions"], env, dataset)
     tkey = teacher_key(cfg, dataset)
     rkey = representations_key(tkey)
     teacher_arch = cfg["teacher"]["arch"]
@@ -403,7 +457,8 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
              *grid_cell_steps]
     teacher_unit = TeacherUnit(cfg, tkey, rkey, recompute.after("teacher")) if work else None
     return Plan(list(sub_units.values()), list(distill_units.values()), distill_after,
-                eval_units, cell_keys, budget, teacher_unit, steps, n_train, n_source)
+                eval_units, cell_keys, budget, teacher_unit, steps, n_train, n_source,
+                corrupt=fresh.corrupt)
 
 
 def grid_tasks(plan: Plan) -> list[Task]:
@@ -456,6 +511,10 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
     """Execute the plan's tasks (the teacher's first), write their rows, and return all of
     the plan's rows.
 
+    Rows the database does not take are kept (:meth:`ResultStore.save`: a spill file) and
+    tried again at the end (:meth:`ResultStore.flush`); the rows returned include them, and
+    ``store.unstored`` says which are left unstored (issue 29, section 3).
+
     Progress is weighed by each step's estimated cost (``estimates``, by default what the
     cache and the database measured; :mod:`mkdt_bench.estimate`): bars on a terminal, else
     one line per finished step."""
@@ -488,7 +547,19 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
     if here:
         tasks = [_unless_stored(t, store, plan.planned_at) if t.key.startswith(EVALUATE)
                  else t for t in tasks]
-    results = iter(executor.run(tasks, env))
+    with closing(executor.run(tasks, env)) as results:  # a teacher error stops the workers
+        computed = _collect(env, store, executor, results, steps, grid, progress)
+    grid.close()
+    store.flush()
+    return _plan_rows(plan, store, computed)
+
+
+def _collect(env: Env, store: ResultStore, executor: Executor,
+             results: Iterator[tuple[Task, Any]], steps: dict[str, Step], grid: Any,
+             progress: Progress) -> list[ResultRow]:
+    """Store the rows of the finished tasks as they come; the rows computed."""
+    here = isinstance(executor, InProcessExecutor)
+    computed: list[ResultRow] = []
     while True:
         with Measured(progress.enabled) as measured:
             item = next(results, None)
@@ -501,7 +572,8 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
             rows = result
             if isinstance(result, Exception):
                 rows = run_eval(replace(task.unit, upstream_error=error_text(result)), env)
-            store.add(rows)
+            store.save(rows)
+            computed += rows
             for r in rows:
                 if r.status == FAILED:
                     progress.write(f"cell {r.method}/{r.arch}/{r.task}@{r.fraction:g} seed "
@@ -510,8 +582,17 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
             progress.write(f"{task.key} failed: {error_text(result)}")
         peak = measured.peak_mib if here else _artifact_peak(env, steps.get(task.key))
         grid.done(task.key, measured.seconds, peak, failed=isinstance(result, Exception))
-    grid.close()
-    return store.frame(cell_key=plan.cell_keys)
+    return computed
+
+
+def _plan_rows(plan: Plan, store: ResultStore, computed: list[ResultRow]) -> pd.DataFrame:
+    """The plan's rows from the database (with those it did not take); the rows computed
+    now when it cannot be read."""
+    try:
+        return store.frame(cell_key=plan.cell_keys)
+    except STORE_ERRORS:
+        rows = sorted([*computed, *store.unstored], key=lambda r: r.created)
+        return rows_frame({r.cell_key: r for r in rows}.values())
 
 
 def _unless_stored(task: Task, store: ResultStore, since: float) -> Task:
@@ -520,7 +601,10 @@ def _unless_stored(task: Task, store: ResultStore, since: float) -> Task:
     key = task.unit.cells[0].key
 
     def run(unit: EvalUnit, env: Env) -> list[ResultRow]:
-        created = store.done([key]).get(key, (0.0, None))[0]
+        try:
+            created = store.done([key]).get(key, (0.0, None))[0]
+        except STORE_ERRORS:  # the database cannot be read now: the cell is computed
+            created = 0.0
         return [] if created >= since else task.fn(unit, env)
 
     return replace(task, fn=run)
@@ -528,14 +612,29 @@ def _unless_stored(task: Task, store: ResultStore, since: float) -> Task:
 
 def _artifact_peak(env: Env, step: Step | None) -> float | None:
     """The peak memory an artifact's manifest recorded (a unit run elsewhere, e.g. Ray)."""
-    cache = ArtifactCache(env.cache_dir, create=False)
-    if step is None or step.stage == "cell" or not cache.exists(step.stage, step.key):
+    if step is None or step.stage == "cell":
         return None
-    manifest = cache.manifest(step.stage, step.key)
+    try:
+        manifest = ArtifactCache(env.cache_dir, create=False).manifest(step.stage, step.key)
+    except CorruptManifest:
+        return None
     return manifest.get("peak_cuda_mib", manifest.get("peak_rss_mib"))
 
 
 # --------------------------------------------------------------------------- external sets
+
+
+def check_set_name(name: str) -> None:
+    """Refuse an ``eval --name`` that tables would read as another row: the teacher, a
+    registered method (``none``, ``random``, ``full``, ...) or a variant of one, or a name
+    that ``--methods`` cannot select (issue 29 §4)."""
+    base = name.split("[", 1)[0].strip()
+    if name == TEACHER_ROW or base in METHODS.names():
+        raise UserError(f"--name {name!r} is reserved for the {name!r} row of a grid; give "
+                        "the set a name of its own (e.g. import:my-set)")
+    if not name.strip() or any(c in name for c in "[],") or name != name.strip():
+        raise UserError(f"--name {name!r} must be a non-empty name without brackets, commas "
+                        "or surrounding spaces (e.g. import:my-set)")
 
 
 def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: str | Path,
@@ -551,12 +650,19 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
     if not directory.is_dir():
         raise UserError(f"distilled set directory {str(directory)!r} does not exist")
     distilled = DistilledSet.load(directory)
+    check_not_empty(distilled, f"distilled set {str(directory)!r}")
     dataset = cached_dataset(run["dataset"], env.data_root, env.cache_dir)
     tasks = run["tasks"] or [run["dataset"]]
     check_compatible(distilled, dataset.channels, dataset.image_size, dataset.mean, dataset.std,
                      run["dataset"], f"distilled set {str(directory)!r}")
     missing = load_tasks(tasks, env, dataset)
+    check_labelled(tasks, missing, run["fractions"], env, dataset)
     content = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
+    others = [c for c in store.frame(method=name)["config"]
+              if json.loads(c).get("files_sha256") != content]
+    if others:
+        raise UserError(f"--name {name!r} already names {len(others)} stored rows of another "
+                        f"set in {store.path}; give this set a name of its own")
     dkey = ArtifactCache.key("distilled", {"import": content})
     cache = ArtifactCache(env.cache_dir)
 
@@ -576,9 +682,10 @@ def plan_external(cfg: dict[str, Any], env: Env, store: ResultStore, directory: 
             unit = len(eval_units)
             artifacts = [f"distilled/{dkey}", f"encoder/{ekey}"]
             encoder_needed = fresh.check(f"encoder/{ekey}", [f"distilled/{dkey}"])
+            # the name is part of the cells' key: rows stored under another name are not its
             all_cells = grid_cells(cfg, {"distilled": dkey, "arch": arch,
-                                         "pretrain": pretrain_key(cfg["pretrain"])}, seed,
-                                   tasks, dataset.image_size, missing)
+                                         "pretrain": pretrain_key(cfg["pretrain"]),
+                                         "row": name}, seed, tasks, dataset.image_size, missing)
             cell_keys.extend(c.key for c in all_cells)
             todo = cells_to_compute(all_cells, artifacts, store, fresh,
                                     Recompute(frozenset(), 0.0))

@@ -22,6 +22,7 @@ import pandas as pd
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import EVALUATORS
 from mkdt_bench.evaluators.pretrain import COMPATIBLE_DEFAULTS as PRETRAIN_COMPATIBLE
+from mkdt_bench.evaluators.pretrain import describe_pretrain
 from mkdt_bench.methods import METHODS
 from mkdt_bench.registry import Registry
 from mkdt_bench.results import FAILED, FLOOR_ROW, METRICS, MISSING, OK, TEACHER_ROW
@@ -76,6 +77,15 @@ def teacher_description(config: dict[str, Any]) -> str:
     images = config.get("train_images") or 0
     on = f" on {images:,} images" if images else ""
     return f"{ssl} {config.get('arch', '?')}, {config.get('epochs', '?')} epochs{on}"
+
+
+def _pretrain_text(config: Any) -> str:
+    """:func:`describe_pretrain` of a row's ``pretrain`` config; ``""`` for rows without
+    one (the teacher's)."""
+    needed = ("epochs", "lr", "use_learned_lr", "momentum", "weight_decay", "batch_size")
+    if not isinstance(config, dict) or not all(k in config for k in needed):
+        return ""
+    return describe_pretrain({**PRETRAIN_COMPATIBLE, **config})
 
 
 def _code_text(code: dict[str, Any]) -> str:
@@ -156,6 +166,7 @@ def row_facets(frame: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     df["teacher"] = [c.get("teacher", "") for c in configs]
     df["teacher_desc"] = [teacher_description(c.get("teacher_config", {})) for c in configs]
     df["uses_labels"] = [bool(c.get("uses_labels")) for c in configs]
+    df["pretrain_desc"] = [_pretrain_text(c.get("pretrain")) for c in configs]
     df["encoder"] = df["arch"]
     df["seed"] = df["seed"].astype(int)
     df["source_images"] = _source_images(df, configs)
@@ -246,7 +257,7 @@ def cell_groups(frame: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
         record = dict(zip(GROUP, key))
         record.update(method=first["method_name"], variant=first["variant"],
                       source_images=first["source_images"], teacher_desc=first["teacher_desc"],
-                      uses_labels=first["uses_labels"],
+                      uses_labels=first["uses_labels"], pretrain_desc=first["pretrain_desc"],
                       set_setup=first["set_setup"], eval_setup=first["eval_setup"],
                       set_parts=first["set_parts"], eval_parts=first["eval_parts"],
                       metric=metric, n=len(values),

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mkdt_bench.augment import crop_flip
-from mkdt_bench.cache import atomic_torch_save
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder
 from mkdt_bench.progress import Progress
-from mkdt_bench.seeding import rng_state, seed_everything, set_rng_state
+from mkdt_bench.safeload import resume
+from mkdt_bench.seeding import seed_everything
+from mkdt_bench.teacher import SNAPSHOT_KEYS, EpochState
 from mkdt_bench.training import checked_step
 
 #: Padding of the random crop (the usual CIFAR recipe).
@@ -44,7 +45,6 @@ def train_supervised_teacher(dataset: ImageDataset, cfg: dict[str, Any], model: 
     on CPU; the classifier is dropped at the end.
     """
     progress = progress or Progress(False)
-    seed_everything(cfg["seed"])
     images, labels = dataset.train_images, dataset.train_labels
     if 0 < cfg["train_images"] < len(images):  # the SSL teacher's subset rule
         subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg["seed"]))
@@ -53,29 +53,31 @@ def train_supervised_teacher(dataset: ImageDataset, cfg: dict[str, Any], model: 
     if len(images) < cfg["batch_size"]:
         raise UserError(f"teacher.batch_size={cfg['batch_size']} is larger than the "
                         f"{len(images)} training images; lower it")
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def build() -> EpochState:
+        seed_everything(cfg["seed"])
+        model.load_state_dict(initial)
+        classifier = nn.Linear(model.feature_dim, dataset.num_classes).to(device)
+        opt = torch.optim.SGD(list(model.parameters()) + list(classifier.parameters()),
+                              lr=cfg["lr"], momentum=cfg["momentum"],
+                              weight_decay=cfg["weight_decay"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
+        return EpochState(model, classifier, opt, sched,
+                          torch.Generator().manual_seed(cfg["seed"]))
+
     model = model.to(device)
-    classifier = nn.Linear(model.feature_dim, dataset.num_classes).to(device)
-    params = list(model.parameters()) + list(classifier.parameters())
-    opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
-                          weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
-    generator = torch.Generator().manual_seed(cfg["seed"])
+    snap = scratch / "teacher_state.pt"
+    state = build()
+    if snap.is_file() and resume(snap, SNAPSHOT_KEYS,
+                                 lambda s: state.load(s, cfg["epochs"])) is None:
+        state = build()  # a discarded snapshot may have changed the parts
+    classifier, opt, sched, generator = state.head, state.opt, state.sched, state.generator
     mean = torch.tensor(dataset.mean).view(1, -1, 1, 1)
     std = torch.tensor(dataset.std).view(1, -1, 1, 1)
-    start_epoch = 0
-    snap = scratch / "teacher_state.pt"
-    if snap.is_file():
-        state = torch.load(snap, weights_only=False)
-        model.load_state_dict(state["model"])
-        classifier.load_state_dict(state["head"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        generator.set_state(state["generator"])
-        set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
     batches = len(images) // cfg["batch_size"]  # drop_last, as the SSL teacher
-    bar = progress.bar(cfg["epochs"], "teacher (supervised)", initial=start_epoch)
-    for epoch in range(start_epoch, cfg["epochs"]):
+    bar = progress.bar(cfg["epochs"], "teacher (supervised)", initial=state.epoch)
+    for epoch in range(state.epoch, cfg["epochs"]):
         model.train()
         order = torch.randperm(len(images), generator=generator)
         total = 0.0
@@ -87,10 +89,8 @@ def train_supervised_teacher(dataset: ImageDataset, cfg: dict[str, Any], model: 
             total += checked_step(opt, loss, f"supervised teacher training at epoch {epoch}",
                                   f"lower teacher.lr (now {cfg['lr']:g})")
         sched.step()
-        atomic_torch_save({"model": model.state_dict(), "head": classifier.state_dict(),
-                           "opt": opt.state_dict(), "sched": sched.state_dict(),
-                           "generator": generator.get_state(), "rng": rng_state(),
-                           "epoch": epoch + 1}, snap)
+        state.epoch = epoch + 1
+        state.save(snap)
         bar.set_postfix(loss=f"{total / max(batches, 1):.3f}")
         bar.update(1)
     bar.close()

@@ -185,6 +185,10 @@ def _caption(groups: pd.DataFrame, layout: str, metric: str, ci: bool, what: str
     else:
         head = what
     parts = [head, f"source {source}", teacher, budget_text, encoder_text, evaluator_text]
+    recipes = sorted(set(methods.get("pretrain_desc", pd.Series(dtype=str))) - {""})
+    if recipes:  # what each encoder was pre-trained with (issue 29 §4)
+        parts.append(f"pre-training {recipes[0]}" if len(recipes) == 1 else
+                     "pre-training recipes differ between rows (set apart by their setup)")
     if what == "comparison":
         parts.append(statistic)
     if references and what == "comparison":

@@ -11,6 +11,7 @@ training image: eval mode, no augmentation, no projector, no L2 normalisation.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,15 @@ from lightly.transforms import (
 from PIL import Image
 from torch import Tensor, nn
 
+from mkdt_bench import safeload
 from mkdt_bench.cache import atomic_torch_save
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.device import to_host
 from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder, create_model
+from mkdt_bench.options import SEED_MAX, Interval
 from mkdt_bench.progress import Progress
+from mkdt_bench.safeload import check_like, check_optimizer, resume
 from mkdt_bench.seeding import rng_state, seed_everything, set_rng_state
 from mkdt_bench.training import checked_step
 
@@ -58,6 +62,24 @@ TEACHER_DEFAULTS: dict[str, Any] = {
 }
 TEACHER_CHOICES: dict[str, Any] = {"kind": ("ssl", "supervised"),
                                    "ssl": ("barlow_twins", "simclr")}
+#: Ranges of the numeric teacher options (:func:`mkdt_bench.options.resolve_options`).
+TEACHER_BOUNDS: dict[str, Interval] = {
+    "epochs": Interval(int, 1, None),
+    "batch_size": Interval(int, 2, None, note="the SSL losses compare the images of a batch"),
+    "lr": Interval(float, 0, None, closed="neither"),
+    "momentum": Interval(float, 0, 1, closed="left"),
+    "weight_decay": Interval(float, 0, None),
+    "proj_dim": Interval(int, 1, None),
+    "bt_lambda": Interval(float, 0, None),
+    "temperature": Interval(float, 0, None, closed="neither"),
+    "min_scale": Interval(float, 0, 1, closed="right", note="the smallest crop's area share"),
+    "cj_strength": Interval(float, 0, 2.5, note="lightly's hue jitter, 0.2 x cj_strength, "
+                            "must stay within 0.5"),
+    "gaussian_blur": Interval(float, 0, 1, note="a probability"),
+    "hf_prob": Interval(float, 0, 1, note="a probability"),
+    "train_images": Interval(int, 0, None, note="0 = every training image"),
+    "seed": Interval(int, 0, SEED_MAX),
+}
 
 
 def build_teacher(arch: str, dataset: ImageDataset) -> Encoder:
@@ -124,6 +146,52 @@ def loader_options(device: torch.device) -> dict[str, Any]:
     return {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
 
 
+#: The parts of a teacher's resume snapshot and their types (tensors and plain data only).
+SNAPSHOT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "head": dict, "opt": dict, "sched": dict, "generator": torch.Tensor,
+    "rng": dict, "epoch": int}
+
+
+@dataclass
+class EpochState:
+    """A teacher's training state between epochs (SSL and supervised): what its resume
+    snapshot holds, as tensors and plain data (issue 29 §1)."""
+
+    model: nn.Module
+    head: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    epoch: int = 0
+
+    def save(self, path: Path) -> None:
+        """The state on the host, so that it resumes on any device."""
+        atomic_torch_save(to_host({
+            "model": self.model.state_dict(), "head": self.head.state_dict(),
+            "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+            "generator": self.generator.get_state(), "rng": rng_state(), "epoch": self.epoch,
+        }), path)
+
+    def load(self, snap: dict[str, Any], epochs: int) -> EpochState:
+        """Continue from ``snap`` (keys :data:`SNAPSHOT_KEYS`) of a run of ``epochs`` epochs;
+        raises (``ValueError``, ``RuntimeError``, ...) when it does not fit these parts, which
+        may then be partly changed."""
+        if not 0 <= snap["epoch"] <= epochs:
+            raise ValueError(f"epoch {snap['epoch']} is not in 0..{epochs}")
+        check_like(snap["model"], self.model.state_dict(), "model")
+        check_like(snap["head"], self.head.state_dict(), "head")
+        check_optimizer(snap["opt"], self.opt, "opt")
+        check_like(snap["sched"], self.sched.state_dict(), "sched")
+        self.model.load_state_dict(snap["model"])
+        self.head.load_state_dict(snap["head"])
+        self.opt.load_state_dict(snap["opt"])
+        self.sched.load_state_dict(snap["sched"])
+        self.generator.set_state(snap["generator"])
+        set_rng_state(snap["rng"])
+        self.epoch = snap["epoch"]
+        return self
+
+
 def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
                   device: torch.device, progress: Progress | None = None) -> Encoder:
     """Train an SSL teacher on the unlabelled training images.
@@ -133,7 +201,6 @@ def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
     ``cfg["train_images"] > 0`` trains on a seeded random subset of that many images.
     """
     progress = progress or Progress(False)
-    seed_everything(cfg["seed"])
     images = dataset.train_images
     if 0 < cfg["train_images"] < len(images):  # a seeded random subset (folders are class-sorted)
         subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg["seed"]))
@@ -141,30 +208,30 @@ def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
     if len(images) < cfg["batch_size"]:
         raise UserError(f"teacher.batch_size={cfg['batch_size']} is larger than the "
                         f"{len(images)} training images; lower it")
-    model = build_teacher(cfg["arch"], dataset).to(device)
-    transform, head, criterion = ssl_parts(cfg, dataset.mean, dataset.std,
-                                           dataset.image_size, model.feature_dim)
-    head = head.to(device)
-    params = list(model.parameters()) + list(head.parameters())
-    opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
-                          weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
-    generator = torch.Generator().manual_seed(cfg["seed"])
+
+    def build() -> tuple[EpochState, Any, nn.Module]:
+        seed_everything(cfg["seed"])
+        model = build_teacher(cfg["arch"], dataset).to(device)
+        transform, head, criterion = ssl_parts(cfg, dataset.mean, dataset.std,
+                                               dataset.image_size, model.feature_dim)
+        head = head.to(device)
+        opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=cfg["lr"],
+                              momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
+        generator = torch.Generator().manual_seed(cfg["seed"])
+        return EpochState(model, head, opt, sched, generator), transform, criterion
+
+    snap = scratch / "teacher_state.pt"
+    state, transform, criterion = build()
+    if snap.is_file() and resume(snap, SNAPSHOT_KEYS,
+                                 lambda s: state.load(s, cfg["epochs"])) is None:
+        state, transform, criterion = build()  # a discarded snapshot may have changed parts
+    model, head, opt, sched, start_epoch = (state.model, state.head, state.opt, state.sched,
+                                            state.epoch)
     loader = torch.utils.data.DataLoader(UnlabelledViews(images, transform),
                                          batch_size=cfg["batch_size"], shuffle=True,
-                                         drop_last=True, generator=generator,
+                                         drop_last=True, generator=state.generator,
                                          **loader_options(device))
-    start_epoch = 0
-    snap = scratch / "teacher_state.pt"
-    if snap.is_file():
-        state = torch.load(snap, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        generator.set_state(state["generator"])
-        set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
     bar = progress.bar(cfg["epochs"], "teacher", initial=start_epoch)
     for epoch in range(start_epoch, cfg["epochs"]):
         model.train()
@@ -176,10 +243,8 @@ def train_teacher(dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
             total += checked_step(opt, criterion(z1, z2), f"teacher training at epoch {epoch}",
                                   f"lower teacher.lr (now {cfg['lr']:g})")
         sched.step()
-        atomic_torch_save(to_host({"model": model.state_dict(), "head": head.state_dict(),
-                                   "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                   "generator": generator.get_state(), "rng": rng_state(),
-                                   "epoch": epoch + 1}), snap)
+        state.epoch = epoch + 1
+        state.save(snap)
         bar.set_postfix(loss=f"{total / max(len(loader), 1):.3f}")
         bar.update(1)
     bar.close()
@@ -199,10 +264,9 @@ def load_teacher_checkpoint(path: str | Path, arch: str, dataset: ImageDataset) 
     if not p.is_file():
         raise UserError(f"teacher checkpoint {str(p)!r} does not exist")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UserError(f"teacher checkpoint {str(p)!r} is not a readable torch file "
-                        f"({type(e).__name__})") from None
+        state = safeload.load(p, map_location="cpu")
+    except safeload.UnreadableFileError as e:
+        raise UserError(f"teacher checkpoint {str(p)!r} cannot be loaded: {e.reason}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -230,5 +294,6 @@ def encode(model: nn.Module, images: Tensor, device: torch.device,
     return torch.cat(out)
 
 
-__all__ = ["TEACHER_CHOICES", "TEACHER_DEFAULTS", "UnlabelledViews", "build_teacher", "encode",
-           "load_teacher_checkpoint", "ssl_parts", "train_teacher"]
+__all__ = ["SNAPSHOT_KEYS", "TEACHER_BOUNDS", "TEACHER_CHOICES", "TEACHER_DEFAULTS", "EpochState",
+           "UnlabelledViews", "build_teacher", "encode", "load_teacher_checkpoint", "ssl_parts",
+           "train_teacher"]

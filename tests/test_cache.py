@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,7 +61,7 @@ def test_corrupt_artifact_is_moved_aside_and_recomputed(tmp_path):
 
     path = cache.get_or_create("stage", "k", produce)
     (path / "data.bin").write_bytes(b"01234")  # truncated
-    assert cache.verify("stage", "k") == ["data.bin"]
+    assert cache.verify("stage", "k") == ["data.bin: sha256 differs from the manifest's"]
     with pytest.warns(UserWarning, match="corrupt artifact"):
         cache.get_or_create("stage", "k", produce)
     assert len(count) == 2
@@ -111,3 +112,65 @@ def test_manifest_records_peak_memory_of_the_stage(tmp_path):
     manifest = cache.manifest("s", "k")
     assert manifest["peak_rss_mib"] >= before + 60
     assert manifest["seconds"] >= 0.2
+
+
+def test_failed_atomic_write_removes_its_temporary_file(tmp_path, monkeypatch):
+    """A full disk (ENOSPC, simulated) leaves neither a temporary file nor a changed target,
+    and the error names the file."""
+    import errno
+
+    from mkdt_bench.cache import WriteFailed, atomic_torch_save, atomic_write_bytes
+
+    target = tmp_path / "out" / "table.md"
+    atomic_write_bytes(target, b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteFailed, match=r"could not write .*table\.md.*No space left"):
+        atomic_write_bytes(target, b"new" * 2**20)
+    assert [p.name for p in target.parent.iterdir()] == ["table.md"]
+    assert target.read_bytes() == b"old"
+    monkeypatch.undo()
+
+    def half_then_full(obj, path):
+        Path(path).write_bytes(b"PK" * 1000)  # what torch had written when the disk filled
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", half_then_full)
+    snapshot = tmp_path / "scratch" / "teacher_state.pt"
+    with pytest.raises(WriteFailed, match="teacher_state.pt.*file write failed"):
+        atomic_torch_save({"x": torch.ones(3)}, snapshot)
+    assert list(snapshot.parent.iterdir()) == []
+
+
+def test_prune_lists_orphaned_temporaries_anywhere(tmp_path):
+    """Temporary files and folders left by a killed or failed write, under the artifacts,
+    the scratch snapshots or elsewhere in the cache; not those a producer is writing (its
+    lock held) and not a recent one no lock covers."""
+    from filelock import FileLock
+
+    cache = ArtifactCache(tmp_path)
+    kept = cache.get_or_create("teacher", "k", lambda tmp: (tmp / "t.pt").write_bytes(b"t")
+                               and None)
+    snapshot = cache.scratch("teacher", "k2") / ".teacher_state.pt.0a1b.tmp"
+    snapshot.write_bytes(b"s" * 2_800_000)  # the audit's full disk left 2.8 MB
+    artifact_tmp = cache.path("teacher", "k3").with_name(".k3.0a1b.tmp")
+    artifact_tmp.mkdir()
+    (artifact_tmp / "half.pt").write_bytes(b"h" * 10)
+    old = tmp_path / "data" / ".digits.x1.tmp"
+    old.parent.mkdir()
+    old.write_bytes(b"o")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    recent = tmp_path / "data" / ".digits.x2.tmp"
+    recent.write_bytes(b"r")
+    busy = cache.scratch("teacher", "k4") / ".teacher_state.pt.0c.tmp"
+    busy.write_bytes(b"b")
+    with FileLock(str(cache.path("teacher", "k4")) + ".lock"):  # a producer is writing it
+        listed = dict(cache.prune({"teacher/k"}))
+        assert listed == {snapshot: 2_800_000, artifact_tmp: 10, old: 1}
+        assert snapshot.exists() and artifact_tmp.exists() and old.exists()
+        cache.prune({"teacher/k"}, apply=True)
+    assert not snapshot.exists() and not artifact_tmp.exists() and not old.exists()
+    assert recent.exists() and busy.exists() and (kept / "t.pt").exists()

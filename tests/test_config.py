@@ -52,7 +52,7 @@ def test_precedence_and_overrides():
     ("methods.nosuch.x=1", "unknown method 'nosuch'"),
     ("run.fractions=[0.5, 2.0]", "must be a number in (0, 1]"),
     ("run.seeds=[]", "run.seeds is empty"),
-    ("run.seeds=[-1]", "non-negative integer"),
+    ("run.seeds=[-1]", "seeds holds -1; each value must be an int in"),
     ("run.device='tpu'", "must be cpu"),
     ("run.evaluators=['nope']", "unknown evaluator 'nope'"),
 ])

@@ -11,10 +11,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-import torchvision.datasets.cifar as tv_cifar
 from PIL import Image
 
-from mkdt_bench.data import DATASETS, load_dataset
+from mkdt_bench.data import DATASETS, load_dataset, torchvision_sets
 from mkdt_bench.data import digits as digits_module
 from mkdt_bench.data._decode import channel_stats
 from mkdt_bench.errors import UserError
@@ -240,10 +239,10 @@ def test_tinyimagenet_bad_annotation(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name, folder", [("cifar10", "cifar-10-batches-py"),
                                           ("cifar100", "cifar-100-python")])
 def test_cifar_offline_error_names_directory(tmp_path: Path, monkeypatch, name, folder) -> None:
-    def offline(self):
+    def offline(*args, **kwargs):
         raise URLError("no network")
 
-    monkeypatch.setattr(tv_cifar.CIFAR10, "download", offline)
+    monkeypatch.setattr(torchvision_sets, "download_and_extract_archive", offline)
     with pytest.raises(UserError) as error:
         load_dataset(name, root=tmp_path / "empty", cache_dir=tmp_path / "cache")
     _assert_one_line_naming(error, tmp_path / "empty" / folder)
@@ -266,8 +265,7 @@ def test_cifar10_from_torchvision_files(tmp_path: Path, monkeypatch) -> None:
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
              "truck"]
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
-    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
-    monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision_sets, "matches_published", lambda data, md5: True)
 
     ds = load_dataset("cifar10", root=tmp_path, cache_dir=tmp_path / "cache")
     assert ds.train_images.shape == (10, 3, 32, 32) and ds.test_images.shape == (2, 3, 32, 32)

@@ -23,6 +23,7 @@ import mkdt_bench.methods._unroll as unroll
 import mkdt_bench.methods.krrst as kr
 import mkdt_bench.methods.mkdt as mk
 from mkdt_bench import device as dev
+from mkdt_bench import safeload
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.data import load_dataset
 from mkdt_bench.distilled import DistilledSet
@@ -257,7 +258,7 @@ def test_resume_finishes_on_the_device(tmp_path, monkeypatch, name):
     """Issue 18 crash 2: the snapshot was loaded onto the device, generator states
     included (``RNG state must be a torch.ByteTensor``); now it is loaded on the host."""
     method, snapshot = _interrupted(tmp_path, name, monkeypatch)
-    assert torch.load(snapshot, weights_only=False)["images"].device == CPU
+    assert torch.load(snapshot, weights_only=True)["images"].device == CPU
     context = mkdt_context if name == "mkdt" else krrst_context
     with device_standin("meta") as standin:
         out = method.distill(context(tmp_path, standin.device))
@@ -273,7 +274,7 @@ def test_resumed_state_is_placed_on_the_device(tmp_path, monkeypatch, standin, n
     and KRR-ST's batch order on the host (they index host tensors)."""
     method, snapshot = _interrupted(tmp_path, name, monkeypatch)
     context = mkdt_context if name == "mkdt" else krrst_context
-    state = method._resume(context(tmp_path, standin.device), snapshot)
+    state = method._resume(context(tmp_path, standin.device), safeload.load(snapshot))
     assert state.images.device == state.targets.device == standin.device
     assert state.generator.device == CPU
     optimizers = state.optimizers if name == "mkdt" else [state.optimizer]
@@ -300,7 +301,7 @@ def test_teacher_training_on_the_device(tmp_path, digits, standin):
                proj_dim=16, train_images=128)
     model = train_teacher(digits, cfg, tmp_path, standin.device)
     assert {p.device for p in model.parameters()} == {standin.device}
-    state = torch.load(tmp_path / "teacher_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "teacher_state.pt", weights_only=True)
     assert state["epoch"] == 1 and state["generator"].device == CPU
 
 

@@ -98,7 +98,7 @@ def inside(cache: Path, stage: str) -> bool:
     if stage == "krrst":
         for snapshot in (cache / "scratch" / "distilled").glob("*/krrst_state.pt"):
             try:
-                if torch.load(snapshot, weights_only=False)["step"] > 0:
+                if torch.load(snapshot, weights_only=True)["step"] > 0:
                     return True
             except (OSError, RuntimeError, EOFError):
                 pass

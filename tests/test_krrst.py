@@ -190,7 +190,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, v
     monkeypatch.setattr(kr.KRRST, "_step", dying)
     with pytest.raises(KeyboardInterrupt):
         method.distill(tiny_context(tmp_path, tmp_path / "killed"))
-    assert torch.load(tmp_path / "killed" / kr.SNAPSHOT_FILE, weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "killed" / kr.SNAPSHOT_FILE, weights_only=True)["step"] == 4
     monkeypatch.setattr(kr.KRRST, "_step", step)
     torch.manual_seed(999)  # the global generator state must not matter
     resumed = method.distill(tiny_context(tmp_path, tmp_path / "killed"))
@@ -224,7 +224,7 @@ def test_bad_sizes_and_options(tmp_path):
     with pytest.raises(UserError, match="real_batch=64 is larger than the 40 training images"):
         create_method("krrst", **dict(TINY, real_batch=64)).distill(
             tiny_context(tmp_path, tmp_path / "x"))
-    with pytest.raises(UserError, match="pool_size=0 must be at least 1"):
+    with pytest.raises(UserError, match=r"pool_size=0 must be an int in \[1, inf\)"):
         create_method("krrst", pool_size=0)
     with pytest.raises(UserError, match="online_iterations=1"):
         create_method("krrst", online_iterations=1)
@@ -334,7 +334,8 @@ def test_views_artifact_is_shared_across_seeds_without_the_teacher(tmp_path):
 
 
 def test_bad_teacher_views(tmp_path):
-    with pytest.raises(UserError, match="teacher_views=-1 must be 0") as info:
+    with pytest.raises(UserError,
+                       match=r"teacher_views=-1 must be an int in \[0, inf\) \(0 = off\)") as info:
         create_method("krrst", teacher_views=-1)
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="teacher_views=2 needs augment=True"):

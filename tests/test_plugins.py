@@ -153,3 +153,30 @@ def test_edited_plugin_code_and_recompute_are_not_served_from_the_cache(plugin_s
                for e in encoders)  # the encoder was pre-trained on the new set
     bad = cli(plugin_site, *args, "--recompute", "methods.herding")
     assert bad.returncode == 2 and "--recompute 'methods.herding' is not a stage" in bad.stderr
+
+
+def test_a_broken_plugin_is_one_warning_and_every_command_works(tmp_path):
+    """A plug-in whose module raises on import (and one that is not a Method) is named in
+    one ``warning:`` line each; ``list`` and ``table`` work and list the good ones."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "broken_plugin.py").write_text("raise RuntimeError('needs a GPU driver')\n")
+    (site / "not_a_method.py").write_text("Thing = 42\n")
+    dist = site / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mkdt_bench.methods]\nbroken = broken_plugin:Bad\n"
+                                           "number = not_a_method:Thing\n")
+    listed = cli(site, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "broken" not in listed.stdout and "random" in listed.stdout
+    assert listed.stderr.splitlines() == [
+        "warning: method plug-in 'broken' (broken_plugin:Bad) is not used: RuntimeError: "
+        "needs a GPU driver",
+        "warning: method plug-in 'number' (not_a_method:Thing) is not used: TypeError: 42 is "
+        "not a subclass of mkdt_bench.methods.base.Method"]
+    from mkdt_bench.results import ResultStore
+
+    ResultStore(tmp_path / "r.sqlite").close()
+    table = cli(site, "table", "--results-db", str(tmp_path / "r.sqlite"))
+    assert table.returncode == 0 and "Traceback" not in table.stderr, table.stderr

@@ -7,15 +7,25 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from mkdt_bench.config import build_config
 from mkdt_bench.errors import UserError
-from mkdt_bench.executors import RAY_HINT, InProcessExecutor, RayExecutor, Task, map_units
+from mkdt_bench.executors import (
+    RAY_HINT,
+    InProcessExecutor,
+    RayExecutor,
+    Task,
+    WorkerLost,
+    map_units,
+)
 from mkdt_bench.results import ResultStore
 from mkdt_bench.runner import run_grid
 from mkdt_bench.stages.env import Env
@@ -143,7 +153,9 @@ def test_killed_worker_without_retries_is_a_failure(local_ray, tmp_path):
     marker = str(tmp_path / "marker")
     [(unit, result)] = map_units(RayExecutor(retries=0), die_once, [marker],
                                  Env(str(tmp_path)))
-    assert unit == marker and isinstance(result, ray.exceptions.RayError)
+    assert unit == marker and isinstance(result, WorkerLost)  # a UserError: one line
+    assert str(result).startswith("0: the Ray worker or node running it died, once")
+    assert "\n" not in str(result)
 
 
 def test_raising_unit_is_a_result_and_the_others_finish(local_ray, tmp_path):
@@ -164,6 +176,26 @@ def test_without_ray_the_hint_is_one_line(monkeypatch):
         RayExecutor()
     assert str(info.value) == RAY_HINT and "\n" not in RAY_HINT
     assert "pip install 'mkdt-bench[ray]'" in RAY_HINT
+
+
+def test_a_cluster_that_does_not_answer_is_one_line():
+    """Refused at once (``ray.init`` would retry for minutes), whether Ray runs here or not."""
+    with pytest.raises(UserError) as info:
+        RayExecutor(address="127.0.0.1:1")
+    assert str(info.value).startswith("--ray-address 127.0.0.1:1: no Ray cluster answers")
+    assert "\n" not in str(info.value)
+
+
+def test_cli_with_a_cluster_that_does_not_answer_writes_nothing(tmp_path):
+    """Refused after planning, before the cache or the database is written (issue 29 §4)."""
+    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "run", "--executor", "ray",
+                          "--ray-address", "127.0.0.1:1", "--methods", "random", "--seeds", "0",
+                          "--cache-dir", str(tmp_path / "cache"), "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: --ray-address 127.0.0.1:1")
+    assert not (tmp_path / "cache" / "results.sqlite").exists()
+    assert not (tmp_path / "cache" / "artifacts").exists()
 
 
 def test_cli_without_ray(tmp_path):
@@ -214,3 +246,137 @@ def test_ray_dependants_of_a_failed_task_get_its_error(local_ray, tmp_path):
     done = {t.key: r for t, r in RayExecutor().run(tasks, Env(str(tmp_path)))}
     assert isinstance(done["child"], ValueError) and "three" in str(done["child"])
     assert done["free"] == 4
+
+
+# -- workers killed inside a grid (issue 29 §6) ---------------------------------------------
+
+SMALL = {"methods": ["random", "none"], "seeds": [0], "fractions": [0.05]}
+
+
+def dies_during(marker: str, fn: Callable[[object, Env], object], unit: object,
+                env: Env) -> object:
+    """``fn(unit, env)``; on the first attempt (no ``marker`` yet) its worker process is
+    killed with SIGKILL half a second into the work, or as the work would return."""
+    if Path(marker).exists():
+        return fn(unit, env)
+    Path(marker).write_text(str(os.getpid()))
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    fn(unit, env)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillsWorkers:
+    """Wraps an executor: the first task of each stage in ``stages`` (``teacher``,
+    ``distilled``, ``encoder``, ``evaluate``) kills its worker on its first attempt."""
+
+    def __init__(self, inner: RayExecutor, markers: Path, stages: tuple[str, ...]) -> None:
+        self.inner, self.markers, self.stages = inner, markers, stages
+
+    def device_env(self, env):
+        return self.inner.device_env(env)
+
+    def run(self, tasks, env):
+        first = {}
+        for task in tasks:
+            first.setdefault(task.key.split(":")[0], task.key)
+        victims = {first[stage] for stage in self.stages}
+        self.markers.mkdir(parents=True, exist_ok=True)
+        tasks = [replace(t, fn=partial(dies_during, str(self.markers / t.key.replace(":", "_")),
+                                       t.fn)) if t.key in victims else t for t in tasks]
+        return self.inner.run(tasks, env)
+
+
+def holders_of(lock: Path) -> list[int]:
+    """The processes that hold ``lock`` open (the producer of its artifact)."""
+    out = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == str(lock) for fd in fd_dir.iterdir()):
+                out.append(int(fd_dir.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+def kill_producer(stage_dir: Path, stop: threading.Event) -> list[int]:
+    """SIGKILLs the process that produces an artifact in ``stage_dir``, once one does."""
+    killed: list[int] = []
+    while not killed and not stop.wait(0.05):
+        for lock in stage_dir.glob("*.lock"):
+            for pid in holders_of(lock):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
+
+
+def grid(cache: Path, executor, db: Path | None = None):
+    cfg = build_config("quick", flags=SMALL, overrides=OVERRIDES)
+    env = Env(cache_dir=str(cache), threads=1, progress=False)
+    return run_grid(cfg, env, ResultStore(db or cache / "results.sqlite"), executor)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return accuracies(grid(tmp_path_factory.mktemp("uninterrupted"), InProcessExecutor()))
+
+
+@pytest.mark.slow
+def test_workers_killed_in_every_stage_are_retried_to_the_same_numbers(local_ray, tmp_path,
+                                                                        uninterrupted):
+    stages = ("teacher", "distilled", "encoder", "evaluate")
+    frame = grid(tmp_path / "cache", KillsWorkers(RayExecutor(retries=1), tmp_path / "died",
+                                                   stages))
+    assert len(list((tmp_path / "died").iterdir())) == len(stages)  # each died once
+    assert set(frame["status"]) == {"ok"}
+    assert accuracies(frame) == uninterrupted
+    assert not list((tmp_path / "cache" / "artifacts").rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_workers_killed_without_retries_lose_nothing_finished(local_ray, tmp_path,
+                                                               uninterrupted):
+    cache = tmp_path / "cache"
+    # The teacher's worker killed from outside while it trains: the run stops in one line.
+    stop = threading.Event()
+    killer = ThreadWithResult(kill_producer, cache / "artifacts" / "teacher", stop)
+    with pytest.raises(WorkerLost) as info:
+        grid(cache, RayExecutor(retries=0))
+    stop.set()
+    assert killer.join() and "\n" not in str(info.value)
+    assert str(info.value).startswith("teacher: the Ray worker or node running it died")
+    assert "run the same command again" in str(info.value)
+    finished = accuracies(ResultStore(cache / "results.sqlite").frame())
+    assert finished.items() <= uninterrupted.items()  # rows stored before the stop are kept
+    # A pre-training's worker killed: its cells fail in one line, every other cell is stored.
+    frame = grid(cache, KillsWorkers(RayExecutor(retries=0), tmp_path / "died", ("encoder",)))
+    failed = frame[frame["status"] == "failed"]
+    assert len(failed) > 0 and (frame["status"] == "ok").sum() > 0
+    assert all(error.startswith("WorkerLost: ") and "\n" not in error
+               for error in failed["error"])
+    ok = accuracies(frame[frame["status"] == "ok"])
+    assert ok.items() <= uninterrupted.items()
+    stored = ResultStore(cache / "results.sqlite").frame()
+    created = dict(zip(stored["cell_key"], stored["created"]))
+    # The rerun computes the rest: the same numbers as a run never killed, the cells that
+    # finished before are not computed again.
+    rerun = grid(cache, RayExecutor(retries=0))
+    assert set(rerun["status"]) == {"ok"} and accuracies(rerun) == uninterrupted
+    again = dict(zip(rerun["cell_key"], rerun["created"]))
+    assert {key: again[key] for key in ok} == {key: created[key] for key in ok}
+    assert not list((cache / "artifacts").rglob(".*.tmp"))
+
+
+class ThreadWithResult(threading.Thread):
+    """A daemon thread running ``fn(*args)``; :meth:`join` returns its result."""
+
+    def __init__(self, fn, *args) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.args, self.result = fn, args, None
+        self.start()
+
+    def run(self) -> None:
+        self.result = self.fn(*self.args)
+
+    def join(self, timeout: float | None = 60):
+        super().join(timeout)
+        return self.result

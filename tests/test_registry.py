@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import warnings
 
 import pytest
 
@@ -107,3 +108,96 @@ def test_a_class_registered_under_another_name_keeps_its_own():
     alias = reg.add("second", Named)
     assert reg.get("first") is Named and Named.name == "first"
     assert alias.name == "second" and issubclass(alias, Named)
+
+
+def plugin_dist(root, name: str, entry_points: str, module: str | None = None) -> None:
+    """An installed distribution ``name`` declaring ``entry_points`` (and its module)."""
+    dist = root / f"{name}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    if module is not None:
+        (root / f"{name}.py").write_text(textwrap.dedent(module))
+
+
+@pytest.mark.parametrize("module, value, reason", [
+    ("raise RuntimeError('no GPU driver')\n", "broken_import:Thing",
+     "RuntimeError: no GPU driver"),
+    ("x = 1\n", "broken_missing:Thing", "AttributeError"),
+    ("Thing = 3\n", "broken_kind:Thing", "3 is not a subclass of mkdt_bench.methods.base.Method"),
+    ("class Thing:\n    pass\n", "broken_class:Thing", "is not a subclass of"),
+    (None, "nowhere_at_all:Thing", "ModuleNotFoundError"),
+])
+def test_a_broken_plugin_is_named_in_one_warning_and_skipped(tmp_path, monkeypatch, module,
+                                                             value, reason):
+    """A plug-in whose module raises on import, or whose object is not a Method, does not
+    stop the registry: one warning names it, its entry point and why; the others work."""
+    from mkdt_bench.methods import Method
+    from mkdt_bench.registry import WARNED_ENV, PluginWarning
+
+    monkeypatch.setenv(WARNED_ENV, "")  # restored afterwards
+    package = value.split(":")[0]
+    plugin_dist(tmp_path, package, f"[test.broken]\nbad = {value}\n", module)
+    plugin_dist(tmp_path, "fine_plugin", "[test.broken]\ngood = fine_plugin:Good\n",
+                "from mkdt_bench.methods import Method\n\nclass Good(Method):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg: Registry = Registry("method", entry_point_group="test.broken", on_add=named_class,
+                             base=Method)
+    reg.add("random", Method)
+    with pytest.warns(PluginWarning) as caught:
+        assert reg.names() == ["good", "random"]
+    message, = [str(w.message) for w in caught]
+    assert message.startswith(f"method plug-in 'bad' ({value}) is not used: ")
+    assert reason in message and "\n" not in message
+    assert reg.get("good").name == "good"
+    with pytest.raises(UserError, match="unknown method 'bad'"):
+        reg.get("bad")
+    for name in (package, "fine_plugin"):
+        sys.modules.pop(name, None)
+
+
+def test_a_skipped_plugin_is_warned_about_once_per_run(tmp_path, monkeypatch):
+    """The warning is given once per run: worker processes inherit the list of the
+    plug-ins already named."""
+    from mkdt_bench.registry import WARNED_ENV
+
+    monkeypatch.setenv(WARNED_ENV, "")  # restored afterwards
+    plugin_dist(tmp_path, "once_plugin", "[test.once]\nbad = once_plugin:Thing\n",
+                "raise ImportError('broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match="'bad'"):
+        Registry("model", entry_point_group="test.once").names()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Registry("model", entry_point_group="test.once").names() == []
+    sys.modules.pop("once_plugin", None)
+
+
+def test_a_plugin_that_is_not_callable_is_skipped_by_a_registry_of_factories(tmp_path,
+                                                                               monkeypatch):
+    from mkdt_bench.registry import WARNED_ENV
+
+    monkeypatch.setenv(WARNED_ENV, "")  # restored afterwards
+    plugin_dist(tmp_path, "value_plugin", "[test.factories]\nbad = value_plugin:VALUE\n",
+                "VALUE = 'not a factory'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match="'not a factory' is not callable"):
+        assert Registry("model", entry_point_group="test.factories").names() == []
+    sys.modules.pop("value_plugin", None)
+
+
+def test_two_plugins_of_one_name_keep_the_first(tmp_path, monkeypatch):
+    from mkdt_bench.registry import WARNED_ENV
+
+    monkeypatch.setenv(WARNED_ENV, "")  # restored afterwards
+    plugin_dist(tmp_path, "first_plugin", "[test.twice]\nsame = first_plugin:make\n",
+                "def make():\n    return 1\n")
+    plugin_dist(tmp_path, "second_plugin", "[test.twice]\nsame = second_plugin:make\n",
+                "def make():\n    return 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg: Registry = Registry("model", entry_point_group="test.twice")
+    with pytest.warns(UserWarning, match=r"plug-in 'same' \(\w+_plugin:make\) is not used: "
+                                         r"the plug-in \w+_plugin:make has that name"):
+        assert reg.create("same") in (1, 2)
+    for name in ("first_plugin", "second_plugin"):
+        sys.modules.pop(name, None)

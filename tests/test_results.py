@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from mkdt_bench.errors import UserError
-from mkdt_bench.results import ResultRow, ResultStore
+from mkdt_bench.results import ResultRow, ResultStore, spill_text
 
 
 def rows():
@@ -60,3 +60,18 @@ def test_wal_mode(tmp_path):
     assert mode == "wal"
 
 
+
+
+def test_unstored_rows_read_like_stored_ones(tmp_path):
+    """Rows the database did not take (kept in a spill file) come back from ``frame`` with
+    the columns and types of stored rows, so tables print them alike."""
+    stored = ResultStore(tmp_path / "a.sqlite")
+    stored.add(rows()[:2])
+    kept = ResultStore(tmp_path / "b.sqlite")
+    spill = tmp_path / "b.sqlite.unstored-1.jsonl"
+    spill.write_text(spill_text(rows()[:2]))
+    kept.keep_files([spill])
+    a, b = stored.frame(), kept.frame()
+    assert list(a.columns) == list(b.columns) and (a.dtypes == b.dtypes).all()
+    assert a.drop(columns="created").equals(b.drop(columns="created"))
+    assert len(ResultStore.read_only(tmp_path / "b.sqlite").frame()) == 0

@@ -149,7 +149,7 @@ def test_divergence_fails_its_cells_and_the_grid_finishes(tmp_path):
     assert rows["mkdt"] == "failed"  # one seed: the others are values without "± 0.00"
     assert float(rows["random"]) > 0 and float(rows["teacher"]) > 0
     snapshot = next((cache / "scratch" / "distilled").glob("*/mkdt_state.pt"))
-    assert torch.isfinite(torch.load(snapshot, weights_only=False)["images"]).all()
+    assert torch.isfinite(torch.load(snapshot, weights_only=True)["images"]).all()
     store = ResultStore(cache / "results.sqlite").frame()
     failed = store[store["status"] == "failed"]
     assert list(failed["method"]) == ["mkdt"]

@@ -104,7 +104,7 @@ def test_one_latent_class_is_the_plain_greedy(tmp_path):
 def test_bad_options_and_sizes_are_named(tmp_path):
     with pytest.raises(UserError, match="latent_classes=0"):
         create_method("sas", latent_classes=0)
-    with pytest.raises(UserError, match=r"threshold=-0.1 must be in \[0, 1\]"):
+    with pytest.raises(UserError, match=r"threshold=-0.1 must be a number in \[0, 1\]"):
         create_method("sas", threshold=-0.1)
     with pytest.raises(UserError, match="latent_classes=10 is larger than the 5 training"):
         create_method("sas").distill(context(tmp_path, torch.randn(5, 3), 2))

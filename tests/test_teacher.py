@@ -57,7 +57,7 @@ def test_teacher_resumes_to_identical_weights(digits, tmp_path, monkeypatch):
     with pytest.raises(Interrupt):
         train_teacher(digits, SMALL, tmp_path / "cut", CPU)
     monkeypatch.setattr(teacher_mod, "atomic_torch_save", original)
-    assert torch.load(tmp_path / "cut" / "teacher_state.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "cut" / "teacher_state.pt", weights_only=True)["epoch"] == 1
     resumed = train_teacher(digits, SMALL, tmp_path / "cut", CPU)
     assert all(torch.equal(p, q) for p, q in zip(weights(resumed), weights(full)))
 

@@ -7,6 +7,7 @@ import contextvars
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from mkdt_bench.errors import MissingDataError, UserError
+from mkdt_bench.safeload import UnreadableFileError, load
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
@@ -165,11 +167,11 @@ def decode_folder_splits(source: Path, train: SplitFiles, test: SplitFiles, clas
     path = Path(cache_dir) / "datasets" / f"{key}.pt"
     if path.is_file():
         try:
-            payload = torch.load(path, weights_only=True)
-            return DecodedSplits(**{**payload, "mean": tuple(payload["mean"]),
-                                    "std": tuple(payload["std"])})
-        except Exception:  # a broken cache file is decoded again and replaced
-            pass
+            return _stored_splits(path, train, test, classes)
+        except (UnreadableFileError, KeyError, TypeError, ValueError) as e:
+            reason = e.reason if isinstance(e, UnreadableFileError) else str(e)
+            warnings.warn(f"ignored decoded-image cache {path}: {reason}; decoding again",
+                          stacklevel=2)
     train_images = decode_images(train.files, size)
     mean, std = channel_stats(train_images)
     decoded = DecodedSplits(
@@ -181,6 +183,24 @@ def decode_folder_splits(source: Path, train: SplitFiles, test: SplitFiles, clas
     )
     if writes_allowed():
         _atomic_save(vars(decoded), path)
+    return decoded
+
+
+def _stored_splits(path: Path, train: SplitFiles, test: SplitFiles,
+                   classes: list[str]) -> DecodedSplits:
+    """The decoded splits stored at ``path``, checked against the files they were decoded
+    from (counts, labels, classes); raises when they do not match."""
+    payload = load(path)
+    decoded = DecodedSplits(**{**payload, "mean": tuple(payload["mean"]),
+                               "std": tuple(payload["std"])})
+    for split, files in (("train", train), ("test", test)):
+        images, labels = getattr(decoded, f"{split}_images"), getattr(decoded, f"{split}_labels")
+        if not (isinstance(images, Tensor) and images.dtype == torch.uint8 and images.ndim == 4
+                and len(images) == len(files.files) and isinstance(labels, Tensor)
+                and torch.equal(labels, torch.tensor(files.labels, dtype=torch.int64))):
+            raise ValueError(f"its {split} split does not match the {len(files.files)} files")
+    if decoded.classes != list(classes):
+        raise ValueError("its classes do not match the folders")
     return decoded
 
 

@@ -47,6 +47,9 @@ def load_imagefolder(path: Path, cache_dir: Path) -> ImageDataset:
         extra = sorted(set(test_classes) - set(classes)) or "none"
         raise UserError(f"imagefolder: {path / 'test'} must have the class folders of "
                         f"{path / 'train'}; missing: {missing}, extra: {extra}")
+    if len(classes) < 2:
+        raise UserError(f"imagefolder: {path / 'train'} has one class folder ({classes[0]!r}); "
+                        "a task needs at least 2 classes (with one, every probe scores 100 %)")
     train, test = (_split_files(path / split, classes) for split in ("train", "test"))
     decoded = decode_folder_splits(path, train, test, classes, cache_dir)
     tensors = (decoded.train_images, decoded.train_labels,

@@ -12,7 +12,7 @@ from mkdt_bench.evaluators.base import Evaluator
 from mkdt_bench.registry import Registry, named_class
 
 EVALUATORS: Registry = Registry("evaluator", entry_point_group="mkdt_bench.evaluators",
-                                on_add=named_class)
+                                on_add=named_class, base=Evaluator)
 
 
 def register_evaluator(name: str):

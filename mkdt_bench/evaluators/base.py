@@ -12,11 +12,12 @@ from torch import Tensor
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder
-from mkdt_bench.options import resolve_options
+from mkdt_bench.options import Each, Interval, resolve_options
 
 
 class Evaluator:
-    """Base class: options validated against ``defaults``; ``evaluate`` returns metrics.
+    """Base class: options validated against ``defaults`` (``choices`` for enumerations,
+    ``bounds`` for ranges); ``evaluate`` returns metrics.
 
     ``evaluate`` returns at least ``{"accuracy": percent}``.
     """
@@ -24,6 +25,10 @@ class Evaluator:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, Any]] = {}
+    #: Ranges of numeric options (:class:`~mkdt_bench.options.Interval`, or
+    #: :class:`~mkdt_bench.options.Each` for a list), checked with ``defaults``; checks
+    #: across options or against the data stay in code.
+    bounds: ClassVar[dict[str, Interval | Each]] = {}
     #: The version of the evaluator's code: raise it (2, 3, ...) with every change that
     #: changes its scores; from 2 on it is part of each cell's key. mkdt-bench's
     #: evaluators are at 1 until they declare one; a plug-in that declares none is keyed by
@@ -36,7 +41,7 @@ class Evaluator:
 
     def __init__(self, **options: Any) -> None:
         self.config = resolve_options(f"evaluator {self.name!r}", options, self.defaults,
-                                      self.choices)
+                                      self.choices, self.bounds)
 
     def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
                  device: torch.device) -> dict[str, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators.base import Evaluator, labelled_subset, test_scores
 from mkdt_bench.models import Encoder
+from mkdt_bench.options import Interval
 from mkdt_bench.training import checked_step
 
 
@@ -34,16 +36,19 @@ class FineTune(Evaluator):
 
     defaults = {"epochs": 50, "steps": 0, "lr_head": 0.05, "lr_backbone": 0.005,
                 "momentum": 0.9, "weight_decay": 0.0, "batch_size": 256, "augment": False}
+    bounds = {"epochs": Interval(int, 0, None), "steps": Interval(int, 0, None, note="0 = use "
+                                                                  "epochs"),
+              "lr_head": Interval(float, 0, None, closed="neither"),
+              "lr_backbone": Interval(float, 0, None, note="0 = a frozen backbone"),
+              "momentum": Interval(float, 0, 1, closed="left"),
+              "weight_decay": Interval(float, 0, None), "batch_size": Interval(int, 1, None)}
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         cfg = self.config
-        if cfg["steps"] < 0 or cfg["epochs"] < 0 or (cfg["steps"] == 0 and cfg["epochs"] == 0):
+        if cfg["steps"] == 0 and cfg["epochs"] == 0:
             raise UserError(f"evaluator 'finetune': epochs={cfg['epochs']}, "
                             f"steps={cfg['steps']}; give a positive number of epochs or steps")
-        if cfg["batch_size"] < 1:
-            raise UserError(f"evaluator 'finetune': batch_size={cfg['batch_size']} must be "
-                            "at least 1")
 
     def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
                  device: torch.device) -> dict[str, float]:

@@ -13,14 +13,11 @@ cosine similarity (``similarity``). Ties go to the smallest class index.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators.base import (
     Evaluator,
@@ -30,6 +27,7 @@ from mkdt_bench.evaluators.base import (
     test_scores,
 )
 from mkdt_bench.models import Encoder
+from mkdt_bench.options import Interval
 
 
 def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, k: int, num_classes: int,
@@ -64,11 +62,7 @@ class KNNMonitor(Evaluator):
 
     defaults = {"k": 20, "weighting": "uniform"}
     choices = {"weighting": ("uniform", "similarity")}
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        if self.config["k"] < 1:
-            raise UserError(f"evaluator {self.name!r}: k={self.config['k']} must be at least 1")
+    bounds = {"k": Interval(int, 1, None)}
 
     def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
                  device: torch.device) -> dict[str, float]:

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators._lbfgs import fit_linear_lbfgs
 from mkdt_bench.evaluators.base import (
@@ -36,6 +35,7 @@ from mkdt_bench.evaluators.base import (
     test_scores,
 )
 from mkdt_bench.models import Encoder
+from mkdt_bench.options import Interval
 
 
 @torch.no_grad()
@@ -62,12 +62,10 @@ class LinearProbe(Evaluator):
     choices = {"labelled_mode": ("eval", "train")}
     # rows stored before the two options existed encoded the labelled subset in eval mode
     compatible_defaults = {"labelled_mode": "eval", "encode_batch": 256}
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        if self.config["encode_batch"] < 1:
-            raise UserError(f"evaluator 'linear': encode_batch={self.config['encode_batch']} "
-                            "must be at least 1")
+    bounds = {"steps": Interval(int, 1, None), "l2": Interval(float, 0, None),
+              "max_iter": Interval(int, 1, None),
+              "lr": Interval(float, 0, None, closed="neither"),
+              "encode_batch": Interval(int, 1, None)}
 
     def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
                  device: torch.device) -> dict[str, float]:

@@ -10,7 +10,6 @@ the test images encoded and scored, once. The probe is ``linear``'s L-BFGS fit (
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from mkdt_bench.evaluators.base import (
     test_scores,
 )
 from mkdt_bench.models import Encoder
+from mkdt_bench.options import Each, Interval
 
 
 @register_evaluator("linear-val")
@@ -38,23 +38,14 @@ class LinearValProbe(Evaluator):
 
     defaults = {"l2_grid": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "val_fraction": 0.2,
                 "steps": 20, "max_iter": 20, "lr": 1.0}
+    bounds = {"l2_grid": Each(Interval(float, 0, None), min_len=1),
+              "val_fraction": Interval(float, 0, 1, closed="neither"),
+              "steps": Interval(int, 1, None), "max_iter": Interval(int, 1, None),
+              "lr": Interval(float, 0, None, closed="neither")}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        cfg, where = self.config, f"evaluator {self.name!r}"
-        grid = cfg["l2_grid"]
-        try:
-            cfg["l2_grid"] = [float(v) for v in grid]
-        except (TypeError, ValueError):
-            raise UserError(f"{where}: l2_grid={grid!r} must be a list of numbers") from None
-        if not cfg["l2_grid"] or not all(math.isfinite(v) and v >= 0 for v in cfg["l2_grid"]):
-            raise UserError(f"{where}: l2_grid={grid!r} must be a non-empty list of finite "
-                            "non-negative numbers")
-        if not 0 < cfg["val_fraction"] < 1:
-            raise UserError(f"{where}: val_fraction={cfg['val_fraction']} must be in (0, 1)")
-        for key in ("steps", "max_iter"):
-            if cfg[key] < 1:
-                raise UserError(f"{where}: {key}={cfg[key]} must be at least 1")
+        self.config["l2_grid"] = [float(v) for v in self.config["l2_grid"]]
 
     def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
                  device: torch.device) -> dict[str, float]:

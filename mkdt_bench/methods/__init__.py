@@ -13,7 +13,7 @@ from mkdt_bench.methods.base import Method, MethodContext
 from mkdt_bench.registry import Registry, named_class
 
 METHODS: Registry = Registry("method", entry_point_group="mkdt_bench.methods",
-                             on_add=named_class)
+                             on_add=named_class, base=Method)
 
 
 def register_method(name: str):

@@ -26,6 +26,8 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.methods._unroll import FlatNet, require_buffer_free
 from mkdt_bench.methods.base import MethodContext
 from mkdt_bench.models import Encoder, create_model
+from mkdt_bench.options import Interval
+from mkdt_bench.safeload import corrupt_artifact, load_artifact
 from mkdt_bench.seeding import derive_seed
 
 #: Options that define the experts (§2), shared by ``mkdt`` and ``highloss``.
@@ -39,6 +41,16 @@ EXPERT_DEFAULTS: dict[str, Any] = {
     "expert_wd": 1e-4,
     "expert_batch": 256,
 }
+#: Ranges of the expert options (``Method.bounds`` of ``mkdt`` and ``highloss``).
+EXPERT_BOUNDS: dict[str, Interval] = {
+    "width": Interval(int, 0, None, note="0 = the student's default"),
+    "num_experts": Interval(int, 1, None),
+    "train_epochs": Interval(int, 1, None),
+    "expert_lr": Interval(float, 0, None, closed="neither"),
+    "expert_momentum": Interval(float, 0, 1, closed="left"),
+    "expert_wd": Interval(float, 0, None),
+    "expert_batch": Interval(int, 1, None),
+}
 
 TRAJECTORY_FILE = "trajectory.pt"
 
@@ -46,16 +58,6 @@ TRAJECTORY_FILE = "trajectory.pt"
 def expert_config(options: dict[str, Any]) -> dict[str, Any]:
     """The expert part of a method's options (what names an expert artifact)."""
     return {key: options[key] for key in EXPERT_DEFAULTS}
-
-
-def check_expert_config(where: str, cfg: dict[str, Any]) -> None:
-    """One-line UserError for expert options no expert can be trained with."""
-    for key in ("num_experts", "train_epochs", "expert_batch"):
-        if cfg[key] < 1:
-            raise UserError(f"{where}: {key}={cfg[key]} must be at least 1")
-    if cfg["width"] < 0:
-        raise UserError(f"{where}: width={cfg['width']} must be 0 or more (0 = the student's "
-                        "default)")
 
 
 def build_student(cfg: dict[str, Any], images: Tensor, out_dim: int, seed: int) -> Encoder:
@@ -249,5 +251,14 @@ def expert_units(cfg: dict[str, Any], inputs_key: str) -> list[ExpertUnit]:
 
 
 def load_trajectories(paths: Sequence[Path]) -> list[Tensor]:
-    """Memory-mapped ``(E + 1) x P`` trajectories: only the snapshots used are read."""
-    return [torch.load(p, mmap=True, weights_only=True) for p in paths]
+    """Memory-mapped ``(E + 1) x P`` trajectories: only the snapshots used are read. A file
+    that holds anything else makes its artifact corrupt."""
+    trajectories = []
+    for path in paths:
+        trajectory = load_artifact(path, mmap=True)
+        if not (isinstance(trajectory, Tensor) and trajectory.is_floating_point()
+                and trajectory.ndim == 2 and len(trajectory) > 0
+                and trajectory.shape == (trajectories or [trajectory])[0].shape):
+            raise corrupt_artifact(path, "not a trajectory (epochs x parameters) like the others")
+        trajectories.append(trajectory)
+    return trajectories

@@ -20,6 +20,7 @@ from mkdt_bench.methods._experts import (
 )
 from mkdt_bench.methods._unroll import FlatNet
 from mkdt_bench.methods.base import MethodContext
+from mkdt_bench.safeload import corrupt_artifact, load_artifact
 
 #: The snapshot the high-loss initialisation scores with: after epoch 1 (§3; bug 12).
 SCORE_EPOCH = 1
@@ -54,7 +55,12 @@ def high_loss_scores(ctx: MethodContext, cfg: dict[str, Any],
 
     path = ctx.cache.get_or_create("expert-scores", key, produce,
                                    config={**cfg, "epoch": SCORE_EPOCH}, inputs=expert_inputs(ctx))
-    return torch.load(path / "scores.pt", weights_only=True)
+    scores = load_artifact(path / "scores.pt")
+    if not (isinstance(scores, Tensor) and scores.is_floating_point()
+            and scores.shape == (len(ctx.images),)):
+        raise corrupt_artifact(path / "scores.pt",
+                               f"not one score for each of the {len(ctx.images)} images")
+    return scores
 
 
 def high_loss_indices(scores: Tensor, budget: int) -> Tensor:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from mkdt_bench.augment import apply_crop_flip, draw_crop_flip
 from mkdt_bench.cache import ArtifactCache, config_hash
 from mkdt_bench.methods.base import MethodContext
+from mkdt_bench.safeload import corrupt_artifact, load_artifact
 from mkdt_bench.seeding import derive_seed
 
 STAGE = "krrst-views"
@@ -75,6 +76,23 @@ def compute_views(images: Tensor, mean: Tensor, std: Tensor, teacher: nn.Module,
     return TeacherViews(offsets, flips, targets, padding)
 
 
+def _fits(stored: Any, views: int, n: int, padding: int) -> bool:
+    """Whether a loaded views file holds what :func:`ensure_views` writes for ``views`` views
+    of ``n`` images with crop ``padding``."""
+    if not isinstance(stored, dict):
+        return False
+    parts = [stored.get(k) for k in ("offsets", "flips", "targets")]
+    if not all(isinstance(t, Tensor) and t.ndim >= 2 and t.shape[:2] == (views, n)
+               for t in parts):
+        return False
+    offsets, flips, targets = parts
+    if not (offsets.dtype == torch.uint8 and offsets.shape[2:] == (2,)
+            and flips.dtype == torch.bool and flips.ndim == 2
+            and targets.ndim == 3 and targets.is_floating_point()):
+        return False
+    return offsets.numel() == 0 or int(offsets.max()) <= 2 * padding
+
+
 def views_config(views: int, padding: int, channels_last: bool) -> dict[str, Any]:
     """What names a views artifact besides the inputs: V, the crop padding and the teacher's
     memory layout (its targets differ by float rounding between layouts)."""
@@ -108,5 +126,8 @@ def ensure_views(ctx: MethodContext, views: int, padding: int, channels_last: bo
                 "target_bytes": out.targets.nbytes}
 
     path = ctx.cache.get_or_create(STAGE, key, produce, config=config, inputs=inputs)
-    stored = torch.load(path / VIEWS_FILE, mmap=True, weights_only=True)
+    stored = load_artifact(path / VIEWS_FILE, mmap=True)
+    if not _fits(stored, views, len(ctx.images), padding):
+        raise corrupt_artifact(path / VIEWS_FILE,
+                               f"not {views} views of each of the {len(ctx.images)} images")
     return TeacherViews(stored["offsets"], stored["flips"], stored["targets"], padding)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.options import resolve_options
+from mkdt_bench.options import Each, Interval, resolve_options
 from mkdt_bench.progress import Progress
 
 
@@ -77,12 +77,17 @@ class Method:
     """Base class of distillation methods (sub-class, set ``defaults``, implement distill).
 
     Options are plain data given to the constructor and validated against ``defaults``
-    (and ``choices`` for enumerations); the resolved dict is ``self.config``.
+    (``choices`` for enumerations, ``bounds`` for ranges); the resolved dict is
+    ``self.config``.
     """
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, Any]] = {}
+    #: Ranges of numeric options (:class:`~mkdt_bench.options.Interval`, or
+    #: :class:`~mkdt_bench.options.Each` for a list), checked with ``defaults``; checks
+    #: across options or against the data stay in code.
+    bounds: ClassVar[dict[str, Interval | Each]] = {}
     #: False for methods whose output does not depend on the seed (e.g. ``full``).
     seeded: ClassVar[bool] = True
     #: Options that choose how a set is computed, not which set (e.g. MKDT's ``unroll``):
@@ -111,7 +116,7 @@ class Method:
 
     def __init__(self, **options: Any) -> None:
         self.config = resolve_options(f"method {self.name!r}", options, self.defaults,
-                                      self.choices)
+                                      self.choices, self.bounds)
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         raise NotImplementedError

@@ -41,10 +41,16 @@ from mkdt_bench.methods import register_method
 from mkdt_bench.methods._coreset import kmeans
 from mkdt_bench.methods.base import Method, MethodContext
 from mkdt_bench.models import Encoder, create_model
+from mkdt_bench.options import Interval
+from mkdt_bench.safeload import check_ints, check_optimizer, check_progress, check_rows, resume
 from mkdt_bench.seeding import rng_state, set_rng_state
 from mkdt_bench.teacher import encode
 
 SNAPSHOT_FILE = "dm_state.pt"
+#: The parts of a resume snapshot and their types (tensors and plain data only).
+_SNAPSHOT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "images": Tensor, "optimizer": dict, "generator": Tensor, "iteration": int,
+    "losses": list, "indices": list, "rng": dict}
 
 
 def crop_padding(image_size: int) -> int:
@@ -100,15 +106,15 @@ class DistributionMatchingSSL(Method):
         "snapshot_every": 1000,
     }
     choices = {"augment": ("crop_flip", "none")}
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        cfg, where = self.config, f"method {self.name!r}"
-        for key in ("clusters", "iterations", "real_batch", "snapshot_every"):
-            if cfg[key] < 1:
-                raise UserError(f"{where}: {key}={cfg[key]} must be at least 1")
-        if not cfg["lr_img"] > 0:
-            raise UserError(f"{where}: lr_img={cfg['lr_img']} must be positive")
+    bounds = {
+        "width": Interval(int, 0, None, note="0 = the model's default"),
+        "clusters": Interval(int, 1, None),
+        "iterations": Interval(int, 1, None),
+        "lr_img": Interval(float, 0, None, closed="neither"),
+        "momentum": Interval(float, 0, 1, closed="left"),
+        "real_batch": Interval(int, 1, None),
+        "snapshot_every": Interval(int, 1, None),
+    }
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         cfg = self.config
@@ -120,8 +126,9 @@ class DistributionMatchingSSL(Method):
                             "images) but the context has none")
         clusters = self._clusters(ctx)
         path = ctx.scratch / SNAPSHOT_FILE
-        state = self._resume(ctx, path) if path.is_file() else self._initial_state(ctx)
-        if not path.is_file():
+        state = resume(path, _SNAPSHOT_KEYS, lambda snap: self._resume(ctx, snap))
+        if state is None:
+            state = self._initial_state(ctx)
             state.save(path)
         syn_clusters = clusters[torch.tensor(state.indices, dtype=torch.long)]
         groups = [(members, (syn_clusters == c).nonzero().squeeze(1))
@@ -171,11 +178,17 @@ class DistributionMatchingSSL(Method):
         idx = torch.randperm(len(ctx.images), generator=generator)[: ctx.budget]
         return self._state(ctx.images[idx], generator, idx.tolist(), ctx.device)
 
-    def _resume(self, ctx: MethodContext, path: Path) -> _State:
-        snap = torch.load(path, map_location=ctx.device, weights_only=False)
+    def _resume(self, ctx: MethodContext, snap: dict[str, Any]) -> _State:
+        """The snapshot's state (loaded on the host), checked against this run, the images
+        and their optimiser's state on ``ctx.device``; raises ``ValueError`` (or torch's
+        errors) when it does not fit."""
+        check_rows(snap["images"], ctx.images, ctx.budget, "images")
+        check_ints(snap["indices"], "indices", ctx.budget, 0, len(ctx.images))
+        check_progress(snap["iteration"], snap["losses"], self.config["iterations"])
         generator = torch.Generator()
         generator.set_state(snap["generator"])
         state = self._state(snap["images"], generator, snap["indices"], ctx.device)
+        check_optimizer(snap["optimizer"], state.optimizer, "optimizer")
         state.optimizer.load_state_dict(snap["optimizer"])
         state.iteration, state.losses = snap["iteration"], snap["losses"]
         set_rng_state(snap["rng"])

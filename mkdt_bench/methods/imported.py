@@ -2,7 +2,8 @@
 
 The set is evaluated exactly like every method's output; a hash of its files' sha256 is
 the method's only option, so a changed directory is a new cache entry. A set whose image shape or
-normalisation differs from the source data is refused (``distilled.check_compatible``).
+normalisation differs from the source data is refused (``distilled.check_compatible``), and
+so is a set of no images, before any work starts (:func:`check_not_empty`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from mkdt_bench.methods import METHODS
 from mkdt_bench.methods.base import Method, MethodContext
 
 
+def check_not_empty(distilled: DistilledSet, what: str) -> None:
+    """Refuse a set of no images as a set to evaluate: it is no pre-training, which the
+    built-in ``none`` row measures (a set under another name would be that row again)."""
+    if len(distilled) == 0:
+        raise UserError(f"{what} holds no images; pre-training on nothing is the 'none' row "
+                        "(add none to --methods of a run) and is not scored as a set")
+
+
 @METHODS.register_prefix("import")
 def imported_set(path: str) -> type[Method]:
     """The Method class that returns the set stored in ``path``."""
@@ -23,6 +32,7 @@ def imported_set(path: str) -> type[Method]:
     if not directory.is_dir():
         raise UserError(f"method 'import:{path}': directory {str(directory)!r} does not exist")
     files = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
+    check_not_empty(DistilledSet.load(directory), f"method 'import:{path}'")
 
     class ImportedSet(Method):
         """A stored DistilledSet (its size is its own, whatever the grid's budget)."""

@@ -9,15 +9,13 @@ chosen image keeps its teacher target, as in ``random``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
 from mkdt_bench.methods._coreset import feature_space, kmeans
 from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.options import Interval
 
 
 def nearest_distinct(centroids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -48,12 +46,7 @@ class KMeansCoreset(Method):
     """
 
     defaults = {"normalize": False, "minibatch": False, "max_iter": 300}
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        if self.config["max_iter"] < 1:
-            raise UserError(f"method {self.name!r}: max_iter={self.config['max_iter']} must be "
-                            "at least 1")
+    bounds = {"max_iter": Interval(int, 1, None)}
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         cfg = self.config

@@ -32,10 +32,24 @@ from mkdt_bench.methods._teacher_views import TeacherViews, ensure_views
 from mkdt_bench.methods.base import Method, MethodContext
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.models.convnet import parse_widths
+from mkdt_bench.options import Interval
+from mkdt_bench.safeload import (
+    check_ints,
+    check_like,
+    check_optimizer,
+    check_progress,
+    check_rows,
+    resume,
+)
 from mkdt_bench.seeding import rng_state, set_rng_state
 from mkdt_bench.training import StepRecords
 
 SNAPSHOT_FILE = "krrst_state.pt"
+#: The parts of a resume snapshot and their types (tensors and plain data only).
+_SNAPSHOT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "images": Tensor, "targets": Tensor, "optimizer": dict, "generator": Tensor, "pool": dict,
+    "batches": dict, "step": int, "losses": list, "untrained_steps": int, "indices": list,
+    "rng": dict}
 #: Outer steps between reads of the divergence checks off the CPU (on the CPU: every one).
 CHECK_EVERY = 100
 #: RandomCrop padding of the real batch (§2.4).
@@ -143,8 +157,18 @@ class ModelPool:
                 "counters": list(self.counters), "since_init": list(self.since_init)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s result; raises ``ValueError`` (or torch's errors) when
+        it is not one of a pool like this one."""
+        size = len(self.models)
+        for key in ("models", "optimizers"):
+            if not (isinstance(state[key], list) and len(state[key]) == size):
+                raise ValueError(f"the pool's {key} are not a list of {size}")
+        for key in ("counters", "since_init"):
+            check_ints(state[key], f"the pool's {key}", size, 0, 2**62)
         for model, opt, m_state, o_state in zip(self.models, self.optimizers, state["models"],
                                                 state["optimizers"]):
+            check_like(m_state, model.state_dict(), "pool model")
+            check_optimizer(o_state, opt, "pool optimizer")
             model.load_state_dict(m_state)
             opt.load_state_dict(o_state)
         self.counters, self.since_init = list(state["counters"]), list(state["since_init"])
@@ -280,32 +304,31 @@ class KRRST(Method):
         "teacher_views": 0,
     }
     choices = {"outer_optimizer": ("adam", "sgd"), "input_stats": ("dataset", "krrst")}
+    bounds = {
+        "width": Interval(int, 0, None, note="0 = use widths"),
+        "pool_size": Interval(int, 1, None),
+        "online_iterations": Interval(int, 2, None, note="pool models start after "
+                                      "Uniform{1..T-1} steps"),
+        "pool_lr": Interval(float, 0, None, closed="neither"),
+        "pool_momentum": Interval(float, 0, 1, closed="left"),
+        "pool_wd": Interval(float, 0, None),
+        "outer_steps": Interval(int, 1, None),
+        "outer_lr": Interval(float, 0, None, closed="neither"),
+        "final_lr_factor": Interval(float, 0, 1, closed="right"),
+        "real_batch": Interval(int, 1, None),
+        "ridge": Interval(float, 0, None, closed="neither"),
+        "snapshot_every": Interval(int, 1, None),
+        "teacher_views": Interval(int, 0, None, note="0 = off"),
+    }
     engine_options = frozenset({"teacher_channels_last"})
     compatible_defaults = {"teacher_views": 0, "widths": "auto", "input_stats": "dataset"}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         cfg, where = self.config, f"method {self.name!r}"
-        for key in ("pool_size", "outer_steps", "real_batch", "snapshot_every"):
-            if cfg[key] < 1:
-                raise UserError(f"{where}: {key}={cfg[key]} must be at least 1")
-        if cfg["online_iterations"] < 2:
-            raise UserError(f"{where}: online_iterations={cfg['online_iterations']} must be at "
-                            "least 2 (pool models start after Uniform{1..T-1} steps)")
-        for key in ("outer_lr", "ridge", "pool_lr"):
-            if not cfg[key] > 0:
-                raise UserError(f"{where}: {key}={cfg[key]} must be positive")
-        if not 0 < cfg["final_lr_factor"] <= 1:
-            raise UserError(f"{where}: final_lr_factor={cfg['final_lr_factor']} must be in "
-                            "(0, 1]")
-        if cfg["teacher_views"] < 0:
-            raise UserError(f"{where}: teacher_views={cfg['teacher_views']} must be 0 (off) or "
-                            "more")
         if cfg["teacher_views"] and not cfg["augment"]:
             raise UserError(f"{where}: teacher_views={cfg['teacher_views']} needs augment=True "
                             "(the views are augmentations)")
-        if cfg["width"] < 0:
-            raise UserError(f"{where}: width={cfg['width']} must be 0 (use widths) or more")
         if cfg["widths"] not in ("auto", ""):
             parse_widths(cfg["widths"])
             if cfg["width"]:
@@ -324,8 +347,9 @@ class KRRST(Method):
         views = self._views(ctx) if cfg["teacher_views"] else None
         teacher = None if views else self._teacher(ctx, ctx.load_teacher())
         path = ctx.scratch / SNAPSHOT_FILE
-        state = self._resume(ctx, path) if path.is_file() else self._initial_state(ctx)
-        if not path.is_file():
+        state = resume(path, _SNAPSHOT_KEYS, lambda snap: self._resume(ctx, snap))
+        if state is None:
+            state = self._initial_state(ctx)
             state.save(path)
         mean, std = (torch.tensor(v, device=ctx.device).view(1, -1, 1, 1)
                      for v in (ctx.mean, ctx.std))
@@ -446,13 +470,26 @@ class KRRST(Method):
         state.pool.warm_up(state.images.detach(), state.targets.detach())
         return state
 
-    def _resume(self, ctx: MethodContext, path: Path) -> _State:
-        """The snapshot's state, loaded on the host: the learned set, the pool and the
-        optimisers' states go to ``ctx.device``; the generator state and the batch order
-        stay on the host, where they are used."""
-        snap = torch.load(path, map_location="cpu", weights_only=False)
+    def _resume(self, ctx: MethodContext, snap: dict[str, Any]) -> _State:
+        """The snapshot's state (loaded on the host), checked against this run: the learned
+        set, the pool and the optimisers' states go to ``ctx.device``; the generator state and
+        the batch order stay on the host, where they are used. Raises ``ValueError`` (or
+        torch's errors) when it does not fit."""
+        cfg, n = self.config, len(ctx.images)
+        check_rows(snap["images"], ctx.images, ctx.budget, "images")
+        check_rows(snap["targets"], ctx.targets, ctx.budget, "targets")
+        check_ints(snap["indices"], "indices", ctx.budget, 0, n)
+        check_progress(snap["step"], snap["losses"], cfg["outer_steps"])
+        if not 0 <= snap["untrained_steps"] <= snap["step"]:
+            raise ValueError(f"untrained_steps {snap['untrained_steps']} is out of range")
+        perm, position = snap["batches"].get("perm"), snap["batches"].get("position")
+        if not (isinstance(perm, Tensor) and perm.dtype == torch.long and perm.shape == (n,)
+                and torch.equal(perm.sort().values, torch.arange(n))
+                and type(position) is int and 0 <= position <= n):
+            raise ValueError(f"the real batches are not a permutation of {n} and a position")
         generator = torch.Generator()
         state = self._state(ctx, snap["images"], snap["targets"], generator, snap["indices"])
+        check_optimizer(snap["optimizer"], state.optimizer, "optimizer")
         state.optimizer.load_state_dict(snap["optimizer"])
         state.pool.load_state_dict(snap["pool"])
         state.batches.load_state_dict(snap["batches"])

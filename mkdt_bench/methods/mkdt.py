@@ -27,10 +27,10 @@ from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
 from mkdt_bench.methods._experts import (
+    EXPERT_BOUNDS,
     EXPERT_DEFAULTS,
     HALF_KEY,
     build_student,
-    check_expert_config,
     ensure_experts,
     expert_config,
     expert_units,
@@ -46,10 +46,24 @@ from mkdt_bench.methods._unroll import (
     syn_batches,
 )
 from mkdt_bench.methods.base import Method, MethodContext, SubUnit
+from mkdt_bench.options import Interval
+from mkdt_bench.safeload import (
+    check_ints,
+    check_like,
+    check_optimizer,
+    check_progress,
+    check_rows,
+    resume,
+)
 from mkdt_bench.seeding import rng_state, set_rng_state
 from mkdt_bench.training import StepRecords
 
 SNAPSHOT_FILE = "mkdt_state.pt"
+#: The parts of a resume snapshot and their types (tensors and plain data only).
+_SNAPSHOT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "images": Tensor, "targets": Tensor, "lr": Tensor, "optimizers": list,
+    "generator": Tensor, "cycle": dict, "iteration": int, "losses": list, "indices": list,
+    "rng": dict}
 #: Iterations between reads of the divergence checks off the CPU (on the CPU: every one).
 CHECK_EVERY = 25
 
@@ -65,11 +79,8 @@ class HighLossSubset(Method):
     """
 
     defaults = dict(EXPERT_DEFAULTS)
+    bounds = dict(EXPERT_BOUNDS)
     seeded = False
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        check_expert_config(f"method {self.name!r}", self.config)
 
     def sub_units(self, inputs_key: str) -> list[SubUnit]:
         """One unit per expert (§2)."""
@@ -199,6 +210,22 @@ class MKDT(Method):
         "expert_half": False,
     }
     choices = {"init": ("high_loss", "random"), "unroll": UNROLL_MODES}
+    bounds = {
+        **EXPERT_BOUNDS,
+        "lr_teacher": Interval(float, 0, None, closed="neither"),
+        "iterations": Interval(int, 1, None),
+        "syn_steps": Interval(int, 1, None),
+        "expert_epochs": Interval(int, 1, None),
+        "max_start_epoch": Interval(int, 1, None),
+        "batch_syn": Interval(int, 1, None),
+        "lr_img": Interval(float, 0, None, note="0 = the images stay as initialised"),
+        "lr_labels": Interval(float, 0, None, note="0 = the targets stay as initialised"),
+        "lr_lr": Interval(float, 0, None, note="0 = the lr stays lr_teacher"),
+        "momentum": Interval(float, 0, 1, closed="left"),
+        "eval_it": Interval(int, 1, None),
+        "unroll_memory_gb": Interval(float, 0, None, note="0 = from the device"),
+        "expert_group": Interval(int, 1, None),
+    }
     engine_options = frozenset({"unroll", "unroll_memory_gb", "expert_group"})
     compatible_defaults = {"expert_half": False}
     uses_autocast = True
@@ -206,21 +233,11 @@ class MKDT(Method):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         cfg, where = self.config, f"method {self.name!r}"
-        check_expert_config(where, cfg)
-        for key in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn",
-                    "eval_it", "expert_group"):
-            if cfg[key] < 1:
-                raise UserError(f"{where}: {key}={cfg[key]} must be at least 1")
         last = cfg["max_start_epoch"] - 1 + cfg["expert_epochs"]
         if last > cfg["train_epochs"]:
             raise UserError(f"{where}: max_start_epoch - 1 + expert_epochs = {last} needs "
                             f"snapshots beyond train_epochs={cfg['train_epochs']}; lower "
                             "max_start_epoch or expert_epochs, or raise train_epochs")
-        if not cfg["lr_teacher"] > 0:
-            raise UserError(f"{where}: lr_teacher={cfg['lr_teacher']} must be positive")
-        if not cfg["unroll_memory_gb"] >= 0:
-            raise UserError(f"{where}: unroll_memory_gb={cfg['unroll_memory_gb']} must be 0 "
-                            "(from the device) or a positive number of GiB")
 
     def sub_units(self, inputs_key: str) -> list[SubUnit]:
         """One unit per expert (§2)."""
@@ -239,9 +256,8 @@ class MKDT(Method):
                       .to(ctx.device))
         mode = self._unroll_mode(ctx, net)
         path = ctx.scratch / SNAPSHOT_FILE
-        if path.is_file():
-            state = self._resume(ctx, path)
-        else:
+        state = resume(path, _SNAPSHOT_KEYS, lambda snap: self._resume(ctx, snap))
+        if state is None:
             state = self._initial_state(ctx, experts, trajectories)
             state.save(path)
         check_every = 1 if ctx.device.type == "cpu" else CHECK_EVERY
@@ -304,16 +320,29 @@ class MKDT(Method):
         lr = torch.tensor(self.config["lr_teacher"])
         return self._state(ctx, ctx.images[idx], ctx.targets[idx], lr, generator, idx.tolist())
 
-    def _resume(self, ctx: MethodContext, path: Path) -> _State:
-        """The snapshot's state, loaded on the host and moved to ``ctx.device`` (the
-        generator states stay on the host, where they belong)."""
-        snap = torch.load(path, map_location="cpu", weights_only=False)
+    def _resume(self, ctx: MethodContext, snap: dict[str, Any]) -> _State:
+        """The snapshot's state (loaded on the host), checked against this run and moved to
+        ``ctx.device`` (the generator states stay on the host, where they belong); raises
+        ``ValueError`` (or torch's errors) when it does not fit."""
+        cfg, n = self.config, len(ctx.images)
+        check_rows(snap["images"], ctx.images, ctx.budget, "images")
+        check_rows(snap["targets"], ctx.targets, ctx.budget, "targets")
+        check_like(snap["lr"], torch.tensor(cfg["lr_teacher"]), "lr")
+        check_ints(snap["indices"], "indices", ctx.budget, 0, n)
+        check_progress(snap["iteration"], snap["losses"], cfg["iterations"])
+        check_ints(snap["cycle"].get("order"), "expert order", None, 0, cfg["num_experts"])
         generator = torch.Generator()
         generator.set_state(snap["generator"])
         state = self._state(ctx, snap["images"], snap["targets"], snap["lr"], generator,
                             snap["indices"])
+        if len(snap["optimizers"]) != len(state.optimizers):
+            raise ValueError(f"not {len(state.optimizers)} optimizer states")
         for opt, opt_state in zip(state.optimizers, snap["optimizers"]):
+            check_optimizer(opt_state, opt, "optimizer")
             opt.load_state_dict(opt_state)  # moves the momentum buffers to the parameters
+        position = snap["cycle"].get("position")
+        if not (type(position) is int and 0 <= position <= len(snap["cycle"]["order"])):
+            raise ValueError(f"expert cycle position {position!r} is out of range")
         state.cycle.load_state_dict(snap["cycle"])
         state.iteration, state.losses = snap["iteration"], snap["losses"]
         set_rng_state(snap["rng"])

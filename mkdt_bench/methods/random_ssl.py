@@ -17,7 +17,7 @@ import torch
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.methods import register_method
 from mkdt_bench.methods.base import Method, MethodContext
-from mkdt_bench.teacher import TEACHER_CHOICES, TEACHER_DEFAULTS
+from mkdt_bench.teacher import TEACHER_BOUNDS, TEACHER_CHOICES, TEACHER_DEFAULTS
 
 #: The SSL recipe: the ``[teacher]`` keys of the loss, projection head and views.
 RECIPE_KEYS = ("ssl", "proj_dim", "bt_lambda", "temperature", "min_scale", "cj_strength",
@@ -37,6 +37,7 @@ class RandomSubsetSSL(Method):
 
     defaults = {key: TEACHER_DEFAULTS[key] for key in RECIPE_KEYS}
     choices = {"ssl": TEACHER_CHOICES["ssl"]}
+    bounds = {key: TEACHER_BOUNDS[key] for key in RECIPE_KEYS if key in TEACHER_BOUNDS}
     teacher_options = frozenset(RECIPE_KEYS)
 
     def distill(self, ctx: MethodContext) -> DistilledSet:

@@ -12,8 +12,6 @@ keeps its teacher target, as in ``random``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,6 +21,7 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.methods import register_method
 from mkdt_bench.methods._coreset import kmeans, proportional_counts
 from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.options import Interval
 
 #: Rows of the similarity matrix computed at once for the class sums (memory only).
 BLOCK = 1024
@@ -79,16 +78,9 @@ class SAS(Method):
     """
 
     defaults = {"latent_classes": 10, "threshold": 0.0, "reference_objective": False}
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        cfg, where = self.config, f"method {self.name!r}"
-        if cfg["latent_classes"] < 1:
-            raise UserError(f"{where}: latent_classes={cfg['latent_classes']} must be at "
-                            "least 1")
-        if not 0.0 <= cfg["threshold"] <= 1.0:
-            raise UserError(f"{where}: threshold={cfg['threshold']} must be in [0, 1] "
-                            "(negative similarities would break submodularity)")
+    bounds = {"latent_classes": Interval(int, 1, None),
+              "threshold": Interval(float, 0, 1, note="negative similarities would break "
+                                    "submodularity")}
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         cfg = self.config

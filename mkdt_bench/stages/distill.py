@@ -15,6 +15,7 @@ from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.methods import MethodContext, create_method
 from mkdt_bench.methods.base import SubUnit
 from mkdt_bench.progress import Progress
+from mkdt_bench.safeload import corrupt_artifact, load_artifact
 from mkdt_bench.stages.env import Env, cached_dataset, normalized_train, prepare_process
 from mkdt_bench.stages.teacher import load_teacher
 
@@ -62,8 +63,12 @@ def method_context(env: Env, inputs: MethodInputs, budget: int, seed: int, scrat
     cache = ArtifactCache(env.cache_dir, built_from=built_from, fresh_after=fresh_after)
     source = cached_dataset(inputs.dataset, env.data_root, env.cache_dir)
     images = normalized_train(inputs.dataset, env.data_root, env.cache_dir)
-    reps = torch.load(cache.path("representations", inputs.representations_key)
-                      / "representations.pt")
+    stored = cache.path("representations", inputs.representations_key) / "representations.pt"
+    reps = load_artifact(stored, map_location="cpu")
+    if not (isinstance(reps, torch.Tensor) and reps.is_floating_point() and reps.ndim == 2
+            and len(reps) == len(images)):
+        raise corrupt_artifact(stored, f"not one representation for each of the {len(images)} "
+                                       "training images")
     class_labels = source.train_labels if labels else None
     idx = pool_indices(len(images), inputs.pool)
     if idx is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from mkdt_bench.data import ImageDataset, load_dataset
+from mkdt_bench.data._decode import NotDownloaded
 from mkdt_bench.device import configure, resolve_device, settings
 from mkdt_bench.errors import MissingDataError, UserError
 from mkdt_bench.progress import Progress
@@ -111,18 +112,27 @@ def load_tasks(names: list[str], env: Env, source: ImageDataset) -> dict[str, st
     """Load every downstream task at the source resolution (resizing loaders only, spec
     ``evaluation.md`` A.5); returns ``{task: missing path}`` for those whose files are absent.
 
-    A task with another channel count than the source is a UserError.
+    A task with another channel count than the source is a UserError, and so is a grid
+    whose every task is absent: it would train the teacher and score nothing (issue 29 §4).
     """
-    missing = {}
+    absent: dict[str, MissingDataError] = {}
     for name in names:
         try:
             task = cached_dataset(name, env.data_root, env.cache_dir, source.image_size)
+        except NotDownloaded:
+            raise  # a dry run: a run would download the task, it is not missing
         except MissingDataError as e:
-            missing[name] = e.path
-            Progress(env.progress).write(f"task {name!r} will be n/a: {e}")
+            absent[name] = e
             continue
         if task.channels != source.channels:
             raise UserError(f"task {name!r} has {task.channels}-channel images but the source "
                             f"{source.name!r} has {source.channels}; pick tasks with the same "
                             "number of channels")
-    return missing
+    if names and len(absent) == len(set(names)):
+        first = absent[names[0]]
+        others = f" (nor have the other {len(absent) - 1})" if len(absent) > 1 else ""
+        raise MissingDataError(f"downstream task {names[0]!r}: {first}{others}; no task is "
+                               "left to evaluate, so nothing was run", first.path)
+    for name, e in absent.items():
+        Progress(env.progress).write(f"task {name!r} will be n/a: {e}")
+    return {name: e.path for name, e in absent.items()}

@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from mkdt_bench.cache import ArtifactCache, atomic_torch_save
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.evaluators.pretrain import build_encoder, pretrain_encoder, pretrain_key
 from mkdt_bench.models import Encoder
+from mkdt_bench.safeload import load_weights
 from mkdt_bench.stages.env import Env, prepare_process
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ def pretrained_encoder(unit: EvalUnit, env: Env) -> tuple[Encoder, dict[str, flo
                                built_from=cache.stamps([f"distilled/{unit.source_key}"]),
                                fresh_after=unit.fresh_after)
     model = build_encoder(distilled, unit.arch)
-    model.load_state_dict(torch.load(path / "encoder.pt"))
+    load_weights(model, path / "encoder.pt")
     timings = {**stage_costs(cache, unit.row_config.get("artifacts", [])),
                "storage_bytes": distilled.storage_bytes, "set_images": len(distilled)}
     return model.to(env.torch_device).eval(), timings

@@ -15,6 +15,7 @@ from mkdt_bench.data import ImageDataset
 from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder
 from mkdt_bench.progress import Progress
+from mkdt_bench.safeload import load_weights
 from mkdt_bench.stages.env import Env, cached_dataset, normalized_train, prepare_process
 from mkdt_bench.supervised_teacher import train_supervised_teacher
 from mkdt_bench.teacher import build_teacher, encode, load_teacher_checkpoint, train_teacher
@@ -80,7 +81,7 @@ def load_teacher(env: Env, tkey: str, arch: str, dataset: ImageDataset) -> Encod
     """The cached teacher, in eval mode on the unit's device."""
     cache = ArtifactCache(env.cache_dir)
     model = build_teacher(arch, dataset)
-    model.load_state_dict(torch.load(cache.path("teacher", tkey) / "teacher.pt"))
+    load_weights(model, cache.path("teacher", tkey) / "teacher.pt")
     return model.to(env.torch_device).eval()
 
 
