@@ -790,12 +790,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def _prune(cache: Any, db: Path, apply: bool) -> int:
     import json
 
-    from mkdt_bench.results import ResultStore
-
     if not db.is_file():
         raise UserError(f"results database {str(db)!r} does not exist; prune keeps what its "
                         "rows use, so give the database with --results-db")
-    frame = ResultStore.read_only(db).frame()
+    store, _ = _planning_store(db, cache.root)  # rows kept in spill files use artifacts too
+    frame = store.frame()
+    if store.malformed:
+        raise UserError(f"results database {str(db)!r} has {len(store.malformed)} malformed "
+                        f"rows ({store.malformed[0]}); prune cannot tell what they use (delete "
+                        "those rows first)")
     keep: set[str] = set()
     for config in frame["config"]:
         used = json.loads(config).get("artifacts")
@@ -862,15 +865,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 _PYTHON_FORMATWARNING = warnings.formatwarning
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def _format_warning(message: Warning | str, category: type[Warning], filename: str,
                     lineno: int, line: str | None = None) -> str:
-    """A skipped plug-in's :class:`~mkdt_bench.registry.PluginWarning` as one ``warning:``
-    line; other warnings as Python shows them."""
+    """mkdt-bench's own warnings (a skipped plug-in, a refused snapshot, a corrupt artifact,
+    malformed rows) as one ``warning:`` line; other packages' warnings as Python shows them."""
     from mkdt_bench.registry import PluginWarning
 
-    if issubclass(category, PluginWarning):
+    if issubclass(category, PluginWarning) or Path(filename).is_relative_to(_PACKAGE):
         return f"warning: {message}\n"
     return _PYTHON_FORMATWARNING(message, category, filename, lineno, line)
 

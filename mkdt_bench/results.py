@@ -25,6 +25,7 @@ import sqlite3
 import time
 import urllib.parse
 import uuid
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -165,12 +166,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
-def row_from_record(record: Any, where: str) -> ResultRow:
-    """The row one line of a spill file holds, every field checked: a UserError names
-    ``where`` and the first bad field."""
+SPILL_ADVICE = "correct or delete that line (or move the file aside) and try again"
+
+
+def row_from_record(record: Any, where: str, advice: str = SPILL_ADVICE) -> ResultRow:
+    """The row one line of a spill file (or a database record, its JSON decoded) holds, every
+    field checked: a UserError names ``where``, the first bad field and ``advice``."""
     def bad(problem: str) -> UserError:
-        return UserError(f"{where}: {problem}; correct or delete that line (or move the file "
-                         "aside) and try again")
+        return UserError(f"{where}: {problem}" + (f"; {advice}" if advice else ""))
 
     if not isinstance(record, dict):
         raise bad(f"a result row is a JSON object, not {type(record).__name__}")
@@ -352,6 +355,8 @@ class ResultStore:
         #: (a row older than the database's row of its cell is not)
         self.stored_from: list[tuple[Path, int]] = []
         self.written = 0
+        #: what is wrong with each malformed row :meth:`frame` left out
+        self.malformed: list[str] = []
         self._files: dict[Path, list[ResultRow]] = {}
         self._unstored: list[ResultRow] = []
         self._spill: Path | None = None
@@ -586,6 +591,29 @@ class ResultStore:
         """The rows it could not take that no file keeps either (no folder took one)."""
         return self._unstored if self._spill is None else []
 
+    def _well_formed(self, records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """``records`` less those a row cannot hold (a database handed over is data like any
+        other file: JSON that does not parse, a field of the wrong type), left out with one
+        warning naming the first."""
+        good, bad = [], []
+        for record in records:
+            fields_ = dict(zip(COLUMNS, record, strict=True))
+            where = f"results database {str(self.path)!r}, cell {str(fields_['cell_key'])!r}"
+            try:
+                for name in _JSON_COLUMNS:
+                    fields_[name] = json.loads(fields_[name]) \
+                        if isinstance(fields_[name], str) else fields_[name]
+                row_from_record(fields_, where, advice="")
+                good.append(record)
+            except UserError as e:
+                bad.append(str(e))
+            except (ValueError, RecursionError) as e:  # JSON that does not parse
+                bad.append(f"{where}: {type(e).__name__}")
+        if bad:
+            warnings.warn(f"{len(bad)} malformed result rows left out ({bad[0]})", stacklevel=3)
+        self.malformed += bad
+        return good
+
     def frame(self, **filters: Any) -> pd.DataFrame:
         """All rows (stored, and unstored: the newest of a cell) as a DataFrame, optionally
         filtered by column equality (lists allowed)."""
@@ -600,8 +628,8 @@ class ResultStore:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         cur = self._conn.execute(f"SELECT {', '.join(COLUMNS)} FROM results{where} "
                                  "ORDER BY created", params)
-        frame = pd.DataFrame.from_records(cur.fetchall(), columns=list(COLUMNS),
-                                          coerce_float=True)
+        frame = pd.DataFrame.from_records(self._well_formed(cur.fetchall()),
+                                          columns=list(COLUMNS), coerce_float=True)
         extra = [r for r in self._overlay().values()
                  if all(getattr(r, col) in values for col, values in wanted.items())]
         if not extra:

@@ -295,6 +295,11 @@ def plan_grid(cfg: dict[str, Any], env: Env, store: ResultStore,
         if images > n_train:  # it would silently mean every image, under another key
             raise UserError(f"{option}={images} is larger than the {n_train:,} training images "
                             f"of {run['dataset']}; give at most {n_train} (0 = all of them)")
+    teacher = cfg["teacher"]
+    n_teacher = teacher["train_images"] or n_train
+    if not teacher["checkpoint"] and teacher["batch_size"] > n_teacher:  # refused up front
+        raise UserError(f"teacher.batch_size={teacher['batch_size']} is larger than the "
+                        f"{n_teacher} training images; lower it")
     n_source = run["train_pool"] if 0 < run["train_pool"] < n_train else n_train
     budget = resolve_budget(run["budget"], n_source)
     tasks = run["tasks"] or [run["dataset"]]

@@ -262,7 +262,8 @@ def load_teacher_checkpoint(path: str | Path, arch: str, dataset: ImageDataset) 
     """
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"teacher checkpoint {str(p)!r} does not exist")
+        raise UserError(f"teacher checkpoint {str(p)!r} "
+                        f"{'is not a file' if p.exists() else 'does not exist'}")
     try:
         state = safeload.load(p, map_location="cpu")
     except safeload.UnreadableFileError as e:

@@ -34,6 +34,13 @@ def corrupt_jpeg(root: Path) -> Path:
     return root
 
 
+def decompression_bomb(root: Path) -> Path:
+    """A 22 kB PNG of 182 million pixels (PIL's decompression-bomb limit is 179 million)."""
+    image_tree(root)
+    Image.new("1", (13500, 13500)).save(root / "train" / "a" / "bomb.png")
+    return root
+
+
 def text_only_class(root: Path) -> Path:
     image_tree(root, classes=("a", "b", "c"))
     for png in (root / "train" / "c").iterdir():
@@ -105,8 +112,12 @@ CATALOGUE = [
         "--dataset", f"imagefolder:{text_only_class(d / 'f')}"], "train/c has no image files"),
     ("image folder with a corrupt JPEG", lambda d: [
         "--dataset", f"imagefolder:{corrupt_jpeg(d / 'f')}"], "broken.jpg"),
+    ("image folder with a decompression bomb", lambda d: [
+        "--dataset", f"imagefolder:{decompression_bomb(d / 'f')}"], "bomb.png"),
     ("image folder without test split", lambda d: [
         "--dataset", f"imagefolder:{image_tree(d / 'f', splits=('train',))}"], "test"),
+    ("teacher batch larger than its images", lambda d: ["--set", "teacher.train_images=10"],
+     "teacher.batch_size"),
     ("teacher checkpoint missing", lambda d: ["--teacher-checkpoint", str(d / "none.pt")],
      "none.pt"),
     ("teacher checkpoint of another architecture", lambda d: [

@@ -157,6 +157,9 @@ CASES = [
      "is a directory"),
     ("run: teacher checkpoint a folder", lambda d: [
         "run", "--dry-run", "--teacher-checkpoint", str(a_folder(d / "ck.pt"))], "is not a file"),
+    ("run: teacher.checkpoint a folder", lambda d: [
+        "run", "--dry-run", "--set", f"teacher.checkpoint='{a_folder(d / 'ck')}'"],
+     "is not a file"),
     ("run: preset a folder", lambda d: ["run", "--dry-run", "--preset",
                                         str(a_folder(d / "p.toml"))], "is not a file"),
     ("run: preset section not a table", lambda d: [

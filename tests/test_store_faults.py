@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -578,3 +579,48 @@ def test_any_bytes_are_rows_or_one_line(tmp_path_factory, data):
         read_spill(spill)
     except UserError as e:
         assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize("column, text", [("config", "{"), ("timings", "[1, 2]"),
+                                          ("metrics", '"text"')])
+def test_malformed_rows_of_a_handed_over_database_are_left_out_in_one_line(
+        tmp_path, capsys, column, text):
+    """A database is data like any other file: a row whose JSON does not parse (or is no
+    object) is left out of tables with one warning, and ``cache prune``, which could not
+    tell what it uses, refuses to delete anything."""
+    db = tmp_path / "r.sqlite"
+    store = ResultStore(db)
+    store.add([row("good", seed=0), row("bad", seed=1)])
+    store.close()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(f"UPDATE results SET {column} = ? WHERE cell_key = 'bad'", (text,))
+    conn.close()
+    with pytest.warns(UserWarning, match="1 malformed result rows left out .*'bad'"):
+        frame = ResultStore.read_only(db).frame()
+    assert list(frame["cell_key"]) == ["good"]
+    assert main(["table", "--results-db", str(db)]) == 0
+    (tmp_path / "cache" / "artifacts").mkdir(parents=True)
+    assert main(["cache", "prune", "--cache-dir", str(tmp_path / "cache"),
+                 "--results-db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "malformed rows" in err and "prune cannot tell what they use" in err
+
+
+def test_prune_keeps_what_the_rows_of_spill_files_use(tmp_path, capsys):
+    """A row kept in a spill file (not yet stored) still needs its artifacts."""
+    from mkdt_bench.cache import ArtifactCache
+
+    cache = tmp_path / "cache"
+    db = cache / "results.sqlite"
+    store = ResultStore(db)
+    store.add([replace(row("stored"), config={"artifacts": ["teacher/a"]})])
+    store.close()
+    (cache / "results.sqlite.unstored-1.jsonl").write_text(
+        spill_text([replace(row("kept"), config={"artifacts": ["teacher/b"]})]))
+    artifacts = ArtifactCache(cache)
+    for key in ("a", "b", "c"):
+        artifacts.get_or_create("teacher", key, lambda d: (d / "x").write_text("x") and None)
+    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "teacher/c" in out and "teacher/b" not in out and "teacher/a" not in out

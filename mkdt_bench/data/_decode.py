@@ -86,12 +86,16 @@ def decode_images(files: Sequence[str | Path], size: int | None = None) -> Tenso
     out: np.ndarray | None = None
     for i, file in enumerate(files):
         try:
-            with Image.open(file) as image:
-                if image.mode != "RGB":
-                    image = image.convert("RGB")
-                if size is not None:
-                    image = image.resize((size, size), Image.Resampling.LANCZOS)
-                pixels = np.asarray(image)
+            with warnings.catch_warnings():  # PIL's decompression-bomb warning: refused too
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as image:
+                    if image.mode != "RGB":
+                        image = image.convert("RGB")
+                    if size is not None:
+                        image = image.resize((size, size), Image.Resampling.LANCZOS)
+                    pixels = np.asarray(image)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise UserError(f"{file} is not a decodable image: {exc}") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise UserError(f"{file} is not a decodable image ({type(exc).__name__})") from exc
         if out is None:

@@ -29,7 +29,8 @@ def teacher_key(cfg: dict[str, Any], dataset: ImageDataset) -> str:
     if tcfg["checkpoint"]:
         path = Path(tcfg["checkpoint"]).expanduser()
         if not path.is_file():
-            raise UserError(f"teacher checkpoint {str(path)!r} does not exist")
+            raise UserError(f"teacher checkpoint {str(path)!r} "
+                            f"{'is not a file' if path.exists() else 'does not exist'}")
         tcfg = {"arch": tcfg["arch"], "checkpoint_sha256": file_sha256(path)}
     return ArtifactCache.key("teacher", tcfg, {"data": dataset.fingerprint})
 
