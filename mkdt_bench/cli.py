@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help=DEVICE_HELP)
     run.add_argument("--set", dest="overrides", action="append", default=[], type=_override,
                      metavar="SECTION.KEY=VALUE", help="override any option, repeatable")
-    run.add_argument("--recompute", type=_csv(), default=[], metavar="STAGE,...",
+    run.add_argument("--recompute", type=_csv(), metavar="STAGE,...",
                      help="compute these stages of the grid again although they are stored: "
                           "teacher, pretrain, methods.NAME, evaluators.NAME (and whatever was "
                           "computed from them); each old artifact is replaced once its "
@@ -280,8 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
     from mkdt_bench.cache import default_cache_dir
 
-    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     results_db = getattr(args, "results_db", None)
+    for flag, value in (("--cache-dir", args.cache_dir), ("--results-db", results_db)):
+        if value is not None and not value.strip():  # not silently the default cache
+            raise UserError(f"{flag} is empty; give a path or leave the flag out")
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     db = Path(results_db).expanduser() if results_db else cache / "results.sqlite"
     return cache, db
 
@@ -367,12 +370,69 @@ def check_report_rows(args: argparse.Namespace, methods: list[str]) -> None:
                             f"({', '.join(methods)}); add it to --methods or drop {flag}")
 
 
+def check_not_blank(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """An empty or blank value of a flag is refused: it was read as the flag left out
+    (``--preset ""`` ran the quick preset, ``--recompute ""`` recomputed nothing)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and (value == [] or (isinstance(value, str) and not value.strip())):
+            raise UserError(f"--{name.replace('_', '-')} is empty; give a value or leave the "
+                            "flag out")
+
+
+#: The most torch CPU threads a unit may ask for (``--threads``, ``OMP_NUM_THREADS``):
+#: far more than any machine's cores, far below the counts that crash torch's pool.
+MAX_THREADS = 1024
+#: The most worker processes of ``--workers`` (each holds its own torch and data).
+MAX_WORKERS = 256
+
+
+def check_threads(args: argparse.Namespace) -> None:
+    """``--threads`` (0, the default, to :data:`MAX_THREADS`) and ``OMP_NUM_THREADS`` (at
+    most :data:`MAX_THREADS`; it sizes the default thread count and worker pool):
+    torch's thread pool crashes the process on huge counts."""
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads} must be 0 or more")
+    if args.threads > MAX_THREADS:
+        raise UserError(f"--threads {args.threads} must be at most {MAX_THREADS}")
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > MAX_THREADS:  # also sizes the worker pool
+        raise UserError(f"OMP_NUM_THREADS={omp} must be at most {MAX_THREADS} "
+                        "(or unset it)")
+
+
+def check_overrides_read(overrides: list[str], cfg: dict[str, Any], flags: dict[str, Any],
+                         methods: bool = True) -> None:
+    """Refuse a ``--set`` the grid would never read, rather than accept and ignore it: the
+    options of a method (``run`` only) or an evaluator that is not in the grid, and a
+    ``run.KEY`` whose flag is also given (which of the two would win is not obvious)."""
+    from mkdt_bench.config import parse_override
+    from mkdt_bench.variants import parse_label
+
+    run = cfg["run"]
+    grid = {"methods": {parse_label(label)[0] for label in run["methods"]},
+            "evaluators": set(run["evaluators"])}
+    for text in overrides:
+        path, _ = parse_override(text)
+        section, key = path[0], path[1]
+        if section == "run" and flags.get(key) is not None:
+            raise UserError(f"--set {text!r} and --{key.replace('_', '-')} both set {key}; "
+                            "give one of them")
+        if section == "evaluators" or (section == "methods" and methods):
+            if key not in grid[section]:
+                raise UserError(f"--set {text!r} would be ignored: {section[:-1]} {key!r} is "
+                                f"not in this grid ({', '.join(sorted(grid[section]))}); "
+                                f"add it to --{section} or drop the --set")
+
+
 def check_executor_args(args: argparse.Namespace) -> None:
     """Refuse executor flags that do not go together (before anything is planned)."""
     if args.retries < 0:
         raise UserError(f"--retries {args.retries} must be 0 or more")
     if args.workers < 0:
         raise UserError(f"--workers {args.workers} must be 0 (one per core) or more")
+    if args.workers > MAX_WORKERS:
+        raise UserError(f"--workers {args.workers} must be at most {MAX_WORKERS}")
     if args.executor != "ray" and args.ray_address:
         raise UserError(f"--ray-address needs --executor ray, not {args.executor}")
     if args.executor in ("inprocess", "ray") and args.workers:
@@ -428,10 +488,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name in ("methods", "archs", "fractions", "seeds", "tasks", "evaluators"):
         if flags[name] == []:
             raise UserError(f"--{name} is empty; give at least one value")
-    if args.threads < 0:
-        raise UserError(f"--threads {args.threads} must be 0 or more")
+    check_not_blank(args, ("preset", "dataset", "data_root", "ray_address", "recompute"))
+    check_threads(args)
     check_executor_args(args)
     cfg = build_config(preset, flags, overrides)
+    check_overrides_read(overrides, cfg, flags)
     if args.teacher_checkpoint is not None:  # the path as it is, not read as a TOML value
         checkpoint = Path(args.teacher_checkpoint).expanduser()
         if not checkpoint.is_file():
@@ -516,8 +577,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name in ("archs", "fractions", "seeds", "tasks", "evaluators"):
         if getattr(args, name) == []:
             raise UserError(f"--{name} is empty; give at least one value")
-    if args.threads < 0:
-        raise UserError(f"--threads {args.threads} must be 0 or more")
+    check_not_blank(args, ("name", "preset", "dataset", "data_root"))
+    check_threads(args)
     check_out_file(args)
     name = args.name or f"import:{directory.resolve().name}"
     check_set_name(name)
@@ -526,6 +587,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
              "seeds": args.seeds, "tasks": args.tasks, "evaluators": args.evaluators,
              "device": args.device, "data_root": args.data_root, "teacher_row": False}
     cfg = build_config(args.preset, flags, list(args.overrides))
+    check_overrides_read(list(args.overrides), cfg, flags, methods=False)
     cache_dir, db = _paths(args)
     check_writable(cache_dir)
     env = Env(cache_dir=str(cache_dir), data_root=cfg["run"]["data_root"],
@@ -881,8 +943,13 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
 
 def main(argv: list[str] | None = None) -> int:
     configure_openmp()  # before anything imports torch
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()  # imports torch and every plug-in: seconds
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C before any command started: one line, no traceback
+        print("\ninterrupted before anything started" if sys.stderr.isatty()
+              else "interrupted before anything started", file=sys.stderr)
+        return 130
     if args.command is None:
         parser.print_help()
         return 2

@@ -88,6 +88,8 @@ def read_preset(name: str) -> dict[str, Any]:
         data = tomllib.loads(text)
     except ValueError as e:  # TOMLDecodeError, or an integer of over 4300 digits
         raise UserError(f"preset {name!r} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise UserError(f"preset {name!r} nests arrays or tables too deeply") from None
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise UserError(f"preset {name!r}: unknown section [{unknown[0]}]; "

@@ -163,6 +163,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise UserError(f"{str(path)!r} holds a JSON {type(meta).__name__}, not an object "
                         f"with the keys {', '.join(_REQUIRED_META)}")
+    if _depth(meta) > _MAX_META_DEPTH:  # copying or saving it would exceed the recursion limit
+        raise UserError(f"{str(path)!r} nests objects or lists more than {_MAX_META_DEPTH} "
+                        "deep; expected the object DistilledSet.save writes")
     for key, kind in {**_REQUIRED_META, **_OPTIONAL_META}.items():
         if key not in meta:
             if key in _REQUIRED_META:
@@ -180,6 +183,23 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise UserError(f"{str(path)!r}: 'std' is {_short(meta['std'])}, expected positive "
                         "numbers")
     return meta
+
+
+_MAX_META_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value`` nests dicts and lists (1 for a scalar), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        deepest = max(deepest, level)
+        if deepest > _MAX_META_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else ()
+        todo.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _read_tensor(path: Path, expected: str, ndim: int) -> Tensor:

@@ -395,6 +395,12 @@ class ResultStore:
             raise UserError(f"{where} has a `results` table of another schema ({detail}): it "
                             "is not a mkdt-bench database; give a new SQLite file with "
                             "--results-db")
+        triggers = [name for (name,) in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+        if triggers:  # SQL run on every insert: it could change or drop the rows stored
+            raise UserError(f"{where} has the trigger {_short(triggers[0])}: mkdt-bench "
+                            "databases have none, and a trigger could change the rows a run "
+                            "stores; give a new SQLite file with --results-db")
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if not 0 <= version <= SCHEMA_VERSION:
             raise UserError(f"{where} has schema version {version}, not one of mkdt-bench's "

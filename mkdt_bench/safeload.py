@@ -80,7 +80,7 @@ def load(path: str | Path, *, map_location: Any = None, mmap: bool = False) -> A
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
+            value = torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnreadableFileError(path, _refusal(e)) from None
     except OSError as e:
@@ -89,6 +89,41 @@ def load(path: str | Path, *, map_location: Any = None, mmap: bool = False) -> A
         reason = str(e).splitlines()[0][:200] if str(e) else ""
         raise UnreadableFileError(path, f"not a readable torch file ({type(e).__name__}"
                                         + (f": {reason})" if reason else ")")) from None
+    try:
+        _check_spans(value)
+    except RecursionError:
+        raise UnreadableFileError(path, "refused: it is nested too deeply") from None
+    except _Oversized as e:
+        raise UnreadableFileError(path, str(e)) from None
+    return value
+
+
+#: A tensor may span more bytes than its file stores (a broadcast, stride-0 view) by at most
+#: this much: a 2 kB file must not make a copy of it allocate gigabytes.
+_MAX_VIRTUAL_BYTES = 64 << 20
+
+
+def _check_spans(value: Any) -> None:
+    """Raise :class:`UnreadableFileError` for a strided tensor in ``value`` whose shape spans
+    far more memory than its storage holds (``torch.zeros(1).expand(10**9)`` saved to a
+    file: any ``.contiguous()`` or arithmetic on it would allocate gigabytes)."""
+    if isinstance(value, torch.Tensor):
+        if value.layout == torch.strided and not value.is_quantized:
+            spans = value.numel() * value.element_size()
+            stored = value.untyped_storage().nbytes()
+            if spans > _MAX_VIRTUAL_BYTES and spans > 8 * stored:
+                raise _Oversized(f"refused: a tensor of shape {tuple(value.shape)} "
+                                 f"({spans:,} bytes) is a view of {stored:,} stored bytes")
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _check_spans(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_spans(item)
+
+
+class _Oversized(Exception):
+    """Raised by :func:`_check_spans`; :func:`load` turns it into UnreadableFileError."""
 
 
 def load_artifact(path: Path, *, map_location: Any = None, mmap: bool = False) -> Any:

@@ -272,6 +272,14 @@ def load_teacher_checkpoint(path: str | Path, arch: str, dataset: ImageDataset) 
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UserError(f"teacher checkpoint {str(p)!r} holds no state dict")
+    for key, value in state.items():
+        if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
+            raise UserError(f"teacher checkpoint {str(p)!r}: its entry {str(key)[:60]!r} maps "
+                            f"a {type(key).__name__} to a {type(value).__name__}; a state dict "
+                            "maps names (str) to tensors")
+        if value.dtype.is_floating_point and not torch.isfinite(value).all():
+            raise UserError(f"teacher checkpoint {str(p)!r}: {key[:60]!r} holds NaN or "
+                            "infinite values; these weights would give NaN representations")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     model = build_teacher(arch, dataset)
     if not hasattr(model, "load_backbone_state_dict"):

@@ -59,7 +59,7 @@ def parse_value(raw: str) -> Any:
     to read stays text, so a value is always plain data that JSON can hold."""
     try:
         document = tomllib.loads(f"v = {raw}")
-    except ValueError:  # TOMLDecodeError, or an integer of more than 4300 digits
+    except (ValueError, RecursionError):  # TOMLDecodeError, a 4300-digit integer, deep nesting
         return raw
     value = document.get("v")
     if document.keys() != {"v"} or _holds_datetime(value):

@@ -41,6 +41,32 @@ def decompression_bomb(root: Path) -> Path:
     return root
 
 
+def sixteen_bit(root: Path) -> Path:
+    """A 16-bit greyscale PNG: converting it to RGB would clip every pixel to 255."""
+    image_tree(root)
+    Image.new("I;16", (8, 8), 60000).save(root / "train" / "a" / "deep.png")
+    return root
+
+
+def non_utf8_names(root: Path, *, class_folder: bool) -> Path:
+    """A file (a broken image) or a class folder whose name is not UTF-8."""
+    image_tree(root)
+    if class_folder:
+        for split in ("train", "test"):
+            os.rename(root / split / "b", os.fsencode(root / split) + b"/\xff")
+    else:
+        with open(os.fsencode(root / "train" / "a") + b"/\xff\xfe.png", "wb") as f:
+            f.write(b"not an image")
+    return root
+
+
+def deep_preset(root: Path) -> Path:
+    """A preset whose array nests deeper than Python's recursion limit."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "deep.toml").write_text("[run]\nseeds = " + "[" * 3000 + "]" * 3000 + "\n")
+    return root / "deep.toml"
+
+
 def text_only_class(root: Path) -> Path:
     image_tree(root, classes=("a", "b", "c"))
     for png in (root / "train" / "c").iterdir():
@@ -80,6 +106,10 @@ CATALOGUE = [
     ("--set without value", lambda d: ["--set", "teacher.epochs"], "'teacher.epochs'"),
     ("--set unknown section", lambda d: ["--set", "bogus.x=1"], "'bogus.x=1'"),
     ("--set bad choice", lambda d: ["--set", "teacher.ssl='byol'"], "'byol'"),
+    ("preset nested too deeply", lambda d: ["--preset", str(deep_preset(d / "p"))],
+     "nests arrays or tables too deeply"),
+    ("--set value nested too deeply", lambda d: [
+        "--set", "run.seeds=" + "[" * 3000 + "]" * 3000], "seeds holds"),
     ("budget zero", lambda d: ["--budget", "0"], "'0'"),
     ("budget negative", lambda d: ["--budget=-5"], "'-5'"),
     ("budget not a number", lambda d: ["--budget", "lots"], "'lots'"),
@@ -114,6 +144,14 @@ CATALOGUE = [
         "--dataset", f"imagefolder:{corrupt_jpeg(d / 'f')}"], "broken.jpg"),
     ("image folder with a decompression bomb", lambda d: [
         "--dataset", f"imagefolder:{decompression_bomb(d / 'f')}"], "bomb.png"),
+    ("image folder with a 16-bit image", lambda d: [
+        "--dataset", f"imagefolder:{sixteen_bit(d / 'f')}"], "deep.png has I;16 pixels"),
+    ("image folder with a non-UTF-8 file name", lambda d: [
+        "--dataset", f"imagefolder:{non_utf8_names(d / 'f', class_folder=False)}"],
+     "is not a decodable image"),
+    ("image folder with a non-UTF-8 class folder", lambda d: [
+        "--dataset", f"imagefolder:{non_utf8_names(d / 'f', class_folder=True)}"],
+     "not a printable UTF-8 name"),
     ("image folder without test split", lambda d: [
         "--dataset", f"imagefolder:{image_tree(d / 'f', splits=('train',))}"], "test"),
     ("teacher batch larger than its images", lambda d: ["--set", "teacher.train_images=10"],
@@ -130,16 +168,29 @@ CATALOGUE = [
     ("unknown executor", lambda d: ["--executor", "nosuch"], "'nosuch'"),
     ("negative retries", lambda d: ["--retries=-1"], "--retries -1"),
     ("negative threads", lambda d: ["--threads=-2"], "--threads -2"),
+    ("threads past any machine (torch's pool segfaulted)", lambda d: ["--threads=100000"],
+     "--threads 100000 must be at most 1024"),
+    ("workers past any machine", lambda d: ["--workers=100000"], "--workers 100000"),
+    ("empty --preset (was the quick preset)", lambda d: ["--preset", ""], "--preset is empty"),
+    ("blank --data-root (was the default)", lambda d: ["--data-root", " "],
+     "--data-root is empty"),
+    ("empty --recompute (recomputed nothing)", lambda d: ["--recompute", ""],
+     "--recompute is empty"),
+    ("empty --cache-dir (was the default cache)", lambda d: ["--cache-dir", ""],
+     "--cache-dir is empty"),
+    ("blank --results-db (was the default database)", lambda d: ["--results-db", " "],
+     "--results-db is empty"),
     ("--relative without full in the grid", lambda d: ["--relative"], "'full'"),
     ("--paired baseline not in the grid", lambda d: ["--paired", "kmeans"], "'kmeans'"),
 ]
 
 
-def assert_refused(tmp_path: Path, args: list[str], case: str, expected: str) -> None:
+def assert_refused(tmp_path: Path, args: list[str], case: str, expected: str,
+                   **environ: str) -> None:
     """One ``error: ...`` line naming ``expected``, exit 2, no traceback, and nothing
     half-written: no published artifact, no temporary left, no result row."""
     cache = tmp_path / "cache"
-    env = dict(os.environ, MKDT_BENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
+    env = {**os.environ, "MKDT_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", **environ}
     out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *args],
                          capture_output=True, text=True, env=env, timeout=300)
     err = out.stderr.strip()
@@ -182,6 +233,15 @@ def distilled_dir(root: Path, *, n: int = 10, n_targets: int | None = None, size
     return root
 
 
+def deep_metadata(root: Path) -> Path:
+    """A set whose ``extra`` nests 900 objects: within JSON's limits, beyond a copy's."""
+    distilled_dir(root)
+    meta = (root / "distilled.json").read_text()
+    (root / "distilled.json").write_text(
+        meta[:-1] + ', "extra": ' + '{"a": ' * 900 + "1" + "}" * 900 + "}")
+    return root
+
+
 EVAL = ("eval", "--no-progress", "--seeds", "0", "--distilled")
 
 # A DistilledSet directory given to ``mkdt-bench eval --distilled``.
@@ -195,6 +255,8 @@ DISTILLED_CATALOGUE = [
         str(distilled_dir(d / "s", n_targets=7))], "N = 10 images, got shape (7, 4)"),
     ("distilled set of another image size", lambda d: [str(distilled_dir(d / "s", size=16))],
      "1x16x16 images but 'digits' has 1x8x8"),
+    ("distilled set with deeply nested metadata", lambda d: [str(deep_metadata(d / "s"))],
+     "nests objects or lists more than 32 deep"),
     ("distilled set with NaN values", lambda d: [str(distilled_dir(d / "s", nan=True))],
      "NaN"),
     ("distilled set in another normalisation", lambda d: [
@@ -208,8 +270,22 @@ def test_bad_distilled_set(tmp_path, case, build, expected):
     assert_refused(tmp_path, [*EVAL, *build(tmp_path)], case, expected)
 
 
+@pytest.mark.parametrize("flag", ["--name", "--preset", "--dataset", "--data-root"])
+def test_eval_refuses_an_empty_flag_it_used_to_read_as_left_out(tmp_path, flag):
+    assert_refused(tmp_path, [*EVAL, str(distilled_dir(tmp_path / "s")), flag, ""], flag,
+                   f"{flag} is empty")
+
+
 def test_catalogue_size():
     assert len(CATALOGUE) + len(DISTILLED_CATALOGUE) >= 25
+
+
+@pytest.mark.parametrize("extra", [[], ["--threads", "1"], ["--dry-run"]])
+def test_huge_omp_num_threads_refused(tmp_path, extra):
+    """``OMP_NUM_THREADS=100000`` sized torch's pool (a segfault, exit 139) or, with
+    ``--threads 1``, a pool of 100,000 worker processes."""
+    assert_refused(tmp_path, [*RUN, *extra], "OMP_NUM_THREADS", "OMP_NUM_THREADS=100000",
+                   OMP_NUM_THREADS="100000")
 
 
 def test_debug_shows_the_traceback(tmp_path):

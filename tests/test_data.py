@@ -234,6 +234,24 @@ def test_tinyimagenet_bad_annotation(tmp_path: Path) -> None:
         load_dataset("tinyimagenet", root=tmp_path, cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.parametrize("damage, expected", [
+    (lambda b: (b / "wnids.txt").write_text("n01\n"), "lists 1 class"),
+    (lambda b: (b / "wnids.txt").write_text(""), "lists 0 class"),
+    (lambda b: (b / "wnids.txt").write_bytes(b"n01\n\xff\xfe\n"), "wnids.txt cannot be read"),
+    (lambda b: ((b / "wnids.txt").unlink(), (b / "wnids.txt").mkdir()), "wnids.txt cannot"),
+    (lambda b: (b / "val" / "val_annotations.txt").write_bytes(b"\xff\t\n"),
+     "val_annotations.txt cannot be read"),
+    (lambda b: ((b / "wnids.txt").unlink(), os.mkfifo(b / "wnids.txt")),
+     "wnids.txt cannot be read as UTF-8 text \\(not a regular file"),
+])
+def test_tinyimagenet_bad_lists(tmp_path: Path, damage, expected) -> None:
+    """Lists of one class (every probe would score 100 %), or not UTF-8 text: one line."""
+    damage(_tiny(tmp_path))
+    with pytest.raises(UserError, match=expected) as error:
+        load_dataset("tinyimagenet", root=tmp_path, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(error.value)
+
+
 # --- CIFAR through torchvision ------------------------------------------------------------
 
 @pytest.mark.parametrize("name, folder", [("cifar10", "cifar-10-batches-py"),
@@ -291,3 +309,21 @@ def test_cifar10_jpeg_imagefolder(cifar10_jpeg_dir: Path, tmp_path: Path) -> Non
         assert ds.mean == pytest.approx((0.4913, 0.4821, 0.4465), abs=2e-3)
     assert cached.fingerprint == first.fingerprint
     assert torch.equal(cached.train_images, first.train_images)
+
+
+def test_a_folder_too_large_to_decode_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """More images than memory holds: one line with the size needed, not a MemoryError."""
+    from types import SimpleNamespace
+
+    from mkdt_bench.data import _decode
+
+    for i in range(2):
+        Image.new("RGB", (8, 6)).save(tmp_path / f"{i}.png")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(_decode, "np", SimpleNamespace(  # numpy itself stays untouched
+        empty=no_memory, asarray=np.asarray, uint8=np.uint8))
+    with pytest.raises(UserError, match=r"2 images of 8x6 .* need 0.0 GiB decoded"):
+        _decode.decode_images([str(tmp_path / "0.png"), str(tmp_path / "1.png")])

@@ -3,6 +3,8 @@ written here as tiny archives of real JPEG files of mixed sizes."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,43 @@ def test_absent_files_name_the_missing_path(tmp_path, name, missing):
         load_dataset(name, root=tmp_path, cache_dir=tmp_path / "cache")
     assert err.value.path == str(tmp_path / missing)
     assert str(tmp_path / missing) in str(err.value)
+
+
+def _replace_line(path, old, new):
+    path.write_bytes(path.read_bytes().replace(old, new, 1))
+
+
+@pytest.mark.parametrize("damage, expected", [
+    # a 0 in the 1-based labels would silently be the last class
+    (lambda b: _replace_line(b / "image_class_labels.txt", b"1 1\n", b"1 0\n"), "label 0"),
+    (lambda b: _replace_line(b / "image_class_labels.txt", b"1 1\n", b"1 9\n"), "label 9"),
+    (lambda b: _replace_line(b / "image_class_labels.txt", b"1 1\n", b"1 one\n"), "line 1"),
+    (lambda b: _replace_line(b / "images.txt", b"1 ", b"x1 "), "line 1"),
+    (lambda b: _replace_line(b / "classes.txt", b"1 ", b"first "), "line 1"),
+    (lambda b: _replace_line(b / "images.txt", b"1 ", b"\xff "), "cannot be read"),
+    (lambda b: ((b / "classes.txt").unlink(), os.mkfifo(b / "classes.txt")),
+     "not a regular file"),
+    (lambda b: (b / "train_test_split.txt").write_text(
+        "".join(f"{i} 1\n" for i in range(1, 10))), "test split"),
+])
+def test_cub2011_bad_lists_are_one_line(tmp_path, damage, expected):
+    from mkdt_bench.errors import UserError
+
+    damage(make_cub(tmp_path))
+    with pytest.raises(UserError, match=expected) as error:
+        load_dataset("cub2011", root=tmp_path, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(error.value)
+
+
+def test_dogs_bad_lists_are_one_line(tmp_path):
+    from scipy.io import savemat
+
+    from mkdt_bench.errors import UserError
+
+    base = make_dogs(tmp_path)
+    savemat(base / "train_list.mat", {"labels": np.array([[1]])})  # no file_list
+    with pytest.raises(UserError, match="train_list.mat is not a list"):
+        load_dataset("dogs", root=base, cache_dir=tmp_path / "cache")
+    (base / "train_list.mat").write_bytes(b"not a mat file")
+    with pytest.raises(UserError, match="train_list.mat is not a list"):
+        load_dataset("dogs", root=base, cache_dir=tmp_path / "cache")

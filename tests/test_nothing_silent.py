@@ -239,6 +239,34 @@ def test_bad_values_and_an_absent_ray_stop_before_anything_is_written(tmp_path, 
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("command, setting, message", [
+    ("run", "methods.mkdt.iterations=5", "method 'mkdt' is not in this grid (random)"),
+    ("run", "evaluators.knn.k=5", "evaluator 'knn' is not in this grid (linear)"),
+    ("run", "run.seeds=[1]", "--set 'run.seeds=[1]' and --seeds both set seeds"),
+    ("eval", "evaluators.knn.k=5", "evaluator 'knn' is not in this grid (linear)"),
+    ("eval", "run.seeds=[1]", "--set 'run.seeds=[1]' and --seeds both set seeds"),
+], ids=["run: method not run", "run: evaluator not run", "run: --set and its flag",
+        "eval: evaluator not run", "eval: --set and its flag"])
+def test_a_set_the_grid_never_reads_is_refused(tmp_path, capsys, command, setting, message):
+    """Each of these was accepted, exit 0, and did nothing (or lost to the other value)."""
+    cache = tmp_path / "cache"
+    where = (["--distilled", str(_digits_set(tmp_path / "s", 10))] if command == "eval"
+             else ["--methods", "random"])
+    line = error_of(capsys, command, *where, "--seeds", "0", "--dataset", "digits",
+                    "--cache-dir", str(cache), "--set", setting, *FAST[-1:])
+    assert message in line
+    assert not cache.exists()
+
+
+def test_a_set_the_grid_reads_is_accepted():
+    from mkdt_bench.cli import check_overrides_read
+
+    overrides = ["methods.mkdt.iterations=5", "evaluators.knn.k=5", "run.seeds=[1]"]
+    flags = {"methods": ["random", "mkdt[init=random]"], "evaluators": ["linear", "knn"]}
+    cfg = build_config(flags=flags, overrides=overrides)
+    check_overrides_read(overrides, cfg, flags)  # a variant's method counts as in the grid
+
+
 def test_a_run_whose_only_task_is_absent_stops_before_the_teacher(tmp_path, capsys):
     cache, data = tmp_path / "cache", tmp_path / "data"
     line = error_of(capsys, "run", "--methods", "random", "--seeds", "0", "--tasks", "cub2011",

@@ -217,3 +217,18 @@ def test_table_and_plot_open_the_database_read_only(tmp_path, monkeypatch, capsy
     assert "(no results)" in capsys.readouterr().out
     assert main(["plot", "--results-db", str(database), "--out", str(tmp_path / "p")]) == 2
     assert capsys.readouterr().err.startswith("error: no result rows in")
+
+
+@pytest.mark.parametrize("command", [["list"], ["table"], ["run", "--dry-run"]])
+def test_ctrl_c_while_the_modules_load_is_one_line(monkeypatch, capsys, command):
+    """Ctrl-C in the first seconds (torch and the plug-ins importing while the parser is
+    built) was a 40-line traceback; it is one line and exit 130, like a later Ctrl-C."""
+    import mkdt_bench.cli as cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(command) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted before anything started"

@@ -54,7 +54,8 @@ def test_dry_run_on_a_cold_cache_writes_nothing(tmp_path, capsys):
     folder = image_tree(tmp_path / "images")
     cache = tmp_path / "cache"
     code = main(["run", "--dry-run", "--dataset", f"imagefolder:{folder}", "--cache-dir",
-                 str(cache), "--budget", "2", "--seeds", "0", *TINY, "--fractions", "50%"])
+                 str(cache), "--budget", "2", "--seeds", "0", *TINY, "--fractions", "50%",
+                 "--set", "teacher.batch_size=4"])  # the folder's 6 images hold one batch
     out = capsys.readouterr().out
     assert code == 0
     assert not cache.exists()

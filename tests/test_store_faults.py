@@ -298,8 +298,19 @@ def _negative(db: Path) -> None:
     conn.close()
 
 
+def _trigger(db: Path) -> None:
+    """A handed-over database whose trigger would silently drop every row stored."""
+    ResultStore(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TRIGGER drop_rows AFTER INSERT ON results BEGIN "
+                 "DELETE FROM results WHERE cell_key = NEW.cell_key; END")
+    conn.commit()
+    conn.close()
+
+
 @pytest.mark.parametrize("make, expected", [
     (_other_schema, r"another schema \(missing dataset, .*; unknown 'score'\)"),
+    (_trigger, r"has the trigger 'drop_rows'"),
     (_other_application, r"has no `results` table \(it has 'invoices'\)"),
     (_no_primary_key, r"another schema \(cell_key is not its primary key\)"),
     (_newer, r"schema version 2, not one of mkdt-bench's \(this one knows 0 to 1; a newer"),

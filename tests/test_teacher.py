@@ -86,6 +86,19 @@ def test_load_krrst_checkpoint_layout(tmp_path, digits):
         assert torch.allclose(model.features(x), net(x), atol=1e-5)
 
 
+def test_checkpoint_of_non_tensors_or_nan_weights_is_one_line(tmp_path, digits):
+    state = _krrst_style_resnet18(in_channels=1).state_dict()
+    for name, broken, expected in [
+        ("list", {**state, "conv1.weight": [1.0, 2.0]}, "'conv1.weight' maps a str to a list"),
+        ("intkey", {**state, 7: torch.ones(1)}, "'7' maps a int to a Tensor"),
+        ("nan", {**state, "conv1.weight": torch.full_like(state["conv1.weight"], float("nan"))},
+         "'conv1.weight' holds NaN"),
+    ]:
+        torch.save(broken, tmp_path / f"{name}.pt")
+        with pytest.raises(UserError, match=expected):
+            load_teacher_checkpoint(tmp_path / f"{name}.pt", "resnet18-teacher", digits)
+
+
 def test_checkpoint_of_another_architecture(tmp_path, digits):
     path = tmp_path / "r50.pt"
     torch.save(torchvision.models.resnet50().state_dict(), path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -131,6 +132,27 @@ def test_load_names_unreadable_files(tmp_path):
         with pytest.raises(safeload.UnreadableFileError, match=reason) as info:
             safeload.load(path)
         assert info.value.path == str(path)
+
+
+def test_load_refuses_a_broadcast_tensor_bomb(tmp_path):
+    """A 2 kB file holding a stride-0 view of gigabytes: a copy of it would exhaust memory.
+    Refused by every reader (sets, artifacts, snapshots); ordinary views and slices load."""
+    bomb = tmp_path / "bomb.pt"
+    torch.save({"images": torch.zeros(1, 1, 1, 1).expand(10**7, 1, 8, 8)}, bomb)
+    assert bomb.stat().st_size < 4096
+    with pytest.raises(safeload.UnreadableFileError, match=r"shape \(10000000, 1, 8, 8\)"):
+        safeload.load(bomb)
+    fine = tmp_path / "fine.pt"
+    torch.save({"small": torch.zeros(1).expand(1000), "slice": torch.arange(100)[::7]}, fine)
+    assert safeload.load(fine)["small"].shape == (1000,)
+    digits = load_dataset("digits")
+    torch.save(torch.zeros(1, 1, 1, 1).expand(10**7, 1, 8, 8), tmp_path / "images.pt")
+    torch.save(torch.zeros(1, 4).expand(10**7, 4), tmp_path / "targets.pt")
+    (tmp_path / "distilled.json").write_text(json.dumps(
+        {"source": "digits", "mean": list(digits.mean), "std": list(digits.std),
+         "method": "external"}))
+    with pytest.raises(UserError, match="images.pt.*refused"):
+        DistilledSet.load(tmp_path)
 
 
 def test_both_force_variables_are_one_user_error(tmp_path, monkeypatch):
@@ -481,6 +503,15 @@ def test_decoded_image_cache_is_refused_and_decoded_again(tmp_path, marker):
     with pytest.warns(UserWarning, match="decoded-image cache.*train split"):
         again = load_imagefolder(tmp_path / "tree", tmp_path / "cache")
     assert torch.equal(again.train_labels, fresh.train_labels)
+    # NaN statistics, or test images of another size, are never used either
+    for change, reason in [({"mean": (float("nan"),) * 3}, "mean/std"),
+                           ({"std": (1.0, 1.0, 1.0)}, "mean/std"),
+                           ({"test_images": fresh.test_images[:, :, :4, :4]}, "size")]:
+        torch.save({**safeload.load(stored), **change}, stored)
+        with pytest.warns(UserWarning, match=f"decoded-image cache.*{reason}"):
+            again = load_imagefolder(tmp_path / "tree", tmp_path / "cache")
+        assert again.mean == fresh.mean and again.std == fresh.std
+        assert torch.equal(again.test_images, fresh.test_images)
 
 
 def _cifar_like(folder: Path, marker: Path | None = None) -> SimpleNamespace:
@@ -524,6 +555,20 @@ def test_cifar_files_that_are_not_the_published_ones_are_not_unpickled(tmp_path,
         load_dataset("cifar10", root=tmp_path, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="md5 differs"):
         tv_sets.read_batch(tmp_path / "cifar-10-batches-py" / "test_batch", "0" * 32)
+
+
+def test_cifar_batches_that_would_never_end_are_not_read(tmp_path, monkeypatch):
+    """A FIFO (the read would block forever) or /dev/zero (never ends) as a batch file."""
+    os.mkfifo(tmp_path / "data_batch_1")
+    with pytest.raises(OSError, match="not a regular file"):
+        tv_sets.read_batch(tmp_path / "data_batch_1", "0" * 32)
+    os.symlink("/dev/zero", tmp_path / "data_batch_2")
+    with pytest.raises(OSError, match="not a regular file"):
+        tv_sets.read_batch(tmp_path / "data_batch_2", "0" * 32)
+    monkeypatch.setattr(tv_sets, "_MAX_BATCH_BYTES", 10)
+    (tmp_path / "data_batch_3").write_bytes(b"x" * 11)
+    with pytest.raises(ValueError, match="md5 differs"):
+        tv_sets.read_batch(tmp_path / "data_batch_3", hashlib.md5(b"x" * 11).hexdigest())
 
 
 # ---------------------------------------------------------------- the audit's case, end to end

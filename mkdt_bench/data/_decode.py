@@ -89,6 +89,9 @@ def decode_images(files: Sequence[str | Path], size: int | None = None) -> Tenso
             with warnings.catch_warnings():  # PIL's decompression-bomb warning: refused too
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(file) as image:
+                    if image.mode.startswith(("I", "F")):  # convert("RGB") would clip to 255
+                        raise UserError(f"{file} has {image.mode} pixels (16-bit or float); "
+                                        "only 8-bit images are read: convert it to 8 bits")
                     if image.mode != "RGB":
                         image = image.convert("RGB")
                     if size is not None:
@@ -99,7 +102,13 @@ def decode_images(files: Sequence[str | Path], size: int | None = None) -> Tenso
         except (OSError, SyntaxError, ValueError) as exc:
             raise UserError(f"{file} is not a decodable image ({type(exc).__name__})") from exc
         if out is None:
-            out = np.empty((len(files), *pixels.shape), dtype=np.uint8)
+            try:
+                out = np.empty((len(files), *pixels.shape), dtype=np.uint8)
+            except MemoryError:
+                need = len(files) * pixels.size / 2**30
+                raise UserError(f"{len(files)} images of {_size(pixels.shape)} (as {file}) "
+                                f"need {need:.1f} GiB decoded, more than this machine can "
+                                "allocate; resize or subsample the folder") from None
         elif pixels.shape != out.shape[1:]:
             seen, first = _size(pixels.shape), _size(out.shape[1:])
             raise UserError(f"{file} is {seen} but {files[0]} is {first}; "
@@ -130,8 +139,8 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 def fingerprint(name: str, *tensors: Tensor, classes: Sequence[str] = ()) -> str:
     """A short, deterministic hash of a data set's name, classes and tensor contents."""
-    digest = hashlib.sha256(name.encode())
-    digest.update("\0".join(classes).encode())
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape"))
+    digest.update("\0".join(classes).encode("utf-8", "surrogateescape"))
     for tensor in tensors:
         digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
         digest.update(np.ascontiguousarray(tensor.numpy()))
@@ -205,6 +214,12 @@ def _stored_splits(path: Path, train: SplitFiles, test: SplitFiles,
             raise ValueError(f"its {split} split does not match the {len(files.files)} files")
     if decoded.classes != list(classes):
         raise ValueError("its classes do not match the folders")
+    if decoded.test_images.shape[1:] != decoded.train_images.shape[1:]:
+        raise ValueError("its test images are not of the train images' size")
+    mean, std = channel_stats(decoded.train_images)  # bound to the images, never NaN
+    if not all(isinstance(v, float) and abs(v - w) <= 1e-9
+               for v, w in zip(decoded.mean + decoded.std, mean + std, strict=True)):
+        raise ValueError("its mean/std are not its train images' statistics")
     return decoded
 
 
@@ -212,7 +227,8 @@ def _cache_key(source: Path, train: SplitFiles, test: SplitFiles, classes: list[
                size: int | None) -> str:
     resize = "" if size is None else f"\0lanczos{size}"
     digest = hashlib.sha256(
-        f"{_CACHE_FORMAT}\0{source.absolute()}\0{'/'.join(classes)}\0{resize}".encode())
+        f"{_CACHE_FORMAT}\0{source.absolute()}\0{'/'.join(classes)}\0{resize}"
+        .encode("utf-8", "surrogateescape"))  # a file name need not be UTF-8
     prefix = os.path.join(source, "")
     entries = []
     for split, files in (("train", train), ("test", test)):
@@ -220,7 +236,7 @@ def _cache_key(source: Path, train: SplitFiles, test: SplitFiles, classes: list[
             stat = os.stat(file)
             rel = file.removeprefix(prefix)
             entries.append(f"{split}\0{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}")
-    digest.update("\n".join(sorted(entries)).encode())
+    digest.update("\0\n".join(sorted(entries)).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 

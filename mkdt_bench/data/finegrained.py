@@ -44,6 +44,16 @@ def _check_size(name: str, image_size: int) -> None:
 
 def _build(name: str, base: Path, train: SplitFiles, test: SplitFiles, classes: list[str],
            cache_dir: Path, image_size: int) -> ImageDataset:
+    for split_name, split in (("train", train), ("test", test)):
+        if not split.files:
+            raise UserError(f"{name}: the {split_name} split in {base} has no images")
+        bad = [y for y in split.labels if not 0 <= y < len(classes)]
+        if bad:  # a label of 0 in a 1-based list would silently become the last class
+            raise UserError(f"{name}: a {split_name} image in {base} has the label "
+                            f"{bad[0] + 1}; the {len(classes)} classes are labelled "
+                            f"1 to {len(classes)}")
+    if len(set(train.labels)) < 2:
+        raise UserError(f"{name}: the train split in {base} has fewer than 2 classes")
     decoded = decode_folder_splits(base, train, test, classes, cache_dir, size=image_size)
     tensors = (decoded.train_images, decoded.train_labels,
                decoded.test_images, decoded.test_labels)
@@ -119,21 +129,31 @@ def cub2011(root: Path | None, cache_dir: Path, image_size: int = DEFAULT_SIZE) 
     _require([base / n for n in names] + [base / "images"], "cub2011",
              "unpack CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/")
 
-    def table(name: str) -> dict[str, str]:
+    def table(name: str, integer_values: bool = False) -> dict[int, str]:
+        try:
+            if not (base / name).is_file():  # a FIFO would block the read
+                raise OSError(0, "not a regular file")
+            text = (base / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+            raise UserError(f"cub2011: {base / name} cannot be read as UTF-8 text "
+                            f"({reason})") from None
         rows = {}
-        for number, line in enumerate((base / name).read_text().splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 fields = line.split(maxsplit=1)
-                if len(fields) != 2:
+                if (len(fields) != 2 or not fields[0].isdecimal()
+                        or (integer_values and not fields[1].strip().isdecimal())):
+                    value = "<number>" if integer_values else "<value>"
                     raise UserError(f"cub2011: {base / name} line {number}: expected "
-                                    f"'<id> <value>', got {line!r}")
-                rows[fields[0]] = fields[1].strip()
+                                    f"'<id> {value}' (the id a number), got {line!r}")
+                rows[int(fields[0])] = fields[1].strip()
         return rows
 
-    paths, labels, is_train = (table(n) for n in names[:3])
-    classes = [name for _, name in sorted(table("classes.txt").items(), key=lambda kv: int(kv[0]))]
+    paths, labels, is_train = table(names[0]), table(names[1], True), table(names[2], True)
+    classes = [name for _, name in sorted(table("classes.txt").items())]
     train, test = SplitFiles([], []), SplitFiles([], [])
-    for image_id in sorted(paths, key=int):
+    for image_id in sorted(paths):
         if image_id not in labels or image_id not in is_train:
             raise UserError(f"cub2011: image id {image_id} of images.txt has no label or split "
                             f"in {base}")
@@ -146,10 +166,16 @@ def cub2011(root: Path | None, cache_dir: Path, image_size: int = DEFAULT_SIZE) 
 def _mat_split(path: Path) -> tuple[list[str], list[int]]:
     """``file_list`` and 1-based ``labels`` of a Stanford Dogs ``*_list.mat``."""
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
-    mat = loadmat(path)
-    files = [str(np.ravel(entry)[0]) for entry in np.ravel(mat["file_list"])]
-    labels = [int(v) - 1 for v in np.ravel(mat["labels"])]
+    try:
+        mat = loadmat(path)
+        files = [str(np.ravel(entry)[0]) for entry in np.ravel(mat["file_list"])]
+        labels = [int(v) - 1 for v in np.ravel(mat["labels"])]
+    except (MatReadError, OSError, ValueError, TypeError, KeyError, IndexError,
+            NotImplementedError) as e:
+        raise UserError(f"dogs: {path} is not a list of the Stanford Dogs lists.tar "
+                        f"(file_list and labels): {type(e).__name__}") from None
     if len(files) != len(labels):
         raise UserError(f"dogs: {path} has {len(files)} files but {len(labels)} labels")
     return files, labels

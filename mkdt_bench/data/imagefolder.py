@@ -66,6 +66,10 @@ def _class_folders(split_dir: Path) -> list[str]:
                      if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UserError(f"imagefolder: {split_dir} has no class folders ({_LAYOUT})")
+    for name in classes:  # class names are stored in sets and tables, which hold text
+        if not name.isprintable() or name != name.encode("utf-8", "ignore").decode():
+            raise UserError(f"imagefolder: class folder {ascii(name)} in {split_dir} is not "
+                            "a printable UTF-8 name; rename it")
     return classes
 
 

@@ -25,7 +25,10 @@ def tinyimagenet(root: Path | None, cache_dir: Path) -> ImageDataset:
     (default ``cache_dir/data``). Decoded tensors are cached under ``cache_dir``.
     """
     base = _find(Path(root) if root is not None else Path(cache_dir) / "data")
-    classes = sorted(set((base / "wnids.txt").read_text().split()))
+    classes = sorted(set(_read_text(base / "wnids.txt").split()))
+    if len(classes) < 2:
+        raise UserError(f"tinyimagenet: {base / 'wnids.txt'} lists {len(classes)} class(es); "
+                        "a task needs at least 2 (with one, every probe scores 100 %)")
     train = SplitFiles(files=[], labels=[])
     for label, wnid in enumerate(classes):
         folder = base / "train" / wnid / "images"
@@ -55,13 +58,25 @@ def _find(root: Path) -> Path:
     return base
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of one of the lists; a UserError naming it when it is unreadable."""
+    try:
+        if not path.is_file():  # a FIFO would block the read, /dev/zero never end it
+            raise OSError(0, "not a regular file")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise UserError(f"tinyimagenet: {path} cannot be read as UTF-8 text ({reason}; "
+                        f"{_LAYOUT})") from None
+
+
 def _val_files(base: Path, classes: list[str]) -> SplitFiles:
     """Val images (sorted by file name) labelled by ``val/val_annotations.txt``."""
     annotations = base / "val" / "val_annotations.txt"
     label_of = {wnid: i for i, wnid in enumerate(classes)}
     present = {os.path.basename(p) for p in image_files(base / "val" / "images")}
     rows = {}
-    for number, line in enumerate(annotations.read_text().splitlines(), start=1):
+    for number, line in enumerate(_read_text(annotations).splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")

@@ -44,6 +44,10 @@ def matches_published(data: bytes, md5: str) -> bool:
     return hashlib.md5(data, usedforsecurity=False).hexdigest() == md5
 
 
+#: CIFAR's largest python-version file (cifar-100's train) is 155 MB.
+_MAX_BATCH_BYTES = 256 << 20
+
+
 def read_batch(path: Path, md5: str) -> dict[str, Any]:
     """One of CIFAR's python-version files: read once, checked against the ``md5`` torchvision
     lists for it, then unpickled from those same bytes with :class:`_ArrayUnpickler`.
@@ -51,8 +55,11 @@ def read_batch(path: Path, md5: str) -> dict[str, Any]:
     Raises ``OSError`` when the file is absent or unreadable, ``ValueError`` when its checksum
     differs or it holds anything but arrays and plain data.
     """
-    data = path.read_bytes()
-    if not matches_published(data, md5):
+    if not path.is_file():  # a FIFO would block the read, /dev/zero never end it
+        raise OSError(f"{path} is not a regular file")
+    with open(path, "rb") as f:
+        data = f.read(_MAX_BATCH_BYTES + 1)
+    if len(data) > _MAX_BATCH_BYTES or not matches_published(data, md5):
         raise ValueError(f"{path} is not the published file (md5 differs)")
     try:
         out = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()

@@ -194,7 +194,8 @@ def mkdt_teacher(load, tmp: Path, inputs: dict[str, Tensor], out: Path) -> dict[
     with default_dtype(torch.float64), patched(module, "get_dataset", fake_get_dataset(images)), \
             remapped_paths("/home/jennyni", home):
         module.main(args)
-    reps = torch.load(tmp / "reps" / "barlow_twins" / "CIFAR10_target_rep_train.pt")
+    reps = torch.load(tmp / "reps" / "barlow_twins" / "CIFAR10_target_rep_train.pt",
+                      weights_only=True)
     save("teacher.pt", out, {"representations": reps})
     return {"checkpoint_sha256": state_sha256(checkpoint), "dtype": str(reps.dtype)}
 
@@ -224,7 +225,7 @@ def mkdt_experts(load, tmp: Path, inputs: dict[str, Tensor], out: Path) -> list[
                 no_cuda():
             buffer.main(args)
         saved = torch.load(tmp / f"buffers{index}" / "CIFAR10" / "ConvNetW32" /
-                           "replay_buffer_0.pt")
+                           "replay_buffer_0.pt", weights_only=True)
         trajectories.append(torch.stack([flat(snapshot) for snapshot in saved[0]]))
     save("experts.pt", out, {"trajectories": torch.stack(trajectories)})
     return trajectories
@@ -565,7 +566,7 @@ def krrst_schedule(out: Path) -> None:
 
 
 def run_krrst(directory: Path, out: Path) -> dict[str, Any]:
-    inputs = torch.load(out / "inputs.pt")
+    inputs = torch.load(out / "inputs.pt", weights_only=True)
     with reference_modules(directory) as load:
         info = {"param_counts": krrst_param_counts(load)}
         info["outer"] = krrst_outer_steps(load, inputs, out)
