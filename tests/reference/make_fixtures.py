@@ -194,8 +194,8 @@ def mkdt_teacher(load, tmp: Path, inputs: dict[str, Tensor], out: Path) -> dict[
     with default_dtype(torch.float64), patched(module, "get_dataset", fake_get_dataset(images)), \
             remapped_paths("/home/jennyni", home):
         module.main(args)
-    reps = torch.load(tmp / "reps" / "barlow_twins" / "CIFAR10_target_rep_train.pt",
-                      weights_only=True)
+    reps_file = tmp / "reps" / "barlow_twins" / "CIFAR10_target_rep_train.pt"
+    reps = torch.load(reps_file, weights_only=True)
     save("teacher.pt", out, {"representations": reps})
     return {"checkpoint_sha256": state_sha256(checkpoint), "dtype": str(reps.dtype)}
 
@@ -224,8 +224,8 @@ def mkdt_experts(load, tmp: Path, inputs: dict[str, Tensor], out: Path) -> list[
                 patched(buffer, "build_trainset", seeded_trainset), pinned_clock(utils, seed), \
                 no_cuda():
             buffer.main(args)
-        saved = torch.load(tmp / f"buffers{index}" / "CIFAR10" / "ConvNetW32" /
-                           "replay_buffer_0.pt", weights_only=True)
+        buffer_file = tmp / f"buffers{index}" / "CIFAR10" / "ConvNetW32" / "replay_buffer_0.pt"
+        saved = torch.load(buffer_file, weights_only=True)
         trajectories.append(torch.stack([flat(snapshot) for snapshot in saved[0]]))
     save("experts.pt", out, {"trajectories": torch.stack(trajectories)})
     return trajectories
