@@ -31,7 +31,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _csv(kind: type = str):
     def parse(text: str) -> list[Any]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
+        items = [t.strip() for t in text.split(",")]
+        if any(items) and not all(items):  # "0,,1": a value left out, not read as "0,1"
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give the values "
+                                              "separated by single commas (e.g. 0,1,2)")
+        items = [t for t in items if t]
         try:
             return [kind(t) for t in items]
         except ValueError:

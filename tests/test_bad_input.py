@@ -130,6 +130,7 @@ CATALOGUE = [
     ("label fraction above one", lambda d: ["--fractions", "0.01,1.5"], "1.5"),
     ("label fraction not a number", lambda d: ["--fractions", "half"], "'half'"),
     ("empty seed list", lambda d: ["--seeds", ","], "--seeds"),
+    ("seed list with a value left out", lambda d: ["--seeds", "0,,1"], "empty item"),
     ("negative seed", lambda d: ["--seeds=-1"], "-1"),
     ("unknown device", lambda d: ["--device", "tpu"], "'tpu'"),
     ("data root missing", lambda d: ["--dataset", "tinyimagenet", "--data-root",
