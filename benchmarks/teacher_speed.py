@@ -1,10 +1,10 @@
 """Time the teacher's training (spec ``mkdt.md`` §1) over ``--images`` images; print
 JSON with the seconds per batch and the epoch over ``--epoch-images`` images it implies.
 
-One epoch on random uint8 images. ``--kind ssl``: ``mkdt_bench.teacher.train_teacher``,
+One epoch on random uint8 images. ``--kind ssl``: ``mkdt_bench.teachers.ssl.train_teacher``,
 lightly's Barlow Twins views made by the DataLoader (worker processes and pinned memory on
-a GPU, ``mkdt_bench.teacher.loader_options``), the teacher and its projector, SGD.
-``--kind supervised``: ``mkdt_bench.supervised_teacher.train_supervised_teacher`` (the
+a GPU, ``mkdt_bench.teachers.ssl.loader_options``), the teacher and its projector, SGD.
+``--kind supervised``: ``mkdt_bench.teachers.supervised.train_supervised_teacher`` (the
 labelled proxy of ``cifar10-cpu-v2``: crop + flip, cross-entropy, SGD). The time includes
 the loader's start and the epoch's snapshot, as in a real epoch. ``--heap retained`` runs
 it inside ``mkdt_bench.allocator.retained_heap``, as a run does on the CPU; ``default`` in
@@ -31,8 +31,8 @@ from _measure import add_device_arg, device_name, run_measurement, sync
 
 from mkdt_bench.allocator import retained_heap
 from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.supervised_teacher import train_supervised_teacher
-from mkdt_bench.teacher import TEACHER_DEFAULTS, build_teacher, loader_options, train_teacher
+from mkdt_bench.teachers.ssl import TEACHER_DEFAULTS, build_teacher, loader_options, train_teacher
+from mkdt_bench.teachers.supervised import train_supervised_teacher
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Probe a candidate teacher of the ``quick`` preset on a validation split; print JSON.
 
-The teacher (``mkdt_bench.teacher.train_teacher``, the ``quick`` preset's SimCLR recipe
+The teacher (``mkdt_bench.teachers.ssl.train_teacher``, the ``quick`` preset's SimCLR recipe
 with ``--arch`` and ``--epochs``) trains on a seeded ``--train`` of the 1,437 digits
 training images; the linear probe every row gets (``evaluation.md`` A.2,
 ``mkdt_bench.evaluators.linear``) is fitted on 1 % and 5 % of their labels and scored on
@@ -29,7 +29,7 @@ from mkdt_bench.config import build_config
 from mkdt_bench.data import load_dataset
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.evaluators.linear import LinearProbe
-from mkdt_bench.teacher import train_teacher
+from mkdt_bench.teachers.ssl import train_teacher
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,7 +8,8 @@ much of a teacher's or an encoder's training step at batch 256 (``benchmarks/REA
 :func:`retained_heap` turns ``mmap`` off and raises the trim threshold for its duration, so
 freed blocks are reused without faults, then restores glibc's defaults and trims the heap.
 Blocks nest: only the outermost one changes the settings. Every unit of a run on the CPU
-runs inside one (``mkdt_bench/executors.py``). Numerics are untouched. A no-op without glibc.
+runs inside one (``mkdt_bench/pipeline/executors.py``). Numerics are untouched. A no-op
+without glibc.
 """
 
 from __future__ import annotations

@@ -82,8 +82,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _report(p: argparse.ArgumentParser, comparisons: bool = True) -> None:
     """How results are printed (run, eval and table share these)."""
+    from mkdt_bench.report.tables import FORMATS, LAYOUTS
     from mkdt_bench.results import METRICS
-    from mkdt_bench.tables import FORMATS, LAYOUTS
 
     p.add_argument("--format", default="markdown", choices=FORMATS,
                    help="markdown: tables with a caption line each; latex: table floats "
@@ -298,7 +298,7 @@ def report(frame: Any, methods: list[str] | None, args: argparse.Namespace) -> s
     the default layout meets several encoders), the paired differences from a baseline
     (``--paired``), the relative scores (``--relative``) and the budget tables
     (``--budget-table``), in ``--format``; as CSV one tidy table holding all of it."""
-    from mkdt_bench.tables import (
+    from mkdt_bench.report.tables import (
         budget_tables,
         comparison_tables,
         paired_tables,
@@ -443,7 +443,7 @@ def check_executor_args(args: argparse.Namespace) -> None:
         raise UserError(f"--workers {args.workers} needs --executor processes or auto, "
                         f"not {args.executor}")
     if args.executor == "ray":
-        from mkdt_bench.executors import RAY_HINT
+        from mkdt_bench.pipeline.executors import RAY_HINT
 
         try:
             import ray  # noqa: F401 - refused here, before the database is created
@@ -456,7 +456,7 @@ def make_executor(args: argparse.Namespace, env: Any) -> Any:
     computes on the CPU and the usable cores hold two or more workers of ``--threads``
     threads (default 1), else :class:`InProcessExecutor` (Ray tasks get a GPU each when
     they use CUDA)."""
-    from mkdt_bench.executors import InProcessExecutor, ProcessExecutor, RayExecutor
+    from mkdt_bench.pipeline.executors import InProcessExecutor, ProcessExecutor, RayExecutor
     from mkdt_bench.threads import default_threads
 
     check_executor_args(args)
@@ -478,9 +478,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mkdt_bench.config import build_config
     from mkdt_bench.data import no_writes
     from mkdt_bench.data._decode import NotDownloaded
-    from mkdt_bench.dryrun import cost_warning, plan_estimates, render_config, render_plan
-    from mkdt_bench.estimate import CostBook
-    from mkdt_bench.runner import parse_recompute, plan_grid, run_plan
+    from mkdt_bench.pipeline.costs import CostBook
+    from mkdt_bench.pipeline.dryrun import cost_warning, plan_estimates, render_config, render_plan
+    from mkdt_bench.pipeline.runner import parse_recompute, plan_grid, run_plan
     from mkdt_bench.stages.env import Env, cached_dataset, prepare_threads
 
     preset = args.preset or (QUICK if args.dataset is None else None)
@@ -570,8 +570,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mkdt_bench.cache import check_writable
     from mkdt_bench.config import build_config
     from mkdt_bench.distilled import DistilledSet
-    from mkdt_bench.evaluators.pretrain import describe_pretrain
-    from mkdt_bench.runner import check_set_name, plan_external, run_plan
+    from mkdt_bench.pipeline.runner import check_set_name, plan_external, run_plan
+    from mkdt_bench.pretraining import describe_pretrain
     from mkdt_bench.stages.env import Env
 
     directory = Path(args.distilled).expanduser()
@@ -745,7 +745,7 @@ def _selected(frame: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from mkdt_bench.plots import check_figure_out, plot_results
+    from mkdt_bench.report.plots import check_figure_out, plot_results
     from mkdt_bench.results import ResultStore
 
     _, db = _paths(args)
@@ -764,7 +764,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from mkdt_bench.distilled import DistilledSet
-    from mkdt_bench.plots import check_figure_out, find_stored_set, set_title, show_set
+    from mkdt_bench.report.plots import check_figure_out, find_stored_set, set_title, show_set
 
     if (args.directory is None) == (args.method is None):
         raise UserError("show needs a DistilledSet directory or --method (with --seed and, "

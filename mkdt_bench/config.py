@@ -3,7 +3,7 @@
 A resolved config is plain data with five sections::
 
     run        what to run (dataset, methods, budget, archs, fractions, seeds, ...)
-    teacher    SSL teacher (see mkdt_bench.teacher.TEACHER_DEFAULTS)
+    teacher    SSL teacher (see mkdt_bench.teachers.ssl.TEACHER_DEFAULTS)
     pretrain   pre-training on a distilled set (evaluation.md A.1)
     methods    methods.<name>.<option>, validated by each method's ``defaults``; a variant
                ``name[key=value,...]`` of ``run.methods`` gets its resolved options here
@@ -23,9 +23,9 @@ from typing import Any
 
 from mkdt_bench.device import PRECISIONS, check_device_name
 from mkdt_bench.errors import UserError
-from mkdt_bench.evaluators.pretrain import PRETRAIN_BOUNDS, PRETRAIN_DEFAULTS
 from mkdt_bench.options import SEED_MAX, Each, Interval, check_bounds, resolve_options
-from mkdt_bench.teacher import TEACHER_BOUNDS, TEACHER_CHOICES, TEACHER_DEFAULTS
+from mkdt_bench.pretraining import PRETRAIN_BOUNDS, PRETRAIN_DEFAULTS
+from mkdt_bench.teachers.ssl import TEACHER_BOUNDS, TEACHER_CHOICES, TEACHER_DEFAULTS
 from mkdt_bench.variants import canonical_label, parse_label, parse_value
 
 RUN_DEFAULTS: dict[str, Any] = {

@@ -7,7 +7,7 @@ and peak memory. ``--no-progress`` silences both; messages (failed cells and uni
 warnings) always reach stderr.
 
 The grid's ETA is weighed by cost: each step counts with its estimated seconds
-(:mod:`mkdt_bench.estimate`), scaled by how the steps finished so far compare with their
+(:mod:`mkdt_bench.pipeline.costs`), scaled by how the steps finished so far compare with their
 estimates; a step without an estimate counts as the mean of the finished steps of its
 kind, and as unknown ("+N unmeasured") before one of them finished.
 """

@@ -3,8 +3,8 @@
 A row is (dataset, method, budget, arch, evaluator, task, fraction, seed) plus the hash of
 the resolved config, with the accuracy, the resolved config, package versions, device and
 wall time per stage. Rows are keyed by ``cell_key`` (a hash of all of that), so a rerun of
-the same grid finds the cells it already has. :mod:`mkdt_bench.summary` and
-:mod:`mkdt_bench.tables` turn them into tables.
+the same grid finds the cells it already has. :mod:`mkdt_bench.report.summary` and
+:mod:`mkdt_bench.report.tables` turn them into tables.
 
 Finished rows are never lost (issue 29, section 3): rows the database cannot take (locked
 past the busy timeout, read-only, full disk, a value SQLite cannot hold) are kept in a

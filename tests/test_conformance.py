@@ -47,11 +47,11 @@ from reference.common import (
 )
 from torch import Tensor, nn
 
+from mkdt_bench import pretraining as pretrain_module
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.evaluators import _lbfgs
-from mkdt_bench.evaluators import pretrain as pretrain_module
 from mkdt_bench.evaluators.base import extract_features, labelled_subset
 from mkdt_bench.evaluators.linear import LinearProbe, train_mode_features
 from mkdt_bench.methods import _experts as E
@@ -61,7 +61,7 @@ from mkdt_bench.methods.base import MethodContext
 from mkdt_bench.methods.krrst import KRRST, ModelPool, outer_lr_at
 from mkdt_bench.methods.mkdt import MKDT
 from mkdt_bench.models import create_model
-from mkdt_bench.teacher import encode, load_teacher_checkpoint
+from mkdt_bench.teachers.ssl import encode, load_teacher_checkpoint
 
 CPU = torch.device("cpu")
 SETTINGS = load_settings()

@@ -17,12 +17,12 @@ from mkdt_bench.methods._coreset import proportional_counts
 from mkdt_bench.methods.herding import herd
 from mkdt_bench.methods.kcenter import k_center_greedy
 from mkdt_bench.methods.kmeans import nearest_distinct
+from mkdt_bench.pipeline.runner import plan_grid, run_grid
+from mkdt_bench.report.tables import comparison_tables, tidy_table
 from mkdt_bench.results import ResultStore
-from mkdt_bench.runner import plan_grid, run_grid
 from mkdt_bench.stages.distill import method_context, pool_indices
 from mkdt_bench.stages.env import Env
 from mkdt_bench.stages.teacher import run_teacher
-from mkdt_bench.tables import comparison_tables, tidy_table
 
 COVERAGE = ("kmeans", "kcenter", "herding")
 

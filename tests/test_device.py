@@ -29,13 +29,13 @@ from mkdt_bench.data import load_dataset
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import create_evaluator
-from mkdt_bench.evaluators.pretrain import PRETRAIN_DEFAULTS, pretrain_encoder
-from mkdt_bench.executors import task_device
 from mkdt_bench.memory import PeakMemory
 from mkdt_bench.methods import MethodContext, create_method
 from mkdt_bench.models import create_model
+from mkdt_bench.pipeline.executors import task_device
+from mkdt_bench.pretraining import PRETRAIN_DEFAULTS, pretrain_encoder
 from mkdt_bench.standin import device_standin
-from mkdt_bench.teacher import TEACHER_DEFAULTS, build_teacher, encode, train_teacher
+from mkdt_bench.teachers.ssl import TEACHER_DEFAULTS, build_teacher, encode, train_teacher
 
 pytestmark = pytest.mark.filterwarnings(  # loading a state into meta modules copies nothing
     "ignore:for .*copying from a non-meta parameter:UserWarning")
@@ -352,8 +352,8 @@ def test_grid_on_the_device(tmp_path):
     """Every stage of a grid (teacher, experts, MKDT, KRR-ST, pre-training, evaluators)
     on the stand-in, through the planner and the in-process executor."""
     from mkdt_bench.config import build_config
+    from mkdt_bench.pipeline.runner import run_grid
     from mkdt_bench.results import ResultStore
-    from mkdt_bench.runner import run_grid
     from mkdt_bench.stages.env import Env
 
     overrides = ["teacher.arch='convnet:width=8'", "teacher.epochs=1", "teacher.proj_dim=16",
@@ -510,8 +510,8 @@ def test_rows_record_the_resolved_device_and_the_settings(tmp_path):
     import json
 
     from mkdt_bench.config import build_config
+    from mkdt_bench.pipeline.runner import run_grid
     from mkdt_bench.results import ResultStore
-    from mkdt_bench.runner import run_grid
     from mkdt_bench.stages.env import Env
 
     cfg = build_config(flags={"methods": ["none"], "seeds": [0], "fractions": [0.05],

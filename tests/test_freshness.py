@@ -17,8 +17,8 @@ from mkdt_bench.config import build_config
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import EVALUATORS
 from mkdt_bench.methods import METHODS
+from mkdt_bench.pipeline.runner import Recompute, parse_recompute, plan_grid, run_grid, run_plan
 from mkdt_bench.results import ResultStore
-from mkdt_bench.runner import Recompute, parse_recompute, plan_grid, run_grid, run_plan
 from mkdt_bench.stages.distill import run_distill
 from mkdt_bench.stages.env import Env
 

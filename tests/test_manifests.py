@@ -260,7 +260,7 @@ def test_a_producer_that_writes_a_sub_folder_is_refused(tmp_path):
 
 def test_show_leaves_out_a_corrupt_stored_set(tmp_path):
     from mkdt_bench.distilled import DistilledSet
-    from mkdt_bench.plots import find_stored_set
+    from mkdt_bench.report.plots import find_stored_set
 
     cache = ArtifactCache(tmp_path)
     keys = []

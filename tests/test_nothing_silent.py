@@ -18,12 +18,12 @@ from mkdt_bench.data import load_dataset
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import EVALUATORS
-from mkdt_bench.evaluators.pretrain import PRETRAIN_BOUNDS, PRETRAIN_DEFAULTS
 from mkdt_bench.methods import METHODS
 from mkdt_bench.options import SEED_MAX, Each, Interval, check_bounds
-from mkdt_bench.runner import check_set_name
+from mkdt_bench.pipeline.runner import check_set_name
+from mkdt_bench.pretraining import PRETRAIN_BOUNDS, PRETRAIN_DEFAULTS
 from mkdt_bench.seeding import seed_everything
-from mkdt_bench.teacher import TEACHER_BOUNDS, TEACHER_DEFAULTS
+from mkdt_bench.teachers.ssl import TEACHER_BOUNDS, TEACHER_DEFAULTS
 
 FAST = ["--set", "teacher.arch=convnet", "--set", "teacher.epochs=1", "--set",
         "teacher.proj_dim=32", "--no-progress"]
@@ -204,8 +204,8 @@ def test_eval_names_that_tables_would_read_as_another_row_are_refused(name):
 def test_sizes_the_data_cannot_give_are_refused_while_planning(tmp_path, override, message):
     """A pool or teacher subset beyond the training set would silently mean all of it; a
     fraction of one labelled image scores one class whatever the encoder."""
+    from mkdt_bench.pipeline.runner import plan_grid
     from mkdt_bench.results import ResultStore
-    from mkdt_bench.runner import plan_grid
     from mkdt_bench.stages.env import Env
 
     env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)

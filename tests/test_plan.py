@@ -14,10 +14,10 @@ from test_bad_input import image_tree
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.cli import main
 from mkdt_bench.config import build_config
-from mkdt_bench.dryrun import WARN_SECONDS, cost_warning, render_config
-from mkdt_bench.estimate import Estimate
+from mkdt_bench.pipeline.costs import Estimate
+from mkdt_bench.pipeline.dryrun import WARN_SECONDS, cost_warning, render_config
+from mkdt_bench.pipeline.runner import CACHED, TEACHER, TO_COMPUTE, plan_grid
 from mkdt_bench.results import ResultStore
-from mkdt_bench.runner import CACHED, TEACHER, TO_COMPUTE, plan_grid
 from mkdt_bench.stages.env import Env
 
 TINY = ["--threads", "1", "--methods", "random,none", "--fractions", "5%",
@@ -120,7 +120,7 @@ def test_dry_run_warns_when_the_teacher_takes_hours(tmp_path, capsys):
 
 
 def test_a_run_warns_before_its_work(tmp_path, capsys, monkeypatch):
-    import mkdt_bench.runner as runner
+    import mkdt_bench.pipeline.runner as runner
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -6,7 +6,7 @@ import torch
 
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.evaluators.pretrain import PRETRAIN_DEFAULTS, pretrain_encoder
+from mkdt_bench.pretraining import PRETRAIN_DEFAULTS, pretrain_encoder
 from mkdt_bench.stages.pretrain import encoder_key
 
 

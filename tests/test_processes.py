@@ -16,9 +16,9 @@ import pytest
 from mkdt_bench.cli import make_executor
 from mkdt_bench.config import build_config
 from mkdt_bench.errors import UserError
-from mkdt_bench.executors import InProcessExecutor, ProcessExecutor, Task
+from mkdt_bench.pipeline.executors import InProcessExecutor, ProcessExecutor, Task
+from mkdt_bench.pipeline.runner import run_grid
 from mkdt_bench.results import ResultStore
-from mkdt_bench.runner import run_grid
 from mkdt_bench.stages.env import Env, prepare_threads
 
 OVERRIDES = ["teacher.arch=convnet", "teacher.epochs=1", "teacher.proj_dim=64",

@@ -25,9 +25,9 @@ from mkdt_bench.config import (
     parse_override,
     validate,
 )
-from mkdt_bench.dryrun import render_config
 from mkdt_bench.errors import UserError
 from mkdt_bench.options import SEED_MAX, resolve_options
+from mkdt_bench.pipeline.dryrun import render_config
 from mkdt_bench.variants import canonical_label, parse_label, parse_value, split_methods
 
 FEW = settings(max_examples=150, deadline=None, derandomize=True)

@@ -14,12 +14,12 @@ from mkdt_bench.config import build_config
 from mkdt_bench.data import load_dataset
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-from mkdt_bench.evaluators.pretrain import PRETRAIN_DEFAULTS, pretrain_encoder, raw_uint8
 from mkdt_bench.methods import MethodContext, create_method
+from mkdt_bench.pipeline.runner import plan_grid, run_grid
+from mkdt_bench.pretraining import PRETRAIN_DEFAULTS, pretrain_encoder, raw_uint8
+from mkdt_bench.report.summary import pretraining_note
 from mkdt_bench.results import ResultStore
-from mkdt_bench.runner import plan_grid, run_grid
 from mkdt_bench.stages.env import Env
-from mkdt_bench.summary import pretraining_note
 
 RECIPE = {"ssl": "simclr", "proj_dim": 16, "bt_lambda": 5e-3, "temperature": 0.5,
           "min_scale": 0.3, "cj_strength": 0.5, "gaussian_blur": 0.0, "hf_prob": 0.0}

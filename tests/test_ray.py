@@ -18,7 +18,7 @@ import pytest
 
 from mkdt_bench.config import build_config
 from mkdt_bench.errors import UserError
-from mkdt_bench.executors import (
+from mkdt_bench.pipeline.executors import (
     RAY_HINT,
     InProcessExecutor,
     RayExecutor,
@@ -26,8 +26,8 @@ from mkdt_bench.executors import (
     WorkerLost,
     map_units,
 )
+from mkdt_bench.pipeline.runner import run_grid
 from mkdt_bench.results import ResultStore
-from mkdt_bench.runner import run_grid
 from mkdt_bench.stages.env import Env
 from mkdt_bench.stages.evaluate import EvalUnit, run_eval
 

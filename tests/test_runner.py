@@ -12,8 +12,8 @@ from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.config import build_config
 from mkdt_bench.data import load_dataset
 from mkdt_bench.distilled import DistilledSet
+from mkdt_bench.pipeline.runner import plan_grid, run_grid
 from mkdt_bench.results import ResultStore
-from mkdt_bench.runner import plan_grid, run_grid
 from mkdt_bench.stages.distill import pool_indices
 from mkdt_bench.stages.env import Env
 
@@ -208,8 +208,8 @@ def test_a_cell_another_run_stored_after_planning_is_not_computed_again(tmp_path
     from dataclasses import replace
 
     from mkdt_bench.evaluators.linear import LinearProbe
+    from mkdt_bench.pipeline.runner import run_plan
     from mkdt_bench.results import ResultRow
-    from mkdt_bench.runner import run_plan
 
     cfg = build_config(flags={"methods": ["random"], "seeds": [0], "fractions": [0.01, 0.05],
                               "teacher_row": False}, overrides=FAST[:5])

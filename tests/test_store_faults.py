@@ -172,7 +172,7 @@ class _BrokenConnection(_FailingConnection):
 
 
 def test_the_run_table_comes_from_memory_when_the_database_cannot_be_read(tmp_path):
-    from mkdt_bench.runner import Plan, _plan_rows
+    from mkdt_bench.pipeline.runner import Plan, _plan_rows
 
     store = ResultStore(tmp_path / "r.sqlite")
     computed = [row("a"), row("b", seed=1)]

@@ -12,14 +12,13 @@ import pytest
 
 from mkdt_bench.cli import main
 from mkdt_bench.errors import UserError
-from mkdt_bench.results import ResultRow, ResultStore
-from mkdt_bench.summary import (
+from mkdt_bench.report.summary import (
     cell_groups,
     confidence_interval,
     fieller_interval,
     teacher_description,
 )
-from mkdt_bench.tables import (
+from mkdt_bench.report.tables import (
     budget_tables,
     comparison_tables,
     paired_tables,
@@ -27,6 +26,7 @@ from mkdt_bench.tables import (
     render,
     tidy_table,
 )
+from mkdt_bench.results import ResultRow, ResultStore
 
 TEACHER = {"arch": "resnet10", "ssl": "simclr", "epochs": 20, "train_images": 0,
            "checkpoint": ""}

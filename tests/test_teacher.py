@@ -9,7 +9,7 @@ from torch import nn
 
 from mkdt_bench.data import load_dataset
 from mkdt_bench.errors import UserError
-from mkdt_bench.teacher import TEACHER_DEFAULTS, encode, load_teacher_checkpoint, train_teacher
+from mkdt_bench.teachers.ssl import TEACHER_DEFAULTS, encode, load_teacher_checkpoint, train_teacher
 
 CPU = torch.device("cpu")
 SMALL = dict(TEACHER_DEFAULTS, arch="convnet", epochs=2, batch_size=128, proj_dim=64,
@@ -40,7 +40,7 @@ def test_teacher_trains_and_encodes_deterministically(digits, tmp_path, ssl):
 
 def test_teacher_resumes_to_identical_weights(digits, tmp_path, monkeypatch):
     """Interrupted after its first epoch's snapshot, a rerun ends with the same weights."""
-    import mkdt_bench.teacher as teacher_mod
+    import mkdt_bench.teachers.ssl as teacher_mod
 
     full = train_teacher(digits, SMALL, tmp_path / "full", CPU)
 

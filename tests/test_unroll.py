@@ -147,7 +147,7 @@ def _in_retained_heap(unit, env):
 def test_every_cpu_unit_runs_in_the_retained_heap(tmp_path):
     from dataclasses import replace
 
-    from mkdt_bench.executors import InProcessExecutor, map_units
+    from mkdt_bench.pipeline.executors import InProcessExecutor, map_units
     from mkdt_bench.stages.env import Env
 
     env = Env(cache_dir=str(tmp_path), data_root="", device="cpu")

@@ -42,13 +42,13 @@ from mkdt_bench.seeding import rng_state, seed_everything, set_rng_state
 from mkdt_bench.stages.distill import MethodInputs, method_context
 from mkdt_bench.stages.env import Env
 from mkdt_bench.stages.teacher import load_teacher
-from mkdt_bench.supervised_teacher import train_supervised_teacher
-from mkdt_bench.teacher import (
+from mkdt_bench.teachers.ssl import (
     TEACHER_DEFAULTS,
     build_teacher,
     load_teacher_checkpoint,
     train_teacher,
 )
+from mkdt_bench.teachers.supervised import train_supervised_teacher
 
 CPU = torch.device("cpu")
 PACKAGE = Path(__file__).resolve().parents[1] / "mkdt_bench"

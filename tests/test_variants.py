@@ -8,10 +8,10 @@ from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.config import build_config
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
+from mkdt_bench.pipeline.runner import plan_grid, run_grid
+from mkdt_bench.report.tables import comparison_tables, paired_tables
 from mkdt_bench.results import ResultStore
-from mkdt_bench.runner import plan_grid, run_grid
 from mkdt_bench.stages.env import Env
-from mkdt_bench.tables import comparison_tables, paired_tables
 from mkdt_bench.variants import canonical_label, parse_label, split_methods, split_variant
 
 FAST = ["teacher.arch='convnet:width=16'", "teacher.epochs=1", "teacher.proj_dim=32",

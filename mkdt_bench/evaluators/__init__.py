@@ -1,4 +1,4 @@
-"""Evaluators: pre-training on a DistilledSet (:mod:`.pretrain`) and downstream protocols.
+"""Evaluators: the downstream protocols that score a pre-trained encoder.
 
 Downstream protocols are registered by name (``linear``, ...); plug-ins use the
 ``mkdt_bench.evaluators`` entry-point group.

@@ -44,7 +44,7 @@ from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.options import Interval
 from mkdt_bench.safeload import check_ints, check_optimizer, check_progress, check_rows, resume
 from mkdt_bench.seeding import rng_state, set_rng_state
-from mkdt_bench.teacher import encode
+from mkdt_bench.teachers.ssl import encode
 
 SNAPSHOT_FILE = "dm_state.pt"
 #: The parts of a resume snapshot and their types (tensors and plain data only).

@@ -4,7 +4,7 @@ The row that asks whether distillation beats plain self-supervised learning on t
 images: the same uniformly random real images as ``random`` (same seed, same indices), but
 no teacher targets. The set carries an SSL recipe instead (``DistilledSet.ssl_recipe``), and
 pre-training trains the encoder with lightly's loss and projection head on two augmented
-views of each image (``evaluators/pretrain.py``), under the grid's ``[pretrain]`` optimiser,
+views of each image (``pretraining.py``), under the grid's ``[pretrain]`` optimiser,
 epochs and batch size, so that it takes as many steps as a target set of its size.
 """
 
@@ -17,7 +17,7 @@ import torch
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.methods import register_method
 from mkdt_bench.methods.base import Method, MethodContext
-from mkdt_bench.teacher import TEACHER_BOUNDS, TEACHER_CHOICES, TEACHER_DEFAULTS
+from mkdt_bench.teachers.ssl import TEACHER_BOUNDS, TEACHER_CHOICES, TEACHER_DEFAULTS
 
 #: The SSL recipe: the ``[teacher]`` keys of the loss, projection head and views.
 RECIPE_KEYS = ("ssl", "proj_dim", "bt_lambda", "temperature", "min_scale", "cj_strength",

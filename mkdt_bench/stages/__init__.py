@@ -6,5 +6,5 @@
     pretrain  a fresh encoder pre-trained on a DistilledSet
     evaluate  an encoder's downstream cells -> result rows
 
-:mod:`mkdt_bench.runner` plans a grid from them and hands the units to an executor.
+:mod:`mkdt_bench.pipeline.runner` plans a grid from them and hands the units to an executor.
 """

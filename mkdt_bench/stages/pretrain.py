@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from mkdt_bench.cache import ArtifactCache, atomic_torch_save
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.evaluators.pretrain import build_encoder, pretrain_encoder, pretrain_key
 from mkdt_bench.models import Encoder
+from mkdt_bench.pretraining import build_encoder, pretrain_encoder, pretrain_key
 from mkdt_bench.safeload import load_weights
 from mkdt_bench.stages.env import Env, prepare_process
 

@@ -17,8 +17,8 @@ from mkdt_bench.models import Encoder
 from mkdt_bench.progress import Progress
 from mkdt_bench.safeload import load_weights
 from mkdt_bench.stages.env import Env, cached_dataset, normalized_train, prepare_process
-from mkdt_bench.supervised_teacher import train_supervised_teacher
-from mkdt_bench.teacher import build_teacher, encode, load_teacher_checkpoint, train_teacher
+from mkdt_bench.teachers.ssl import build_teacher, encode, load_teacher_checkpoint, train_teacher
+from mkdt_bench.teachers.supervised import train_supervised_teacher
 
 
 def teacher_key(cfg: dict[str, Any], dataset: ImageDataset) -> str:

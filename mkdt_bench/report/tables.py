@@ -1,7 +1,7 @@
 """Tables of stored results, each with a caption saying what it shows, as markdown,
 LaTeX (booktabs, ``\\caption``) or one tidy CSV.
 
-Every number comes from :func:`mkdt_bench.summary.cell_groups`; a table splits the
+Every number comes from :func:`mkdt_bench.report.summary.cell_groups`; a table splits the
 groups by whatever its rows and columns do not show (source, teacher, budget, and the
 encoder or evaluator where the layout holds one), so no cell pools different set-ups.
 """
@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mkdt_bench.errors import UserError
-from mkdt_bench.results import FLOOR_ROW, OK, TEACHER_ROW
-from mkdt_bench.summary import (
+from mkdt_bench.report.summary import (
     COSTS,
     GROUP,
     cell_groups,
@@ -31,6 +30,7 @@ from mkdt_bench.summary import (
     short_task_name,
     significantly_best,
 )
+from mkdt_bench.results import FLOOR_ROW, OK, TEACHER_ROW
 
 #: Table layouts: ``default`` (one table per source, teacher and budget; encoder and
 #: evaluator in the labels when several), ``paper`` (rows = pre-training set "method
@@ -310,7 +310,7 @@ def paired_tables(frame: pd.DataFrame, baseline: str, method_order: list[str] | 
 def relative_tables(frame: pd.DataFrame, method_order: list[str] | None = None,
                     metric: str = "accuracy") -> list[Table]:
     """Each set's gain over ``random`` as a share of ``full`` - ``random`` on the same
-    seeds (:func:`mkdt_bench.summary.relative_scores`): ``+42.1 % [+18.0, +66.3] (n=5)``,
+    seeds (:func:`mkdt_bench.report.summary.relative_scores`): ``+42.1 % [+18.0, +66.3] (n=5)``,
     one table per source, teacher and budget."""
     scores = relative_scores(frame, metric=metric)
     if scores.empty:

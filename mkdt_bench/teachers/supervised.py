@@ -27,7 +27,7 @@ from mkdt_bench.models import Encoder
 from mkdt_bench.progress import Progress
 from mkdt_bench.safeload import resume
 from mkdt_bench.seeding import seed_everything
-from mkdt_bench.teacher import SNAPSHOT_KEYS, EpochState
+from mkdt_bench.teachers.ssl import SNAPSHOT_KEYS, EpochState
 from mkdt_bench.training import checked_step
 
 #: Padding of the random crop (the usual CIFAR recipe).

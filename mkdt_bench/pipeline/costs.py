@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import torch
 
     from mkdt_bench.data import ImageDataset
-    from mkdt_bench.runner import Step
+    from mkdt_bench.pipeline.runner import Step
 
 #: Config keys that tell like units of the same work apart without changing their cost.
 SEED_KEYS = ("seed", "index")
@@ -207,7 +207,7 @@ def rough_teacher(teacher: dict[str, Any], dataset: ImageDataset, device: torch.
     the side of silence. The global random state is left as it was."""
     import torch
 
-    from mkdt_bench.teacher import build_teacher
+    from mkdt_bench.teachers.ssl import build_teacher
 
     if teacher["checkpoint"]:
         return Estimate(None, basis="loaded from a checkpoint; not estimated")

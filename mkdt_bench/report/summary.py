@@ -21,9 +21,9 @@ import pandas as pd
 
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import EVALUATORS
-from mkdt_bench.evaluators.pretrain import COMPATIBLE_DEFAULTS as PRETRAIN_COMPATIBLE
-from mkdt_bench.evaluators.pretrain import describe_pretrain
 from mkdt_bench.methods import METHODS
+from mkdt_bench.pretraining import COMPATIBLE_DEFAULTS as PRETRAIN_COMPATIBLE
+from mkdt_bench.pretraining import describe_pretrain
 from mkdt_bench.registry import Registry
 from mkdt_bench.results import FAILED, FLOOR_ROW, METRICS, MISSING, OK, TEACHER_ROW
 from mkdt_bench.variants import split_variant

@@ -1,6 +1,6 @@
 """Figures from stored results (``mkdt-bench plot``) and of distilled sets (``show``).
 
-A figure never pools cell groups (:mod:`mkdt_bench.summary`): there is one per source,
+A figure never pools cell groups (:mod:`mkdt_bench.report.summary`): there is one per source,
 teacher, budget, encoder, evaluator and task (accuracy versus label fraction), and one
 per source, teacher, encoder, evaluator, task and label fraction when several budgets
 are stored (accuracy versus set size). Each says all of that in its title. An ablation
@@ -24,8 +24,8 @@ from torchvision.utils import make_grid
 
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
+from mkdt_bench.report.summary import cell_groups, differences, metric_name, short_task_name
 from mkdt_bench.results import FLOOR_ROW, OK, TEACHER_ROW
-from mkdt_bench.summary import cell_groups, differences, metric_name, short_task_name
 from mkdt_bench.variants import parse_label
 
 #: Figure file types (by the extension of ``--out`` or ``--format``); PNGs at :data:`DPI`.

@@ -29,7 +29,7 @@ from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.options import Interval
 from mkdt_bench.seeding import seed_everything
-from mkdt_bench.teacher import UnlabelledViews, ssl_parts
+from mkdt_bench.teachers.ssl import UnlabelledViews, ssl_parts
 from mkdt_bench.training import checked_step
 
 #: ``[pretrain]`` options.

@@ -1,6 +1,6 @@
 """What ``mkdt-bench run --dry-run`` prints, and the warning before a run that would take
 hours: the resolved configuration, the plan's steps with what each needs and its
-estimated cost (:mod:`mkdt_bench.estimate`), and the total."""
+estimated cost (:mod:`mkdt_bench.pipeline.costs`), and the total."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import re
 from typing import Any
 
-from mkdt_bench.estimate import ROUGH, CostBook, Estimate, rough_teacher, total
+from mkdt_bench.pipeline.costs import ROUGH, CostBook, Estimate, rough_teacher, total
+from mkdt_bench.pipeline.runner import TEACHER, TO_COMPUTE, Plan, Step
 from mkdt_bench.progress import duration
-from mkdt_bench.runner import TEACHER, TO_COMPUTE, Plan, Step
 
 #: A run estimated above this many seconds is announced with a warning before it starts.
 WARN_SECONDS = 3 * 3600

@@ -6,7 +6,7 @@
 
 Units are self-contained: their inputs are named by cache keys and their outputs are
 cache artifacts or result rows, so an :class:`Executor` can run them anywhere that sees
-the cache directory (see :mod:`mkdt_bench.executors`). Dependencies follow the cache
+the cache directory (see :mod:`mkdt_bench.pipeline.executors`). Dependencies follow the cache
 keys: a distillation waits for its method's sub-units (e.g. expert trajectories), a
 pre-training for its distilled set, a cell for its encoder; only this process writes rows.
 """
@@ -35,7 +35,10 @@ from mkdt_bench.config import resolve_budget
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.distilled import DistilledSet, check_compatible
 from mkdt_bench.errors import UserError
-from mkdt_bench.estimate import (
+from mkdt_bench.evaluators import EVALUATORS
+from mkdt_bench.methods import METHODS, create_method
+from mkdt_bench.methods.imported import check_not_empty
+from mkdt_bench.pipeline.costs import (
     CostBook,
     Estimate,
     cell_signature,
@@ -45,12 +48,10 @@ from mkdt_bench.estimate import (
     substage_signature,
     teacher_signature,
 )
-from mkdt_bench.evaluators import EVALUATORS
-from mkdt_bench.evaluators.pretrain import pretrain_key
-from mkdt_bench.executors import Executor, InProcessExecutor, Task
-from mkdt_bench.methods import METHODS, create_method
-from mkdt_bench.methods.imported import check_not_empty
+from mkdt_bench.pipeline.executors import Executor, InProcessExecutor, Task
+from mkdt_bench.pretraining import pretrain_key
 from mkdt_bench.progress import GridTask, Measured, Progress
+from mkdt_bench.report.summary import short_task_name
 from mkdt_bench.results import (
     FAILED,
     STORE_ERRORS,
@@ -82,7 +83,6 @@ from mkdt_bench.stages.teacher import (
     run_teacher,
     teacher_key,
 )
-from mkdt_bench.summary import short_task_name
 from mkdt_bench.variants import parse_label
 
 #: Task key of the teacher (and its representations), the grid's first task.
@@ -99,7 +99,7 @@ TO_COMPUTE, CACHED, NOT_NEEDED, NO_DATA = "to compute", "cached", "not needed", 
 class Step:
     """One piece of a grid's work as planned: an artifact or a cell, what it needs
     (``status``), the executor task that computes it, and what its cost is matched on
-    (:mod:`mkdt_bench.estimate`): ``like`` (manifests of the same stage and config, seed
+    (:mod:`mkdt_bench.pipeline.costs`): ``like`` (manifests of the same stage and config, seed
     aside), ``peers`` (artifacts of the same work, e.g. the other expert trajectories of
     a method) and ``signature`` (result rows of the same configuration)."""
 
@@ -521,7 +521,7 @@ def run_plan(plan: Plan, env: Env, store: ResultStore, executor: Executor | None
     ``store.unstored`` says which are left unstored (issue 29, section 3).
 
     Progress is weighed by each step's estimated cost (``estimates``, by default what the
-    cache and the database measured; :mod:`mkdt_bench.estimate`): bars on a terminal, else
+    cache and the database measured; :mod:`mkdt_bench.pipeline.costs`): bars on a terminal, else
     one line per finished step."""
     executor = executor or InProcessExecutor()
     env = executor.device_env(env)

@@ -1,0 +1,1 @@
+"""Reading results back: row facets, statistics, tables in every format, figures."""

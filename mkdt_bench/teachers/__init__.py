@@ -1,0 +1,1 @@
+"""The teacher: the encoder whose representations the methods distil."""
