@@ -39,7 +39,7 @@ from mkdt_bench.allocator import retained_heap
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.device import resident
 from mkdt_bench.methods import MethodContext, create_method
-from mkdt_bench.teachers.ssl import build_teacher
+from mkdt_bench.teachers.encoder import build_teacher
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,12 +1,13 @@
 """Time the teacher's training (spec ``mkdt.md`` §1) over ``--images`` images; print
 JSON with the seconds per batch and the epoch over ``--epoch-images`` images it implies.
 
-One epoch on random uint8 images. ``--kind ssl``: ``mkdt_bench.teachers.ssl.train_teacher``,
-lightly's Barlow Twins views made by the DataLoader (worker processes and pinned memory on
-a GPU, ``mkdt_bench.teachers.ssl.loader_options``), the teacher and its projector, SGD.
-``--kind supervised``: ``mkdt_bench.teachers.supervised.train_supervised_teacher`` (the
-labelled proxy of ``cifar10-cpu-v2``: crop + flip, cross-entropy, SGD). The time includes
-the loader's start and the epoch's snapshot, as in a real epoch. ``--heap retained`` runs
+One epoch on random uint8 images, made by the teacher kind ``--kind`` of
+``mkdt_bench.teachers.TEACHERS`` as the teacher stage makes it. ``ssl``: lightly's Barlow Twins
+views made by the DataLoader (worker processes and pinned memory on a GPU,
+``mkdt_bench.teachers.training.loader_options``), the teacher and its projector, SGD.
+``supervised``: the labelled proxy of ``cifar10-cpu-v2`` (crop + flip, cross-entropy, SGD).
+The time includes building the encoder, the loader's start and the epoch's snapshot, as in a
+real epoch. ``--heap retained`` runs
 it inside ``mkdt_bench.allocator.retained_heap``, as a run does on the CPU; ``default`` in
 glibc's default heap.
 
@@ -31,8 +32,9 @@ from _measure import add_device_arg, device_name, run_measurement, sync
 
 from mkdt_bench.allocator import retained_heap
 from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.teachers.ssl import TEACHER_DEFAULTS, build_teacher, loader_options, train_teacher
-from mkdt_bench.teachers.supervised import train_supervised_teacher
+from mkdt_bench.progress import Progress
+from mkdt_bench.teachers import TEACHER_CHOICES, TEACHER_DEFAULTS, teacher_kind
+from mkdt_bench.teachers.training import loader_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=32, help="image side in pixels")
     p.add_argument("--epoch-images", type=int, default=50_000,
                    help="images of the epoch to estimate (CIFAR: 50,000)")
-    p.add_argument("--kind", default="ssl", choices=("ssl", "supervised"), help="teacher.kind")
+    p.add_argument("--kind", default="ssl", choices=TEACHER_CHOICES["kind"], help="teacher.kind")
     p.add_argument("--heap", default="retained", choices=("retained", "default"),
                    help="glibc heap on the CPU: retained (as a run) or glibc's default")
     add_device_arg(p)
@@ -62,20 +64,16 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     labels = torch.randint(10, (args.images,), generator=g)
     dataset = ImageDataset("random", images, labels, images[:1], labels[:1],
                            [str(c) for c in range(10)], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    cfg = dict(TEACHER_DEFAULTS, arch=args.arch, epochs=1, batch_size=args.batch,
-               proj_dim=args.proj_dim)
+    cfg = dict(TEACHER_DEFAULTS, kind=args.kind, arch=args.arch, epochs=1,
+               batch_size=args.batch, proj_dim=args.proj_dim)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     heap = retained_heap(args.heap == "retained" and device.type == "cpu")
     with tempfile.TemporaryDirectory() as scratch, heap:
-        model = build_teacher(args.arch, dataset) if args.kind == "supervised" else None
         sync(device)
         start = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_SELF)
-        if args.kind == "supervised":
-            train_supervised_teacher(dataset, cfg, model, Path(scratch), device)
-        else:
-            train_teacher(dataset, cfg, Path(scratch), device)
+        teacher_kind(cfg).make(dataset, cfg, Path(scratch), device, Progress(False))
         sync(device)
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF)

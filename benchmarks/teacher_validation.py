@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     data = validation_split(args.train, args.split_seed)
     cfg = build_config("quick", {}, [f"teacher.arch={args.arch!r}",
-                                     f"teacher.epochs={args.epochs}"])["teacher"]
+                                     f"teacher.epochs={args.epochs}"]).to_dict()["teacher"]
     with tempfile.TemporaryDirectory() as scratch, retained_heap():
         start = time.perf_counter()
         teacher = train_teacher(data, cfg, Path(scratch), torch.device("cpu"))

@@ -38,6 +38,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from filelock import FileLock
 
 from mkdt_bench.errors import UserError
 from mkdt_bench.memory import PeakMemory
+from mkdt_bench.rows import ArtifactRef
 
 MANIFEST = "manifest.json"
 #: Suffix of a temporary file or directory (its name also starts with a dot).
@@ -175,8 +177,51 @@ def bad_file_name(name: Any) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """An artifact's manifest (``manifest.json``), as :func:`read_manifest` validated it:
+    what the cache records for every artifact (its stage and key, when it was published,
+    every file with its sha256, the config and input keys that name it, the ``created``
+    stamps of the artifacts it was computed from, the wall time and peak memory of the
+    computation), and ``extra``, the metadata its producer returned (e.g. ``steps``,
+    ``num_images``, ``imported_from``). ``built_from`` is None for an artifact from before
+    stamps were recorded."""
+
+    stage: str
+    key: str
+    created: float
+    files: dict[str, str]
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    built_from: dict[str, float] | None = None
+    seconds: float | None = None
+    peak_rss_mib: float | None = None
+    peak_cuda_mib: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def peak_mib(self) -> float | None:
+        """The peak memory of the computation: the GPU's where it used one, else the
+        process's resident set."""
+        return self.peak_cuda_mib if self.peak_cuda_mib is not None else self.peak_rss_mib
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``manifest.json`` (the producer's metadata cannot replace
+        what the cache records; absent fields are left out)."""
+        recorded = {"stage": self.stage, "key": self.key, "config": self.config,
+                    "inputs": self.inputs, "built_from": self.built_from, "files": self.files,
+                    "seconds": self.seconds, "peak_rss_mib": self.peak_rss_mib,
+                    "peak_cuda_mib": self.peak_cuda_mib, "created": self.created}
+        return {**self.extra, **{k: v for k, v in recorded.items() if v is not None}}
+
+
+#: The fields of a manifest that :class:`Manifest` holds by name (the rest is ``extra``).
+_RECORDED = frozenset(("stage", "key", "created", "files", "config", "inputs", "built_from",
+                       "seconds", "peak_rss_mib", "peak_cuda_mib"))
+
+
 def read_manifest(directory: Path, stage: str | None = None,
-                  key: str | None = None) -> dict[str, Any]:
+                  key: str | None = None) -> Manifest:
     """The manifest of the artifact in ``directory``, validated: a JSON object with
     ``stage`` and ``key`` (those of its folder when given), a finite ``created``, and
     ``files``, plain names with their sha256; ``config``, ``inputs`` and ``built_from``
@@ -199,14 +244,14 @@ def read_manifest(directory: Path, stage: str | None = None,
         raise CorruptManifest("not valid JSON") from None
     if not isinstance(manifest, dict):
         raise CorruptManifest("not a JSON object")
-    for field, kind in (("stage", str), ("key", str), ("files", dict)):
-        if not isinstance(manifest.get(field), kind):
-            raise CorruptManifest(f"{field!r} is missing or not a {kind.__name__}")
+    for name, kind in (("stage", str), ("key", str), ("files", dict)):
+        if not isinstance(manifest.get(name), kind):
+            raise CorruptManifest(f"{name!r} is missing or not a {kind.__name__}")
     if not _number(manifest.get("created")):
         raise CorruptManifest("'created' is missing or not a finite number")
-    for field, expected in (("stage", stage), ("key", key)):
-        if expected is not None and manifest[field] != expected:
-            raise CorruptManifest(f"{field!r} is {manifest[field]!r}, not its folder's "
+    for name, expected in (("stage", stage), ("key", key)):
+        if expected is not None and manifest[name] != expected:
+            raise CorruptManifest(f"{name!r} is {manifest[name]!r}, not its folder's "
                                   f"{expected!r}")
     for name, digest in manifest["files"].items():
         why = bad_file_name(name)
@@ -214,15 +259,16 @@ def read_manifest(directory: Path, stage: str | None = None,
             raise CorruptManifest(f"lists {why}")
         if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
             raise CorruptManifest(f"the sha256 of {name!r} is not 64 hex digits")
-    for field in ("config", "inputs", "built_from"):
-        if not isinstance(manifest.get(field, {}), dict):
-            raise CorruptManifest(f"{field!r} is not an object")
+    for name in ("config", "inputs", "built_from"):
+        if not isinstance(manifest.get(name, {}), dict):
+            raise CorruptManifest(f"{name!r} is not an object")
     if not all(_number(v) for v in manifest.get("built_from", {}).values()):
         raise CorruptManifest("'built_from' holds a stamp that is not a finite number")
-    for field in ("seconds", "peak_rss_mib", "peak_cuda_mib"):
-        if field in manifest and not _number(manifest[field]):
-            raise CorruptManifest(f"{field!r} is not a finite number")
-    return manifest
+    for name in ("seconds", "peak_rss_mib", "peak_cuda_mib"):
+        if name in manifest and not _number(manifest[name]):
+            raise CorruptManifest(f"{name!r} is not a finite number")
+    return Manifest(**{k: v for k, v in manifest.items() if k in _RECORDED},
+                    extra={k: v for k, v in manifest.items() if k not in _RECORDED})
 
 
 def _lock_held(lock: Path) -> bool:
@@ -308,7 +354,7 @@ class ArtifactCache:
     def exists(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / MANIFEST).is_file()
 
-    def manifest(self, stage: str, key: str) -> dict[str, Any]:
+    def manifest(self, stage: str, key: str) -> Manifest:
         """The artifact's validated manifest; a :class:`CorruptManifest` when it has none
         that can be trusted (see :func:`read_manifest`)."""
         return read_manifest(self.path(stage, key), stage, key)
@@ -318,9 +364,9 @@ class ArtifactCache:
         product of them records as ``built_from``. One whose manifest is corrupt has none."""
         out = {}
         for artifact in artifacts:
-            stage, key = artifact.split("/", 1)
+            ref = ArtifactRef.parse(artifact)
             try:
-                out[artifact] = float(self.manifest(stage, key)["created"])
+                out[artifact] = float(self.manifest(ref.stage, ref.key).created)
             except CorruptManifest:
                 continue
         return out
@@ -333,7 +379,7 @@ class ArtifactCache:
             manifest = self.manifest(stage, key)
         except CorruptManifest:
             return False
-        return not is_stale(manifest, built_from or {}, fresh_after)
+        return not is_stale(manifest.to_json(), built_from or {}, fresh_after)
 
     def verify(self, stage: str, key: str) -> list[str]:
         """What is wrong with the stored artifact, ``"NAME: problem"`` each (empty when
@@ -344,7 +390,7 @@ class ArtifactCache:
         if path.is_symlink():
             return [f"{path.name}: a symbolic link, not the artifact's folder"]
         try:
-            listed = read_manifest(path, stage, key)["files"]
+            listed = read_manifest(path, stage, key).files
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except CorruptManifest as e:
             return [f"{MANIFEST}: {e}"]
@@ -472,7 +518,7 @@ class ArtifactCache:
         """
         if built_from is None:
             built_from = {a: t for a, t in self.built_from.items()
-                          if a.split("/", 1)[0] != stage}
+                          if ArtifactRef.parse(a).stage != stage}
         fresh_after = self.fresh_after if fresh_after is None else fresh_after
         final = self.path(stage, key)
         if self.current(stage, key, built_from, fresh_after) and not self.verify(stage, key):
@@ -494,13 +540,11 @@ class ArtifactCache:
                     extra = produce(tmp) or {}
                 seconds = time.perf_counter() - start
                 files = _listing(tmp, stage)
-                manifest = {  # what the cache records; a producer's metadata cannot replace it
-                    **extra, "stage": stage, "key": key, "config": dict(config or {}),
-                    "inputs": dict(inputs or {}), "built_from": dict(built_from),
-                    "files": files, "seconds": seconds, **memory.result(),
-                    "created": time.time(),
-                }
-                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+                manifest = Manifest(stage, key, time.time(), files, dict(config or {}),
+                                    dict(inputs or {}), dict(built_from), seconds,
+                                    **memory.result(), extra=dict(extra))
+                (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1,
+                                                       default=str))
                 if final.exists():  # a stale one: out of the way, then the new one in
                     old = final.with_name(f".{key}.{uuid.uuid4().hex}{TMP_SUFFIX}")
                     os.rename(final, old)

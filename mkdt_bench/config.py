@@ -1,22 +1,28 @@
 """Run configuration: defaults, TOML presets shipped in the package, ``--set`` overrides.
 
-A resolved config is plain data with five sections::
+A resolved config (:class:`BenchConfig`, built once by :func:`build_config`) has five
+sections, the first three typed (:class:`RunConfig`, :class:`TeacherConfig`,
+:class:`PretrainConfig`: each field with its help and bounds), the last two the
+plug-in-defined option tables::
 
     run        what to run (dataset, methods, budget, archs, fractions, seeds, ...)
-    teacher    SSL teacher (see mkdt_bench.teachers.ssl.TEACHER_DEFAULTS)
-    pretrain   pre-training on a distilled set (evaluation.md A.1)
-    methods    methods.<name>.<option>, validated by each method's ``defaults``; a variant
-               ``name[key=value,...]`` of ``run.methods`` gets its resolved options here
-               under its label (see :mod:`mkdt_bench.variants`)
-    evaluators evaluators.<name>.<option>, validated by each evaluator's ``defaults``
+    teacher    the teacher (see mkdt_bench.teachers.options.TEACHER_DEFAULTS)
+    pretrain   pre-training on a distilled set (docs/protocol.md A.1)
+    methods    methods.<name>.<option>, checked against each method's declared
+               ``options``; a variant ``name[key=value,...]`` of ``run.methods`` gets its
+               resolved options here under its label (see :mod:`mkdt_bench.variants`)
+    evaluators evaluators.<name>.<option>, checked against each evaluator's declared
+               ``options``
 
-Precedence: defaults < preset < command-line flags < ``--set section.key=value``.
+Precedence: defaults < preset < command-line flags < ``--set section.key=value``. Cache keys
+hash the plain data of :meth:`BenchConfig.to_dict`.
 """
 
 from __future__ import annotations
 
 import copy
 import tomllib
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,38 +31,139 @@ from mkdt_bench.device import PRECISIONS, check_device_name
 from mkdt_bench.errors import UserError
 from mkdt_bench.options import SEED_MAX, Each, Interval, check_bounds, resolve_options
 from mkdt_bench.pretraining import PRETRAIN_BOUNDS, PRETRAIN_DEFAULTS
-from mkdt_bench.teachers.ssl import TEACHER_BOUNDS, TEACHER_CHOICES, TEACHER_DEFAULTS
+from mkdt_bench.teachers import TEACHER_BOUNDS, TEACHER_CHOICES, TEACHER_DEFAULTS
 from mkdt_bench.variants import canonical_label, parse_label, parse_value
 
-RUN_DEFAULTS: dict[str, Any] = {
-    "dataset": "digits",
-    "data_root": "",
-    "methods": ["random", "none"],
-    "budget": "10%",
-    "train_pool": 0,
-    "archs": ["convnet"],
-    "fractions": [0.01, 0.05],
-    "seeds": [0, 1, 2],
-    "tasks": [],
-    "evaluators": ["linear"],
-    "device": "auto",
-    "precision": "default",
-    "deterministic": False,
-    "shared_distillation": False,
-    "teacher_row": True,
-}
-#: Ranges of the ``run`` options; the lists are non-empty with no value twice (a value
-#: twice would be the same rows twice). Budget and fractions have parsers of their own.
-RUN_BOUNDS: dict[str, Interval | Each] = {
-    "methods": Each(str, distinct=True, min_len=1),
-    "archs": Each(str, distinct=True, min_len=1),
-    "seeds": Each(Interval(int, 0, SEED_MAX), distinct=True, min_len=1),
-    "tasks": Each(str, distinct=True),
-    "evaluators": Each(str, distinct=True, min_len=1),
-    "train_pool": Interval(int, 0, None, note="0 = every training image"),
-}
 
-SECTIONS = ("run", "teacher", "pretrain", "methods", "evaluators")
+def _option(default: Any, help: str, bounds: Interval | Each | None = None) -> Any:
+    """A field of a config section: its default, a one-line ``help`` and its ``bounds``."""
+    return field(default=default, metadata={"help": help, "bounds": bounds})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What to run (``[run]``, the ``run``/``eval`` flags). The lists are non-empty with no
+    value twice (a value twice would be the same rows twice); budget and fractions have
+    parsers of their own (:func:`parse_budget`, :func:`parse_fraction`)."""
+
+    dataset: str = _option("digits", "the source data set (a registered name or "
+                           "imagefolder:PATH)")
+    data_root: str = _option("", "where data sets are read from (default: <cache>/data)")
+    methods: tuple[str, ...] = _option(("random", "none"), "the rows: methods or variants "
+                                       "name[key=value,...]",
+                                       Each(str, distinct=True, min_len=1))
+    budget: str = _option("10%", "images per set: a count (1000) or a share of the source "
+                          "(2%)")
+    train_pool: int = _option(0, "the training images methods distil from",
+                              Interval(int, 0, None, note="0 = every training image"))
+    archs: tuple[str, ...] = _option(("convnet",), "encoders pre-trained on each set",
+                                     Each(str, distinct=True, min_len=1))
+    fractions: tuple[float, ...] = _option((0.01, 0.05), "label fractions of the downstream "
+                                           "evaluation (docs/protocol.md A.2)")
+    seeds: tuple[int, ...] = _option((0, 1, 2), "seeds: an encoder and its cells per seed",
+                                     Each(Interval(int, 0, SEED_MAX), distinct=True,
+                                          min_len=1))
+    tasks: tuple[str, ...] = _option((), "downstream data sets (default: the source)",
+                                     Each(str, distinct=True))
+    evaluators: tuple[str, ...] = _option(("linear",), "how each encoder is scored",
+                                          Each(str, distinct=True, min_len=1))
+    device: str = _option("auto", "cpu, cuda, cuda:N or auto")
+    precision: str = _option("default", "the numeric precision of the device's work")
+    deterministic: bool = _option(False, "deterministic algorithms only")
+    shared_distillation: bool = _option(False, "each method distils once (seed 0) for "
+                                        "every seed")
+    teacher_row: bool = _option(True, "a row of the teacher's own encoder")
+
+
+#: The ``run`` defaults and ranges, as :func:`mkdt_bench.options.resolve_options` reads them.
+RUN_DEFAULTS: dict[str, Any] = {f.name: list(f.default) if isinstance(f.default, tuple)
+                                else f.default for f in fields(RunConfig)}
+RUN_BOUNDS: dict[str, Interval | Each] = {f.name: f.metadata["bounds"] for f in fields(RunConfig)
+                                          if f.metadata["bounds"] is not None}
+
+
+def _teacher(name: str, help: str) -> Any:
+    return _option(TEACHER_DEFAULTS[name], help, TEACHER_BOUNDS.get(name))
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The teacher (``[teacher]``): its kind and SSL objective (the registries'
+    ``mkdt_bench.teachers.TEACHERS``, ``mkdt_bench.ssl.SSL_RECIPES``), its encoder and
+    its training recipe, or a checkpoint to load instead."""
+
+    kind: str = _teacher("kind", "how the teacher is made (a registered teacher kind)")
+    arch: str = _teacher("arch", "the teacher's encoder")
+    ssl: str = _teacher("ssl", "the SSL objective (a registered recipe)")
+    epochs: int = _teacher("epochs", "training epochs")
+    batch_size: int = _teacher("batch_size", "images per batch")
+    lr: float = _teacher("lr", "SGD learning rate")
+    momentum: float = _teacher("momentum", "SGD momentum")
+    weight_decay: float = _teacher("weight_decay", "SGD weight decay")
+    proj_dim: int = _teacher("proj_dim", "width of the projection head")
+    bt_lambda: float = _teacher("bt_lambda", "Barlow Twins' off-diagonal weight")
+    temperature: float = _teacher("temperature", "SimCLR's temperature")
+    min_scale: float = _teacher("min_scale", "the smallest random crop's area share")
+    cj_strength: float = _teacher("cj_strength", "colour jitter strength")
+    gaussian_blur: float = _teacher("gaussian_blur", "probability of a Gaussian blur")
+    hf_prob: float = _teacher("hf_prob", "probability of a horizontal flip")
+    train_images: int = _teacher("train_images", "training images the teacher sees")
+    seed: int = _teacher("seed", "the teacher's seed")
+    checkpoint: str = _teacher("checkpoint", "a checkpoint file to load instead of training")
+
+
+def _pretrain(name: str, help: str) -> Any:
+    return _option(PRETRAIN_DEFAULTS[name], help, PRETRAIN_BOUNDS.get(name))
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pre-training an encoder on a distilled set (``[pretrain]``, docs/protocol.md A.1)."""
+
+    epochs: int = _pretrain("epochs", "epochs over the set")
+    lr: float = _pretrain("lr", "SGD learning rate")
+    use_learned_lr: bool = _pretrain("use_learned_lr", "take a set's learned lr where it "
+                                     "has one")
+    momentum: float = _pretrain("momentum", "SGD momentum")
+    weight_decay: float = _pretrain("weight_decay", "SGD weight decay")
+    batch_size: int = _pretrain("batch_size", "images per batch")
+    steps: int = _pretrain("steps", "a fixed number of steps instead of epochs")
+
+
+def _section(record: Any) -> dict[str, Any]:
+    return {f.name: list(getattr(record, f.name)) if isinstance(getattr(record, f.name), tuple)
+            else getattr(record, f.name) for f in fields(record)}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A resolved configuration (:func:`build_config`): the typed ``run``, ``teacher`` and
+    ``pretrain`` sections, and the plug-in-defined option tables ``methods`` (by row
+    label, variants included) and ``evaluators`` (by name), each resolved by its class."""
+
+    run: RunConfig
+    teacher: TeacherConfig
+    pretrain: PretrainConfig
+    methods: dict[str, dict[str, Any]]
+    evaluators: dict[str, dict[str, Any]]
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> BenchConfig:
+        """The record of a config that :func:`validate` checked."""
+        run: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                               for k, v in cfg["run"].items()}
+        return cls(RunConfig(**run), TeacherConfig(**cfg["teacher"]),
+                   PretrainConfig(**cfg["pretrain"]), copy.deepcopy(cfg["methods"]),
+                   copy.deepcopy(cfg["evaluators"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (a fresh copy, lists as lists): what cache keys hash."""
+        return {"run": _section(self.run), "teacher": _section(self.teacher),
+                "pretrain": _section(self.pretrain), "methods": copy.deepcopy(self.methods),
+                "evaluators": copy.deepcopy(self.evaluators)}
+
+
+SECTIONS = tuple(f.name for f in fields(BenchConfig))
 
 
 def default_config() -> dict[str, Any]:
@@ -124,8 +231,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def build_config(preset: str | None = None, flags: dict[str, Any] | None = None,
-                 overrides: list[str] | None = None) -> dict[str, Any]:
-    """Resolve defaults, a preset, ``run`` flags and ``--set`` overrides into one config."""
+                 overrides: list[str] | None = None) -> BenchConfig:
+    """Resolve defaults, a preset, ``run`` flags and ``--set`` overrides into one checked,
+    typed config."""
     cfg = default_config()
     if preset:
         _merge(cfg, read_preset(preset))
@@ -140,11 +248,13 @@ def build_config(preset: str | None = None, flags: dict[str, Any] | None = None,
             if not isinstance(node, dict):
                 raise UserError(f"--set {text!r}: {part!r} is not a section")
         node[path[-1]] = value
-    return validate(cfg)
+    return BenchConfig.from_dict(validate(cfg))
 
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Check every section against its defaults; returns the typed config."""
+    """Check every section against its defaults and resolve it (types coerced, options of
+    each method and evaluator resolved by its class): the plain data of a
+    :class:`BenchConfig`."""
     from mkdt_bench.data import DATASETS
     from mkdt_bench.evaluators import EVALUATORS
     from mkdt_bench.methods import METHODS

@@ -86,6 +86,11 @@ class PeakMemory:
         self._credit()
         _OPEN.remove(self)
 
+    @property
+    def peak_mib(self) -> float:
+        """The block's peak memory: the GPU's where it used one, else the resident set."""
+        return self.peak_cuda if self.peak_cuda is not None else self.peak_rss
+
     def result(self) -> dict[str, float]:
         """``{"peak_rss_mib": ..., "peak_cuda_mib": ...}`` (the latter once CUDA is used)."""
         out = {"peak_rss_mib": round(self.peak_rss, 1)}

@@ -1,18 +1,19 @@
 """Validation of plain-data options (scikit-learn style: one place, one clear message).
 
-Each option's range is declared once, beside its default, as a constraint
-(:class:`Interval` for a number, :class:`Each` for a list) in a ``bounds`` mapping that
-:func:`resolve_options` checks (issue 29 §4: a value that makes no sense is refused before
-any work starts).
+A plug-in declares each option once, as an :class:`Opt`: its default, the values allowed
+(an :class:`Interval` for a number, :class:`Each` for a list, or a collection of choices)
+and a help line. :class:`Configurable` derives ``defaults``, ``choices`` and ``bounds``
+from those declarations, :func:`resolve_options` checks them (a value that makes no sense
+is refused before any work starts), and ``mkdt-bench list --options NAME`` prints them.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from mkdt_bench.errors import UserError
 
@@ -187,3 +188,78 @@ def resolve_options(where: str, given: Mapping[str, Any], defaults: Mapping[str,
         if out.get(key) is not None:
             out[key] = check_bounds(where, key, out[key], bound)
     return out
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option of a plug-in, declared once: its ``default``, the values ``allowed`` (an
+    :class:`Interval`, an :class:`Each`, a collection of choices, or ``None`` for any value
+    of the default's type) and a one-line ``help`` (cite the spec section it implements)."""
+
+    default: Any
+    allowed: Interval | Each | Collection[Any] | None = None
+    help: str = ""
+
+    def allowed_text(self) -> str:
+        """What values the option takes, in words (``mkdt-bench list --options``)."""
+        if isinstance(self.allowed, Interval):
+            return str(self.allowed)
+        if isinstance(self.allowed, Each):
+            item = self.allowed.item
+            what = (str(item) if isinstance(item, Interval) else
+                    f"of type {item.__name__}" if item is not None else "any value")
+            return (f"a list, each {what}" + (", distinct" if self.allowed.distinct else "")
+                    + (f", at least {self.allowed.min_len}" if self.allowed.min_len else ""))
+        if self.allowed is not None:
+            return "one of " + ", ".join(map(repr, self.allowed))
+        return "any value" if self.default is None else f"a {type(self.default).__name__}"
+
+
+class Configurable:
+    """Base of the plug-ins configured by options (methods, evaluators): a sub-class
+    declares ``options = {name: Opt(default, allowed, help)}``; ``defaults``, ``choices``
+    and ``bounds`` are derived from it, and ``self.config`` holds the resolved options."""
+
+    #: What the plug-in is, for messages ("method", "evaluator").
+    kind: ClassVar[str] = "plug-in"
+    name: ClassVar[str] = ""
+    #: Every option, declared once (:class:`Opt`).
+    options: ClassVar[dict[str, Opt]] = {}
+    #: Derived from :attr:`options`: the defaults, the choices of enumerations and the
+    #: ranges of numbers and lists. Checks across options or against the data stay in code.
+    defaults: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, Collection[Any]]] = {}
+    bounds: ClassVar[dict[str, Interval | Each]] = {}
+    #: Small option values for the contract checks of :mod:`mkdt_bench.testing`, so that
+    #: each check takes seconds on a tiny problem (e.g. ``{"iterations": 4}``).
+    test_options: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for derived in ("defaults", "choices", "bounds"):
+            if derived in cls.__dict__:
+                raise TypeError(f"{cls.__qualname__} sets {derived}; declare each option once "
+                                "instead: options = {name: Opt(default, allowed, help)}")
+        cls.defaults = {k: o.default for k, o in cls.options.items()}
+        cls.bounds = {k: o.allowed for k, o in cls.options.items()
+                      if isinstance(o.allowed, (Interval, Each))}
+        cls.choices = {k: o.allowed for k, o in cls.options.items()
+                       if o.allowed is not None and not isinstance(o.allowed, (Interval, Each))}
+
+    @classmethod
+    def describe_options(cls) -> list[str]:
+        """One entry per option, ``name = default  (allowed)`` over its help line: what
+        ``mkdt-bench list --options NAME`` prints."""
+        inherited: frozenset[str] = getattr(cls, "teacher_options", frozenset())
+        lines = []
+        for key, opt in cls.options.items():
+            default = ("the [teacher] value" if key in inherited else "") or repr(opt.default)
+            lines.append(f"{key} = {default}  ({opt.allowed_text()})")
+            if opt.help:
+                lines.append(f"    {opt.help}")
+        return lines
+
+    def __init__(self, **options: Any) -> None:
+        name = self.name or type(self).__name__
+        self.config = resolve_options(f"{self.kind} {name!r}", options, self.defaults,
+                                      self.choices, self.bounds)

@@ -199,8 +199,7 @@ class Measured:
         self.seconds = time.perf_counter() - self._start
         if self._memory is not None:
             self._memory.__exit__(exc_type, exc, tb)
-            result = self._memory.result()
-            self.peak_mib = result.get("peak_cuda_mib", result["peak_rss_mib"])
+            self.peak_mib = self._memory.peak_mib
 
 
 def interrupted_message() -> str:

@@ -28,12 +28,13 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from mkdt_bench.errors import UserError
 from mkdt_bench.options import did_you_mean
 
 T = TypeVar("T")
+C = TypeVar("C", bound=type)
 
 #: Environment variable listing the plug-ins already warned about, so that the worker
 #: processes of a run (which inherit it) do not repeat the warning.
@@ -95,7 +96,7 @@ class Registry(Generic[T]):
         return decorator
 
     def _load_plugins(self) -> None:
-        if self._plugins_loaded:
+        if self._plugins_loaded or self.entry_point_group is None:
             return
         self._plugins_loaded = True
         plugins: dict[str, str] = {}
@@ -170,7 +171,7 @@ class Registry(Generic[T]):
         return self.get(name)(**kwargs)  # type: ignore[operator]
 
 
-def named_class(name: str, cls: type) -> type:
+def named_class(name: str, cls: C) -> C:
     """``cls`` carrying its registered name in its ``name`` attribute (what error messages,
     stored sets and result rows show): set on the class itself unless the class declares
     another name of its own, then on a subclass (one class under two names)."""
@@ -178,5 +179,5 @@ def named_class(name: str, cls: type) -> type:
     if own in ("", name):
         cls.name = name  # type: ignore[attr-defined]
         return cls
-    return type(cls.__name__, (cls,), {"name": name, "__module__": cls.__module__,
-                                       "__doc__": cls.__doc__})
+    return cast(C, type(cls.__name__, (cls,), {"name": name, "__module__": cls.__module__,
+                                               "__doc__": cls.__doc__}))

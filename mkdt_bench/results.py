@@ -3,8 +3,9 @@
 A row is (dataset, method, budget, arch, evaluator, task, fraction, seed) plus the hash of
 the resolved config, with the accuracy, the resolved config, package versions, device and
 wall time per stage. Rows are keyed by ``cell_key`` (a hash of all of that), so a rerun of
-the same grid finds the cells it already has. :mod:`mkdt_bench.report.summary` and
-:mod:`mkdt_bench.report.tables` turn them into tables.
+the same grid finds the cells it already has. The ``config`` and ``timings`` JSON are the
+records of :mod:`mkdt_bench.rows`; frames carry them parsed (:data:`RECORD_COLUMNS`), older
+rows upgraded. :mod:`mkdt_bench.report` turns them into tables and figures.
 
 Finished rows are never lost (issue 29, section 3): rows the database cannot take (locked
 past the busy timeout, read-only, full disk, a value SQLite cannot hold) are kept in a
@@ -34,6 +35,7 @@ from typing import Any
 import pandas as pd
 
 from mkdt_bench.errors import UserError
+from mkdt_bench.rows import Provenance, Timings, parse_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -122,6 +124,10 @@ class ResultRow:
 
 #: The columns, in the order of :class:`ResultRow`; the dicts are stored as JSON text.
 COLUMNS = tuple(f.name for f in fields(ResultRow))
+#: The columns a frame adds: the records of ``config`` and ``timings``
+#: (:class:`~mkdt_bench.rows.Provenance`, :class:`~mkdt_bench.rows.Timings`), parsed and
+#: upgraded once.
+RECORD_COLUMNS = ("provenance", "costs")
 _JSON_COLUMNS = ("config", "versions", "timings", "metrics")
 _TEXT_COLUMNS = ("cell_key", "dataset", "method", "arch", "evaluator", "task", "status",
                  "config_hash", "device")
@@ -155,10 +161,20 @@ def _record(row: ResultRow) -> dict[str, Any]:
     return d
 
 
+def _with_records(frame: pd.DataFrame, records: list[tuple[Provenance, Timings]]) -> pd.DataFrame:
+    frame["provenance"] = pd.Series([p for p, _ in records], index=frame.index, dtype=object)
+    frame["costs"] = pd.Series([t for _, t in records], index=frame.index, dtype=object)
+    return frame
+
+
 def rows_frame(rows: Iterable[ResultRow]) -> pd.DataFrame:
-    """Rows as :meth:`ResultStore.frame` returns them."""
+    """Rows as :meth:`ResultStore.frame` returns them: the columns of :class:`ResultRow`
+    (the dicts as JSON text) and :data:`RECORD_COLUMNS`."""
+    rows = list(rows)
     frame = pd.DataFrame([_record(r) for r in rows], columns=list(COLUMNS))
-    return frame.astype({"accuracy": float, "fraction": float, "created": float})
+    frame = frame.astype({"accuracy": float, "fraction": float, "created": float})
+    return _with_records(frame, [parse_row(r.config, r.timings, r.method, r.evaluator,
+                                           f"cell {r.cell_key!r}") for r in rows])
 
 
 def _short(value: Any) -> str:
@@ -172,6 +188,12 @@ SPILL_ADVICE = "correct or delete that line (or move the file aside) and try aga
 def row_from_record(record: Any, where: str, advice: str = SPILL_ADVICE) -> ResultRow:
     """The row one line of a spill file (or a database record, its JSON decoded) holds, every
     field checked: a UserError names ``where``, the first bad field and ``advice``."""
+    return _checked(record, where, advice)[0]
+
+
+def _checked(record: Any, where: str,
+             advice: str) -> tuple[ResultRow, tuple[Provenance, Timings]]:
+    """:func:`row_from_record`, with the row's records."""
     def bad(problem: str) -> UserError:
         return UserError(f"{where}: {problem}" + (f"; {advice}" if advice else ""))
 
@@ -208,7 +230,12 @@ def row_from_record(record: Any, where: str, advice: str = SPILL_ADVICE) -> Resu
     for name in _JSON_COLUMNS:
         if not isinstance(record[name], dict):
             raise bad(f"{name} {_short(record[name])} must be a JSON object")
-    return ResultRow(**{c: record[c] for c in COLUMNS})
+    try:
+        records = parse_row(record["config"], record["timings"], record["method"],
+                            record["evaluator"], "the row")
+    except UserError as e:
+        raise bad(str(e)) from None
+    return ResultRow(**{c: record[c] for c in COLUMNS}), records
 
 
 def spill_folders(db: Path, cache_dir: str | Path | None = None) -> list[tuple[Path, str]]:
@@ -478,14 +505,15 @@ class ResultStore:
                 f"cell_key IN ({', '.join('?' * len(chunk))})", chunk)
             for key, created, status, config in cur:
                 try:
-                    built = json.loads(config).get("built_from") if status == OK else None
+                    built = Provenance.from_json(config).built_from if status == OK else None
                     newest[key] = (float(created), status, built)
-                except (TypeError, ValueError, AttributeError):
+                except (TypeError, ValueError, UserError):
                     continue  # a row that is not one mkdt-bench wrote: computed again
         wanted = set(cell_keys)
         for key, row in self._overlay().items():
             if key in wanted and (key not in newest or row.created > newest[key][0]):
-                newest[key] = (row.created, row.status, row.config.get("built_from"))
+                newest[key] = (row.created, row.status,
+                               Provenance.from_json(row.config).built_from)
         return {key: (created, built) for key, (created, status, built) in newest.items()
                 if status == OK}
 
@@ -597,11 +625,12 @@ class ResultStore:
         """The rows it could not take that no file keeps either (no folder took one)."""
         return self._unstored if self._spill is None else []
 
-    def _well_formed(self, records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    def _well_formed(self, records: list[tuple[Any, ...]]
+                     ) -> tuple[list[tuple[Any, ...]], list[tuple[Provenance, Timings]]]:
         """``records`` less those a row cannot hold (a database handed over is data like any
         other file: JSON that does not parse, a field of the wrong type), left out with one
-        warning naming the first."""
-        good, bad = [], []
+        warning naming the first; and the records of those kept."""
+        good, parsed, bad = [], [], []
         for record in records:
             fields_ = dict(zip(COLUMNS, record, strict=True))
             where = f"results database {str(self.path)!r}, cell {str(fields_['cell_key'])!r}"
@@ -609,7 +638,7 @@ class ResultStore:
                 for name in _JSON_COLUMNS:
                     fields_[name] = json.loads(fields_[name]) \
                         if isinstance(fields_[name], str) else fields_[name]
-                row_from_record(fields_, where, advice="")
+                parsed.append(_checked(fields_, where, advice="")[1])
                 good.append(record)
             except UserError as e:
                 bad.append(str(e))
@@ -618,11 +647,11 @@ class ResultStore:
         if bad:
             warnings.warn(f"{len(bad)} malformed result rows left out ({bad[0]})", stacklevel=3)
         self.malformed += bad
-        return good
+        return good, parsed
 
     def frame(self, **filters: Any) -> pd.DataFrame:
-        """All rows (stored, and unstored: the newest of a cell) as a DataFrame, optionally
-        filtered by column equality (lists allowed)."""
+        """All rows (stored, and unstored: the newest of a cell) as a DataFrame (see
+        :func:`rows_frame`), optionally filtered by column equality (lists allowed)."""
         clauses, params, wanted = [], [], {}
         for col, value in filters.items():
             if value is None or value == []:
@@ -634,8 +663,9 @@ class ResultStore:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         cur = self._conn.execute(f"SELECT {', '.join(COLUMNS)} FROM results{where} "
                                  "ORDER BY created", params)
-        frame = pd.DataFrame.from_records(self._well_formed(cur.fetchall()),
-                                          columns=list(COLUMNS), coerce_float=True)
+        good, parsed = self._well_formed(cur.fetchall())
+        frame = _with_records(pd.DataFrame.from_records(good, columns=list(COLUMNS),
+                                                        coerce_float=True), parsed)
         extra = [r for r in self._overlay().values()
                  if all(getattr(r, col) in values for col, values in wanted.items())]
         if not extra:
@@ -646,7 +676,8 @@ class ResultStore:
         return both.drop_duplicates("cell_key", keep="last").reset_index(drop=True)
 
 
-__all__ = ["COLUMNS", "FAILED", "FLOOR_ROW", "METRICS", "MISSING", "OK", "SCHEMA_VERSION",
+__all__ = ["COLUMNS", "FAILED", "FLOOR_ROW", "METRICS", "MISSING", "OK", "RECORD_COLUMNS",
+           "SCHEMA_VERSION",
            "STORE_ERRORS", "TEACHER_ROW", "ResultRow", "ResultStore", "busy_timeout",
            "find_spills", "read_spill", "row_from_record", "rows_frame", "spill_folders",
            "spill_text"]

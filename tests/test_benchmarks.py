@@ -29,6 +29,7 @@ def _run(script: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args, key", [
     ("distill_speed.py", [*TINY_MKDT, "--iterations", "1"], "seconds_per_iteration"),
     ("distill_speed.py", [*TINY_MKDT, "--iterations", "1", "--engine", "checkpoint"],
@@ -41,6 +42,7 @@ def test_prints_json(script, args, key):
     assert result[key] > 0 and result["memory_measure"] == "ru_maxrss_growth"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("heap", ["default", "retained"])
 def test_teacher_speed_times_the_supervised_teacher_in_either_heap(heap):
     result = _run("teacher_speed.py", "--kind", "supervised", "--arch", "convnet:width=8",
@@ -49,6 +51,7 @@ def test_teacher_speed_times_the_supervised_teacher_in_either_heap(heap):
     assert result["seconds_per_batch"] > 0 and result["minor_page_faults"] > 0
 
 
+@pytest.mark.slow
 def test_krrst_teacher_views_round_robin_times_the_precompute_apart():
     result = _run("krrst_speed.py", "--images", "20", "--real-batch", "32", "--width", "8",
                   "--teacher", "convnet:width=8", "--steps", "1", "--rounds", "2",
@@ -59,6 +62,7 @@ def test_krrst_teacher_views_round_robin_times_the_precompute_apart():
     assert result["teacher_views"] == [0, 2] and result["real_images"] == 48
 
 
+@pytest.mark.slow
 def test_round_robin_engines_and_flop_rate():
     result = _run("distill_speed.py", *TINY_MKDT, "--iterations", "1", "--warmup", "0",
                   "--engine", "baseline,full,checkpoint")
@@ -67,6 +71,7 @@ def test_round_robin_engines_and_flop_rate():
     assert result["gflop_per_iteration"] > 0 and result["gflops"]["full"] > 0
 
 
+@pytest.mark.slow
 def test_experts_half_and_precision_scripts():
     experts = _run("experts_speed.py", "--images", "32", "--batch", "16", "--experts", "2",
                    "--groups", "2", "--width", "4", "--resolution", "8", "--dim", "4")
@@ -141,6 +146,7 @@ def test_distill_speed_times_the_official_code():
     assert result["time_ratio_to_official"] > 0
 
 
+@pytest.mark.slow
 def test_teacher_validation_probes_on_held_out_training_images():
     result = _run("teacher_validation.py", "--arch", "convnet:width=8,depth=2", "--epochs", "1",
                   "--train", "200", "--seeds", "2")

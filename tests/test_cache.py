@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mkdt_bench.cache import ArtifactCache, config_hash
+from mkdt_bench.cache import MANIFEST, ArtifactCache, Manifest, config_hash, read_manifest
 from mkdt_bench.errors import UserError
 
 
@@ -18,7 +19,9 @@ def test_key_is_stable_and_sensitive():
     assert k1 == ArtifactCache.key("s", {"b": [1, 2], "a": 1}, {"x": "k"})
     assert k1 != ArtifactCache.key("s", {"a": 2, "b": [1, 2]}, {"x": "k"})
     assert k1 != ArtifactCache.key("s", {"a": 1, "b": [1, 2]}, {"x": "other"})
-    assert config_hash({"a": 1}) == config_hash({"a": 1})
+    # the strings stored artifacts are named by: a changed hash would orphan every cache
+    assert config_hash({"a": 1, "b": [1, 2.5]}) == "07ac8340cb8a1f1a"
+    assert ArtifactCache.key("teacher", {"a": 1}, {"data": "f"}) == "1a46808eac846503"
 
 
 def test_get_or_create_computes_once(tmp_path):
@@ -35,7 +38,7 @@ def test_get_or_create_computes_once(tmp_path):
     assert p1 == p2 and len(calls) == 1
     assert (p1 / "x.txt").read_text() == "hello"
     manifest = cache.manifest("stage", "k")
-    assert manifest["note"] == 1 and set(manifest["files"]) == {"x.txt"}
+    assert manifest.extra == {"note": 1} and set(manifest.files) == {"x.txt"}
 
 
 def test_failed_producer_leaves_nothing(tmp_path):
@@ -110,8 +113,9 @@ def test_manifest_records_peak_memory_of_the_stage(tmp_path):
     before = rss_mib()
     cache.get_or_create("s", "k", produce)
     manifest = cache.manifest("s", "k")
-    assert manifest["peak_rss_mib"] >= before + 60
-    assert manifest["seconds"] >= 0.2
+    assert manifest.peak_rss_mib is not None and manifest.peak_rss_mib >= before + 60
+    assert manifest.peak_mib == manifest.peak_rss_mib  # no GPU used
+    assert manifest.seconds is not None and manifest.seconds >= 0.2
 
 
 def test_failed_atomic_write_removes_its_temporary_file(tmp_path, monkeypatch):
@@ -174,3 +178,31 @@ def test_prune_lists_orphaned_temporaries_anywhere(tmp_path):
         cache.prune({"teacher/k"}, apply=True)
     assert not snapshot.exists() and not artifact_tmp.exists() and not old.exists()
     assert recent.exists() and busy.exists() and (kept / "t.pt").exists()
+
+
+def test_a_manifest_reads_back_as_its_typed_record(tmp_path):
+    """What the cache records is typed; a producer's metadata is ``extra`` and cannot
+    replace it."""
+    def produce(tmp):
+        (tmp / "x.bin").write_bytes(b"1")
+        return {"steps": 6, "imported_from": "/sets/a", "seconds": -1.0, "stage": "other"}
+
+    cache = ArtifactCache(tmp_path)
+    path = cache.get_or_create("encoder", "k", produce, config={"arch": "convnet"},
+                               inputs={"distilled": "d"}, built_from={"distilled/d": 2.0})
+    manifest = cache.manifest("encoder", "k")
+    assert (manifest.stage, manifest.key, manifest.config, manifest.inputs) == \
+        ("encoder", "k", {"arch": "convnet"}, {"distilled": "d"})
+    assert manifest.built_from == {"distilled/d": 2.0} and set(manifest.files) == {"x.bin"}
+    assert manifest.extra == {"steps": 6, "imported_from": "/sets/a"}
+    assert manifest.seconds is not None and manifest.seconds >= 0
+    assert json.loads((path / MANIFEST).read_text()) == manifest.to_json()
+    assert read_manifest(path, "encoder", "k") == manifest
+    assert Manifest("s", "k", 1.0, {}, peak_rss_mib=10.0, peak_cuda_mib=3.0).peak_mib == 3.0
+    assert Manifest("s", "k", 1.0, {}).to_json() == {"stage": "s", "key": "k", "config": {},
+                                                     "inputs": {}, "files": {}, "created": 1.0}
+
+
+def test_a_malformed_artifact_reference_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="artifact reference 'teacher' must look like stage/key"):
+        ArtifactCache(tmp_path).stamps(["teacher"])

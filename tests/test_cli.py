@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-FAST = ["--set", "teacher.arch=convnet", "--set", "teacher.epochs=1", "--set",
-        "teacher.proj_dim=64", "--set", "teacher.batch_size=128", "--set", "pretrain.epochs=2",
-        "--no-progress"]
-
-
-def cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if cache is not None:
-        env["MKDT_BENCH_CACHE"] = str(cache)
-    return subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
+from conftest import FAST_FLAGS, cli
 
 
 def artifacts(cache: Path) -> dict[str, float]:
@@ -27,9 +13,11 @@ def artifacts(cache: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_run_table_and_cache_hit(tmp_path):
-    cache = tmp_path / "cache"
-    args = ("run", "--methods", "random,none", "--seeds", "0,1", *FAST)
+def test_run_table_and_cache_hit(teacher_cache):
+    """A run (its teacher is stored), the same run again from the cache, the table of the
+    database, ``cache verify`` finding truncated files, and a run replacing them."""
+    cache = teacher_cache
+    args = ("run", "--methods", "random,none", "--seeds", "0,1", *FAST_FLAGS)
     first = cli(*args, cache=cache)
     assert first.returncode == 0, first.stderr
     lines = [ln for ln in first.stdout.splitlines() if ln.startswith("|")]

@@ -41,7 +41,7 @@ def test_fractions_as_percentages():
     args = build_parser().parse_args(["run", "--fractions", "1%,5%"])
     assert args.fractions == [0.01, 0.05]
     assert build_parser().parse_args(["run", "--fractions", "0.01, 5%"]).fractions == [0.01, 0.05]
-    cfg = build_config(overrides=['run.fractions=["1%", 0.05]'])
+    cfg = build_config(overrides=['run.fractions=["1%", 0.05]']).to_dict()
     assert cfg["run"]["fractions"] == [0.01, 0.05]
     with pytest.raises(UserError, match="150%"):
         build_config(overrides=['run.fractions=["150%"]'])
@@ -61,8 +61,8 @@ def test_version(capsys):
 
 
 def test_budget_text_is_normalised():
-    assert build_config(flags={"budget": "2 %"})["run"]["budget"] == "2%"
-    assert build_config(flags={"budget": " 143 "})["run"]["budget"] == "143"
+    assert build_config(flags={"budget": "2 %"}).to_dict()["run"]["budget"] == "2%"
+    assert build_config(flags={"budget": " 143 "}).to_dict()["run"]["budget"] == "143"
 
 
 def test_refused_image_folder_writes_nothing(capsys, tmp_path):

@@ -47,7 +47,6 @@ from reference.common import (
 )
 from torch import Tensor, nn
 
-from mkdt_bench import pretraining as pretrain_module
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.distilled import DistilledSet
@@ -61,7 +60,9 @@ from mkdt_bench.methods.base import MethodContext
 from mkdt_bench.methods.krrst import KRRST, ModelPool, outer_lr_at
 from mkdt_bench.methods.mkdt import MKDT
 from mkdt_bench.models import create_model
-from mkdt_bench.teachers.ssl import encode, load_teacher_checkpoint
+from mkdt_bench.pretraining import train as pretrain_module
+from mkdt_bench.teachers.checkpoint import load_teacher_checkpoint
+from mkdt_bench.teachers.encoder import encode
 
 CPU = torch.device("cpu")
 SETTINGS = load_settings()

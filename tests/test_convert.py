@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from mkdt_bench.convert import from_krrst, from_mkdt
-from mkdt_bench.data import load_dataset
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.data.stats import MKDT_STATS
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def _reference_mkdt(d, step: int = 5000):
@@ -63,26 +54,20 @@ def test_missing_file_is_named(tmp_path, digits):
         from_mkdt(tmp_path / "ref", 5000, digits, stats="dataset")
 
 
-def test_cli_converts_then_eval_reads_it(tmp_path):
+def test_cli_converts_then_eval_reads_it(tmp_path, cli_here):
     _reference_mkdt(tmp_path / "ref")
-    cache = ["--cache-dir", str(tmp_path / "cache")]
-    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "convert", "mkdt",
-                          str(tmp_path / "ref"), "--dataset", "digits", "--stats", "dataset",
-                          "--out", str(tmp_path / "set"), *cache], capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "12 images 1x8x8" in out.stdout and DistilledSet.load(tmp_path / "set").lr > 0
-    again = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "convert", "mkdt",
-                            str(tmp_path / "ref"), "--dataset", "digits", "--stats", "dataset",
-                            "--out", str(tmp_path / "set"), *cache], capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 2 and "already exists" in again.stderr
-    evaluated = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "eval", "--distilled",
-                                str(tmp_path / "set"), "--seeds", "0", "--fractions", "0.05",
-                                "--set", "pretrain.epochs=1", "--no-progress", *cache],
-                               capture_output=True, text=True, timeout=300)
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert any(ln.startswith("| import:set ") for ln in evaluated.stdout.splitlines())
+    convert = ("convert", "mkdt", str(tmp_path / "ref"), "--dataset", "digits", "--stats",
+               "dataset", "--out", str(tmp_path / "set"), "--cache-dir", str(tmp_path / "cache"))
+    status, out, err = cli_here(*convert)
+    assert status == 0, err
+    assert "12 images 1x8x8" in out and DistilledSet.load(tmp_path / "set").lr > 0
+    status, _, err = cli_here(*convert)
+    assert status == 2 and "already exists" in err
+    status, out, err = cli_here("eval", "--distilled", str(tmp_path / "set"), "--seeds", "0",
+                                "--fractions", "0.05", "--set", "pretrain.epochs=1",
+                                "--no-progress", "--cache-dir", str(tmp_path / "cache"))
+    assert status == 0, err
+    assert any(ln.startswith("| import:set ") for ln in out.splitlines())
 
 
 def _cifar_like(name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> ImageDataset:
@@ -118,16 +103,15 @@ def test_mkdt_images_are_renormalised_into_the_declared_statistics(tmp_path):
         from_mkdt(d, 5000, folder, stats="svhn")
 
 
-def test_cli_convert_refuses_an_empty_set_and_writes_nothing(tmp_path):
+def test_cli_convert_refuses_an_empty_set_and_writes_nothing(tmp_path, cli_here):
     d = tmp_path / "ref"
     d.mkdir()
     torch.save(torch.empty(0, 1, 8, 8), d / "images_5000.pt")
     torch.save(torch.empty(0, 5), d / "labels_5000.pt")
     torch.save(torch.tensor(0.3), d / "synlr_5000.pt")
-    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "convert", "mkdt", str(d),
-                          "--dataset", "digits", "--stats", "dataset", "--out",
-                          str(tmp_path / "set"), "--cache-dir", str(tmp_path / "cache")],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.startswith("error:") and "holds no images" in out.stderr
-    assert "Traceback" not in out.stderr and not (tmp_path / "set").exists()
+    status, _, err = cli_here("convert", "mkdt", str(d), "--dataset", "digits", "--stats",
+                              "dataset", "--out", str(tmp_path / "set"), "--cache-dir",
+                              str(tmp_path / "cache"))
+    assert status == 2, err
+    assert err.startswith("error:") and "holds no images" in err
+    assert "Traceback" not in err and not (tmp_path / "set").exists()

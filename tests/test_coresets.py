@@ -7,18 +7,20 @@ import json
 
 import pytest
 import torch
+from conftest import method_context as toy_context
 
-from mkdt_bench.cache import ArtifactCache
+from mkdt_bench import api
 from mkdt_bench.config import build_config
 from mkdt_bench.data import load_dataset
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods import METHODS, MethodContext, create_method
+from mkdt_bench.methods import METHODS, create_method
 from mkdt_bench.methods._coreset import proportional_counts
 from mkdt_bench.methods.herding import herd
 from mkdt_bench.methods.kcenter import k_center_greedy
 from mkdt_bench.methods.kmeans import nearest_distinct
-from mkdt_bench.pipeline.runner import plan_grid, run_grid
-from mkdt_bench.report.tables import comparison_tables, tidy_table
+from mkdt_bench.pipeline.planner import plan_grid
+from mkdt_bench.report.formats.csv import tidy_table
+from mkdt_bench.report.tables import comparison_tables
 from mkdt_bench.results import ResultStore
 from mkdt_bench.stages.distill import method_context, pool_indices
 from mkdt_bench.stages.env import Env
@@ -30,10 +32,8 @@ COVERAGE = ("kmeans", "kcenter", "herding")
 def context(tmp_path, targets, seed=0, budget=3, labels=None):
     n = len(targets)
     images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2)
-    return MethodContext(source="toy", images=images.contiguous(), targets=targets, mean=(0.0,),
-                         std=(1.0,), budget=budget, seed=seed, device=torch.device("cpu"),
-                         cache=ArtifactCache(tmp_path), inputs_key="toy",
-                         scratch=tmp_path / "scratch", labels=labels)
+    return toy_context(images.contiguous(), targets, tmp_path, budget=budget, seed=seed,
+                       labels=labels, source="toy", inputs_key="toy")
 
 
 def blobs(per_blob=20, seed=0):
@@ -138,7 +138,7 @@ def test_only_methods_that_declare_labels_receive_them(tmp_path):
                               "train_pool": 300, "teacher_row": False},
                        overrides=["teacher.arch='convnet:width=8'", "teacher.epochs=1",
                                   "teacher.proj_dim=16", "teacher.batch_size=128",
-                                  "pretrain.epochs=1"])
+                                  "pretrain.epochs=1"]).to_dict()
     env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
     plan = plan_grid(cfg, env, ResultStore(tmp_path / "r.sqlite"))
     run_teacher(plan.teacher, env)  # planning computes nothing; the contexts need it
@@ -158,8 +158,8 @@ def test_label_rows_are_marked_in_their_config(tmp_path):
                        overrides=["teacher.arch='convnet:width=8'", "teacher.epochs=1",
                                   "teacher.proj_dim=16", "teacher.batch_size=128",
                                   "pretrain.epochs=1"])
-    env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
-    frame = run_grid(cfg, env, ResultStore(tmp_path / "r.sqlite"))
+    frame = api.run(cfg, cache_dir=tmp_path / "cache", results_db=tmp_path / "r.sqlite",
+                    executor="inprocess", threads=1, progress=False).frame
     assert (frame["status"] == "ok").all()
     marks = {m: json.loads(c).get("uses_labels") for m, c in zip(frame["method"],
                                                                  frame["config"])}
@@ -195,8 +195,10 @@ def test_bad_options_are_named():
     ("dm-ssl", "methods.dm-ssl.augment='dsa'", "'dsa'"),
     ("random-ssl", "methods.random-ssl.ssl='byol'", "'byol'"),
 ], ids=["sas threshold", "kmeans max_iter", "dm-ssl augment", "random-ssl ssl"])
-def test_bad_baseline_options_on_the_command_line(tmp_path, method, setting, expected):
-    from test_bad_input import RUN, assert_refused
+def test_bad_baseline_options_on_the_command_line(tmp_path, cli_here, method, setting,
+                                                  expected):
+    from test_bad_input import RUN, check_refusal
 
-    args = [*RUN, "--methods", method, "--set", setting]
-    assert_refused(tmp_path, args, f"{method} {setting}", expected)
+    status, _, err = cli_here(*RUN, "--methods", method, "--set", setting,
+                              cache=tmp_path / "cache")
+    check_refusal(tmp_path / "cache", f"{method} {setting}", status, err, expected)

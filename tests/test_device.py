@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CPU, method_context, tiny_teacher
 
 import mkdt_bench.methods._experts as experts
 import mkdt_bench.methods._highloss as highloss
@@ -25,7 +26,6 @@ import mkdt_bench.methods.mkdt as mk
 from mkdt_bench import device as dev
 from mkdt_bench import safeload
 from mkdt_bench.cache import ArtifactCache
-from mkdt_bench.data import load_dataset
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import create_evaluator
@@ -33,16 +33,18 @@ from mkdt_bench.memory import PeakMemory
 from mkdt_bench.methods import MethodContext, create_method
 from mkdt_bench.models import create_model
 from mkdt_bench.pipeline.executors import task_device
-from mkdt_bench.pretraining import PRETRAIN_DEFAULTS, pretrain_encoder
+from mkdt_bench.pretraining import PRETRAIN_DEFAULTS
+from mkdt_bench.pretraining.train import pretrain_encoder
 from mkdt_bench.standin import device_standin
-from mkdt_bench.teachers.ssl import TEACHER_DEFAULTS, build_teacher, encode, train_teacher
+from mkdt_bench.teachers import TEACHER_DEFAULTS
+from mkdt_bench.teachers.encoder import build_teacher, encode
+from mkdt_bench.teachers.ssl import train_teacher
 
 pytestmark = pytest.mark.filterwarnings(  # loading a state into meta modules copies nothing
     "ignore:for .*copying from a non-meta parameter:UserWarning")
 
 FORWARD = ["meta", "cuda"]  # stand-ins of paths without a backward pass
 BACKWARD = ["meta"]  # paths with one (fake CUDA tensors cannot run it without a driver)
-CPU = torch.device("cpu")
 
 MKDT = dict(width=8, num_experts=2, train_epochs=2, expert_batch=8, expert_epochs=1, iterations=4,
             syn_steps=3, batch_syn=4, eval_it=2, lr_img=10.0)
@@ -66,16 +68,9 @@ def restore_backends():
 def mkdt_context(root: Path, device: torch.device = CPU) -> MethodContext:
     """24 random 1x8x8 images with random 6-d targets."""
     g = torch.Generator().manual_seed(123)
-    return MethodContext(source="tiny", images=torch.randn(24, 1, 8, 8, generator=g),
-                         targets=torch.randn(24, 6, generator=g), mean=(0.0,), std=(1.0,),
-                         budget=6, seed=0, device=device, cache=ArtifactCache(root / "cache"),
-                         inputs_key="tiny-inputs", scratch=root / "scratch")
-
-
-def tiny_teacher(device: torch.device = CPU) -> torch.nn.Module:
-    torch.manual_seed(7)
-    return create_model("convnet", in_channels=3, image_size=8, out_dim=1, width=2,
-                        depth=2).eval().to(device)
+    images, targets = torch.randn(24, 1, 8, 8, generator=g), torch.randn(24, 6, generator=g)
+    return method_context(images, targets, root / "cache", scratch=root / "scratch",
+                          device=device)
 
 
 def krrst_context(root: Path, device: torch.device = CPU) -> MethodContext:
@@ -83,10 +78,9 @@ def krrst_context(root: Path, device: torch.device = CPU) -> MethodContext:
     images = torch.randn(40, 3, 8, 8, generator=torch.Generator().manual_seed(123))
     with torch.no_grad():
         targets = tiny_teacher().features(images)
-    return MethodContext(source="tiny", images=images, targets=targets, mean=(0.5, 0.4, 0.3),
-                         std=(0.2, 0.25, 0.3), budget=6, seed=0, device=device,
-                         cache=ArtifactCache(root / "cache"), inputs_key="tiny-inputs",
-                         scratch=root / "scratch", load_teacher=lambda: tiny_teacher(device))
+    return method_context(images, targets, root / "cache", scratch=root / "scratch",
+                          device=device, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
+                          load_teacher=lambda: tiny_teacher(device=device))
 
 
 # --------------------------------------------------------------------------- the stand-in
@@ -290,11 +284,6 @@ def test_resumed_state_is_placed_on_the_device(tmp_path, monkeypatch, standin, n
 # --------------------------------------------------------------------------- teacher
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 @pytest.mark.parametrize("standin", BACKWARD, indirect=True)
 def test_teacher_training_on_the_device(tmp_path, digits, standin):
     cfg = dict(TEACHER_DEFAULTS, arch="convnet:width=8", epochs=1, batch_size=64,
@@ -351,10 +340,8 @@ def test_every_evaluator_on_the_device(digits, name, options, kind):
 def test_grid_on_the_device(tmp_path):
     """Every stage of a grid (teacher, experts, MKDT, KRR-ST, pre-training, evaluators)
     on the stand-in, through the planner and the in-process executor."""
+    from mkdt_bench import api
     from mkdt_bench.config import build_config
-    from mkdt_bench.pipeline.runner import run_grid
-    from mkdt_bench.results import ResultStore
-    from mkdt_bench.stages.env import Env
 
     overrides = ["teacher.arch='convnet:width=8'", "teacher.epochs=1", "teacher.proj_dim=16",
                  "teacher.batch_size=128", "teacher.train_images=256", "pretrain.epochs=1",
@@ -368,8 +355,8 @@ def test_grid_on_the_device(tmp_path):
                               "train_pool": 200, "evaluators": ["linear", "knn"]},
                        overrides=overrides)
     with device_standin("meta"):
-        env = Env(cache_dir=str(tmp_path), device="meta", progress=False, threads=1)
-        frame = run_grid(cfg, env, ResultStore(tmp_path / "results.sqlite"))
+        frame = api.run(cfg, cache_dir=tmp_path, executor="inprocess", threads=1,
+                        device="meta", progress=False).frame
     assert set(frame["status"]) == {"ok"}, frame[["method", "error"]]
     assert set(frame["method"]) == {"random", "highloss", "mkdt", "krrst", "teacher"}
     assert set(frame["device"]) == {"meta"}
@@ -498,7 +485,7 @@ def test_device_defaults_to_auto_in_help_and_config(capsys):
     from mkdt_bench.cli import main
     from mkdt_bench.config import build_config
 
-    assert build_config()["run"]["device"] == "auto"
+    assert build_config().to_dict()["run"]["device"] == "auto"
     for command in ("run", "eval"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
@@ -509,19 +496,16 @@ def test_device_defaults_to_auto_in_help_and_config(capsys):
 def test_rows_record_the_resolved_device_and_the_settings(tmp_path):
     import json
 
+    from mkdt_bench import api
     from mkdt_bench.config import build_config
-    from mkdt_bench.pipeline.runner import run_grid
-    from mkdt_bench.results import ResultStore
-    from mkdt_bench.stages.env import Env
 
     cfg = build_config(flags={"methods": ["none"], "seeds": [0], "fractions": [0.05],
                               "teacher_row": False},
                        overrides=["teacher.arch='convnet:width=8'", "teacher.epochs=1",
                                   "teacher.proj_dim=16", "teacher.batch_size=128",
                                   "teacher.train_images=256", "run.precision='tf32'"])
-    env = Env(cache_dir=str(tmp_path), device=cfg["run"]["device"], progress=False,
-              threads=1, precision=cfg["run"]["precision"])
-    frame = run_grid(cfg, env, ResultStore(tmp_path / "results.sqlite"))
+    frame = api.run(cfg, cache_dir=tmp_path, executor="inprocess", threads=1,
+                    progress=False).frame
     resolved = str(dev.resolve_device("auto"))  # cpu here, cuda:0 on a GPU machine
     assert list(frame["device"]) == [resolved] and set(frame["status"]) == {"ok"}
     versions = json.loads(frame["versions"].iloc[0])

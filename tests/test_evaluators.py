@@ -14,7 +14,8 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import EVALUATORS, create_evaluator, linear
 from mkdt_bench.evaluators.base import extract_features, labelled_subset
 from mkdt_bench.models import create_model
-from mkdt_bench.pretraining import PRETRAIN_DEFAULTS, pretrain_encoder
+from mkdt_bench.pretraining import PRETRAIN_DEFAULTS
+from mkdt_bench.pretraining.train import pretrain_encoder
 
 CPU = torch.device("cpu")
 

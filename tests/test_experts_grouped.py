@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CPU, method_context
 
 import mkdt_bench.methods._experts as experts
-from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods import MethodContext
 
 CFG = dict(experts.EXPERT_DEFAULTS, width=8, num_experts=3, train_epochs=3, expert_batch=10)
-CPU = torch.device("cpu")
 
 
 def _data():
@@ -35,10 +33,7 @@ def test_grouped_trajectories_equal_sequential(optimizer):
 
 def test_grouped_cache_trains_only_missing(tmp_path, monkeypatch):
     images, targets = _data()
-    ctx = MethodContext(source="tiny", images=images, targets=targets, mean=(0.0,),
-                        std=(1.0,), budget=6, seed=0, device=CPU,
-                        cache=ArtifactCache(tmp_path), inputs_key="tiny-inputs",
-                        scratch=tmp_path / "s")
+    ctx = method_context(images, targets, tmp_path, scratch=tmp_path / "s")
     experts.ensure_expert(ctx, CFG, 1)
     calls = []
     train = experts.train_experts

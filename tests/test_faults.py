@@ -3,7 +3,9 @@ one cache and one database without corruption or duplicate rows."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST_FLAGS
 
-FAST = ["--methods", "random,none", "--seeds", "0", "--set", "teacher.arch=convnet", "--set",
-        "teacher.proj_dim=64", "--set", "teacher.batch_size=128", "--set",
-        "pretrain.epochs=2", "--no-progress"]
+FAST = ["--methods", "random,none", "--seeds", "0", "--fractions", "0.05", *FAST_FLAGS]
 
 
 def start(cache: Path, *extra: str) -> subprocess.Popen:
@@ -29,12 +30,36 @@ def table(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("|")]
 
 
-@pytest.mark.slow
-def test_kill_during_teacher_training_then_resume(tmp_path):
-    reference = start(tmp_path / "ref", "--set", "teacher.epochs=3")
-    ref_out, ref_err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, ref_err
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[Path, list[tuple[int, str, str]]]:
+    """Two runs started together on one cache (a teacher of three epochs, long enough to be
+    caught in :func:`test_kill_during_teacher_training_then_resume`): the cache, and each
+    run's exit status, stdout and stderr."""
+    cache = tmp_path_factory.mktemp("shared") / "cache"
+    runs = [start(cache, "--set", "teacher.epochs=3") for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    return cache, [(run.returncode, out, err) for run, (out, err) in zip(runs, outputs)]
 
+
+@pytest.mark.slow
+def test_two_runs_share_cache_and_database(two_runs):
+    cache, outputs = two_runs
+    for status, _, err in outputs:
+        assert status == 0, err
+    assert table(outputs[0][1]) == table(outputs[1][1])
+    db = sqlite3.connect(cache / "results.sqlite")
+    rows = db.execute("SELECT COUNT(*), COUNT(DISTINCT cell_key) FROM results").fetchone()
+    assert rows[0] == rows[1] == 3  # teacher, random, none at one fraction, seed 0
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    teachers = list((cache / "artifacts" / "teacher").glob("*/manifest.json"))
+    assert len(teachers) == 1
+    assert not list((cache / "artifacts").rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_kill_during_teacher_training_then_resume(tmp_path, two_runs):
+    """Killed once the teacher's first snapshot exists, the rerun resumes it and prints the
+    table of the runs never killed (:func:`two_runs`)."""
     cache = tmp_path / "cut"
     victim = start(cache, "--set", "teacher.epochs=3")
     deadline = time.time() + 300
@@ -50,24 +75,8 @@ def test_kill_during_teacher_training_then_resume(tmp_path):
     rerun = start(cache, "--set", "teacher.epochs=3")
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
-    assert table(out) == table(ref_out)
-
-
-@pytest.mark.slow
-def test_two_runs_share_cache_and_database(tmp_path):
-    cache = tmp_path / "cache"
-    runs = [start(cache, "--set", "teacher.epochs=1") for _ in range(2)]
-    outputs = [run.communicate(timeout=600) for run in runs]
-    for run, (_, err) in zip(runs, outputs):
-        assert run.returncode == 0, err
-    assert table(outputs[0][0]) == table(outputs[1][0])
-    db = sqlite3.connect(cache / "results.sqlite")
-    rows = db.execute("SELECT COUNT(*), COUNT(DISTINCT cell_key) FROM results").fetchone()
-    assert rows[0] == rows[1] == 3 * 2  # teacher, random, none x 2 fractions, seed 0
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    teachers = list((cache / "artifacts" / "teacher").glob("*/manifest.json"))
-    assert len(teachers) == 1
-    assert not list((cache / "artifacts").rglob(".*.tmp"))
+    reference = two_runs[1][0]
+    assert reference[0] == 0 and table(out) == table(reference[1])
 
 
 # A grid with every kind of stage: a ResNet-10 teacher (its representations take long enough
@@ -120,18 +129,39 @@ def published(cache: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> list[str]:
-    run = launch(tmp_path_factory.mktemp("reference"))
+def uninterrupted(tmp_path_factory) -> tuple[Path, list[str]]:
+    """The cache of the grid run never killed, and the table it printed."""
+    cache = tmp_path_factory.mktemp("reference")
+    run = launch(cache)
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err
-    return table(out)
+    return cache, table(out)
+
+
+ORDER = ["teacher", "representations", "expert", "distilled", "encoder"]
+
+
+def finished_before(stage: str, reference: Path, cache: Path) -> None:
+    """Copies into ``cache`` the artifacts of ``reference`` that a run computes before it
+    enters ``stage`` (all of them for ``rows``, and for ``krrst`` the other methods' sets),
+    so that a run started there goes straight to that stage."""
+    upto = {"rows": len(ORDER), "krrst": ORDER.index("distilled") + 1}.get(
+        stage, ORDER.index(stage) if stage in ORDER else 0)
+    for kind in ORDER[:upto]:
+        for manifest in (reference / "artifacts" / kind).glob("*/manifest.json"):
+            if stage == "krrst" and json.loads(manifest.read_text()).get("method") == "krrst":
+                continue
+            shutil.copytree(manifest.parent, cache / "artifacts" / kind / manifest.parent.name)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["representations", "expert", "distilled", "krrst", "encoder",
                                    "rows"])
 def test_kill_inside_each_stage_then_resume(stage, tmp_path, uninterrupted):
+    """The run starts from what a run computes before ``stage`` and is killed inside it."""
+    reference, reference_table = uninterrupted
     cache = tmp_path / "cache"
+    finished_before(stage, reference, cache)
     victim = launch(cache)
     deadline = time.time() + 300
     while not inside(cache, stage):
@@ -146,7 +176,7 @@ def test_kill_inside_each_stage_then_resume(stage, tmp_path, uninterrupted):
     rerun = launch(cache)
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
-    assert table(out) == uninterrupted  # the same numbers as a run never killed
+    assert table(out) == reference_table  # the same numbers as a run never killed
     after = published(cache)
     assert {p: after.get(p) for p in before} == before  # nothing finished was recomputed
     assert not list((cache / "artifacts").rglob(".*.tmp"))

@@ -11,13 +11,16 @@ import time
 
 import pytest
 
+from mkdt_bench import api
 from mkdt_bench.cache import ArtifactCache, is_stale
 from mkdt_bench.code_version import code_key, code_version
 from mkdt_bench.config import build_config
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import EVALUATORS
 from mkdt_bench.methods import METHODS
-from mkdt_bench.pipeline.runner import Recompute, parse_recompute, plan_grid, run_grid, run_plan
+from mkdt_bench.pipeline.plan import Recompute, parse_recompute
+from mkdt_bench.pipeline.planner import plan_grid
+from mkdt_bench.pipeline.run import run_plan
 from mkdt_bench.results import ResultStore
 from mkdt_bench.stages.distill import run_distill
 from mkdt_bench.stages.env import Env
@@ -45,9 +48,10 @@ def test_a_plugin_without_version_is_keyed_by_its_source(tmp_path, monkeypatch):
     module = tmp_path / "herding_plugin.py"
     source = textwrap.dedent("""
         from mkdt_bench.methods import Method
+        from mkdt_bench.options import Opt
 
         class Herding(Method):
-            defaults = {"normalize": True}
+            options = {"normalize": Opt(True)}
             STEP = 1
     """)
     module.write_text(source)
@@ -84,18 +88,20 @@ def test_a_stale_artifact_is_replaced_only_once_its_successor_is_complete(tmp_pa
     assert seen == []  # current: reused
     cache.get_or_create("encoder", "k", produce, built_from={"distilled/a": 2.0})
     assert seen == ["old"] and (path / "w").read_text() == "new"
-    assert cache.manifest("encoder", "k")["built_from"] == {"distilled/a": 2.0}
+    assert cache.manifest("encoder", "k").built_from == {"distilled/a": 2.0}
     assert [p.name for p in tmp_path.joinpath("artifacts", "encoder").iterdir()
             if not p.name.endswith(".lock")] == ["k"]
 
 
 @pytest.mark.slow
 def test_recomputed_inputs_and_recompute_follow_through_the_grid(tmp_path):
-    cfg = build_config(flags={"methods": ["random", "none"], "seeds": [0],
-                              "fractions": [0.05]}, overrides=FAST)
+    config = build_config(flags={"methods": ["random", "none"], "seeds": [0],
+                                 "fractions": [0.05]}, overrides=FAST)
+    cfg = config.to_dict()
     env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
     store = ResultStore(tmp_path / "results.sqlite")
-    first = run_grid(cfg, env, store)
+    first = api.run(config, cache_dir=env.cache_dir, results_db=store.path,
+                    executor="inprocess", threads=1, progress=False).frame
     assert (first["status"] == "ok").all()
     cache = ArtifactCache(env.cache_dir)
     plan = plan_grid(cfg, env, store)
@@ -110,10 +116,10 @@ def test_recomputed_inputs_and_recompute_follow_through_the_grid(tmp_path):
     assert [(u.method, len(u.cells)) for u in plan.eval_units] == [("random", 1)]
     rows = run_plan(plan, env, store)
     row = rows[rows["method"] == "random"].iloc[0]
-    stamp = cache.manifest("distilled", unit.key)["created"]
+    stamp = cache.manifest("distilled", unit.key).created
     assert json.loads(row["config"])["built_from"][f"distilled/{unit.key}"] == stamp
     encoder = json.loads(row["config"])["artifacts"][-1].split("/", 1)[1]
-    assert cache.manifest("encoder", encoder)["built_from"] == {f"distilled/{unit.key}": stamp}
+    assert cache.manifest("encoder", encoder).built_from == {f"distilled/{unit.key}": stamp}
     assert plan_grid(cfg, env, store).eval_units == []
 
     # --recompute evaluators.linear recomputes every cell and nothing else
@@ -123,7 +129,7 @@ def test_recomputed_inputs_and_recompute_follow_through_the_grid(tmp_path):
     # --recompute pretrain: every encoder again, with its cells (the teacher row has none)
     plan = plan_grid(cfg, env, store, parse_recompute(["pretrain"], cfg))
     assert sorted(u.method for u in plan.eval_units) == ["none", "random"]
-    assert all(u.fresh_after > 0 for u in plan.eval_units)
+    assert all(u.encoder.fresh_after > 0 for u in plan.eval_units)
     with pytest.raises(UserError, match="'methods.mkdt' is not a stage of this grid"):
         parse_recompute(["methods.mkdt"], cfg)
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import method_context, tiny_teacher
 from sklearn.linear_model import Ridge
 
 import mkdt_bench.methods._teacher_views as tv
 import mkdt_bench.methods.krrst as kr
 from mkdt_bench.augment import apply_crop_flip, crop_flip, draw_crop_flip
-from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.data.stats import KRRST_STATS, renormalize
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import METHODS, MethodContext, create_method
@@ -22,24 +22,15 @@ TINY = dict(width=8, pool_size=3, online_iterations=4, outer_steps=8, real_batch
             snapshot_every=2, outer_lr=1e-2)
 
 
-def tiny_teacher() -> torch.nn.Module:
-    torch.manual_seed(7)
-    teacher = create_model("convnet", in_channels=3, image_size=8, out_dim=1, width=2, depth=2)
-    return teacher.eval()
-
-
 def tiny_context(root: Path, scratch: Path, seed: int = 0, budget: int = 6,
                  teacher: bool = True) -> MethodContext:
     """40 random 3x8x8 images; targets are the tiny teacher's 8-d features."""
     images = torch.randn(40, 3, 8, 8, generator=torch.Generator().manual_seed(123))
-    model = tiny_teacher()
     with torch.no_grad():
-        targets = model.features(images)
-    return MethodContext(source="tiny", images=images, targets=targets, mean=(0.5, 0.4, 0.3),
-                         std=(0.2, 0.25, 0.3), budget=budget, seed=seed,
-                         device=torch.device("cpu"), cache=ArtifactCache(root),
-                         inputs_key="tiny-inputs", scratch=scratch,
-                         load_teacher=tiny_teacher if teacher else None)
+        targets = tiny_teacher().features(images)
+    return method_context(images, targets, root, scratch=scratch, budget=budget, seed=seed,
+                          mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
+                          load_teacher=tiny_teacher if teacher else None)
 
 
 def test_registered_with_spec_defaults():

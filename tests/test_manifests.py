@@ -9,21 +9,18 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST_FLAGS, cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mkdt_bench.cache import ArtifactCache, CorruptManifest, bad_file_name, read_manifest
 
-FAST = ["--methods", "random", "--seeds", "0", "--set", "teacher.arch=convnet", "--set",
-        "teacher.epochs=1", "--set", "teacher.proj_dim=64", "--set", "teacher.batch_size=128",
-        "--set", "pretrain.epochs=2", "--no-progress"]
+FAST = ["--methods", "random", "--seeds", "0", *FAST_FLAGS]
 
 
 def produce(tmp: Path) -> None:
@@ -201,12 +198,12 @@ def test_any_manifest_reads_as_valid_or_corrupt(content):
             assert cache.verify("stage", "k")[0].startswith("manifest.json: ")
             assert cache.stamps(["stage/k"]) == {} and not cache.current("stage", "k")
             return
-        assert (manifest["stage"], manifest["key"]) == ("stage", "k")
+        assert (manifest.stage, manifest.key) == ("stage", "k")
         assert all(isinstance(v, int | float) and math.isfinite(v) for v in
-                   [manifest["created"], *manifest.get("built_from", {}).values()])
-        assert all(bad_file_name(name) is None for name in manifest["files"])
-        assert (cache.verify("stage", "k") == []) == (manifest["files"] == FILES)
-        assert cache.stamps(["stage/k"]) == {"stage/k": float(manifest["created"])}
+                   [manifest.created, *(manifest.built_from or {}).values()])
+        assert all(bad_file_name(name) is None for name in manifest.files)
+        assert (cache.verify("stage", "k") == []) == (manifest.files == FILES)
+        assert cache.stamps(["stage/k"]) == {"stage/k": float(manifest.created)}
 
 
 @pytest.mark.parametrize("kind, reason", [("symlink", "a symbolic link"),
@@ -259,8 +256,8 @@ def test_a_producer_that_writes_a_sub_folder_is_refused(tmp_path):
 
 
 def test_show_leaves_out_a_corrupt_stored_set(tmp_path):
+    from mkdt_bench.catalog import find_stored_set
     from mkdt_bench.distilled import DistilledSet
-    from mkdt_bench.report.plots import find_stored_set
 
     cache = ArtifactCache(tmp_path)
     keys = []
@@ -285,26 +282,14 @@ def test_show_leaves_out_a_corrupt_stored_set(tmp_path):
 # ----------------------------------------------------------------- through the command line
 
 
-def cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MKDT_BENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "mkdt_bench.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
-
-
 @pytest.fixture
-def command(capsys, monkeypatch):
-    """``mkdt-bench ARGS`` in this process (no start-up cost): ``(exit status, stdout,
-    stderr)``; a run keeps this process's torch thread count."""
-    from mkdt_bench.cli import main
-
+def command(cli_here):
+    """``mkdt-bench ARGS`` in this process (:func:`conftest.cli_here`); a run keeps this
+    process's torch thread count."""
     def run(*args: str, cache: Path) -> tuple[int, str, str]:
-        monkeypatch.setenv("MKDT_BENCH_CACHE", str(cache))
         if args[0] == "run":
             args = (*args, "--threads", str(torch.get_num_threads()))
-        capsys.readouterr()
-        status = main(list(args))
-        out, err = capsys.readouterr()
-        return status, out, err
+        return cli_here(*args, cache=cache)
 
     return run
 
@@ -319,10 +304,11 @@ def tree(root: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory) -> tuple[Path, str]:
+def grid(tmp_path_factory, fast_teacher_template) -> tuple[Path, str]:
     """A cache and database of one small grid, and the table its run printed."""
     cache = tmp_path_factory.mktemp("grid") / "cache"
-    first = cli("run", *FAST, cache=cache)
+    shutil.copytree(fast_teacher_template, cache)
+    first = cli("run", *FAST, cache=cache, OMP_NUM_THREADS="1")
     assert first.returncode == 0, first.stderr
     return cache, first.stdout
 
@@ -349,7 +335,7 @@ def test_an_unlisted_zeroed_file_is_reported_and_recomputed(grid, tmp_path, comm
     assert status == 0, err
     assert f"corrupt: distilled/{stored_set.name} (targets.pt: not in the manifest)" in out
     assert tree(cache) == before  # moved nothing
-    again = cli("run", *FAST, cache=cache)
+    again = cli("run", *FAST, cache=cache, OMP_NUM_THREADS="1")
     assert again.returncode == 0, again.stderr
     assert "corrupt artifact" in again.stderr and table(again.stdout) == table(grid[1])
     assert len(list(cache.glob(f"artifacts/distilled/{stored_set.name}.corrupt-*"))) == 1
@@ -367,7 +353,7 @@ def test_a_manifest_without_created_is_corrupt_for_every_command(grid, tmp_path,
     assert status == 1 and "manifest.json: 'created' is missing" in out
     status, out, err = command("run", *FAST, "--dry-run", cache=cache)
     assert status == 0 and f"corrupt: encoder/{encoder.name}" in out, err
-    again = cli("run", *FAST, cache=cache)
+    again = cli("run", *FAST, cache=cache, OMP_NUM_THREADS="1")
     assert again.returncode == 0, again.stderr
     assert "corrupt artifact" in again.stderr and table(again.stdout) == table(grid[1])
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import method_context
 from torch.func import functional_call
 
 import mkdt_bench.methods._experts as experts
 import mkdt_bench.methods._highloss as highloss
 import mkdt_bench.methods._unroll as unroll
 import mkdt_bench.methods.mkdt as mk
-from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import METHODS, MethodContext, create_method
 from mkdt_bench.methods.mkdt import SNAPSHOT_FILE
@@ -35,9 +35,7 @@ def tiny_context(root: Path, scratch: Path, seed: int = 0, n: int = 24, dim: int
     g = torch.Generator().manual_seed(123)
     images = torch.randn(n, 1, 8, 8, generator=g)
     targets = torch.randn(n, dim, generator=g)
-    return MethodContext(source="tiny", images=images, targets=targets, mean=(0.0,),
-                         std=(1.0,), budget=budget, seed=seed, device=torch.device("cpu"),
-                         cache=ArtifactCache(root), inputs_key="tiny-inputs", scratch=scratch)
+    return method_context(images, targets, root, scratch=scratch, budget=budget, seed=seed)
 
 
 def tiny_net(dim: int = 6, width: int = 8) -> torch.nn.Module:
@@ -223,7 +221,8 @@ from pathlib import Path
 import torch
 torch.set_num_threads(int(sys.argv[2]))
 torch.use_deterministic_algorithms(sys.argv[3] == "1", warn_only=True)
-from mkdt_bench.cache import ArtifactCache
+sys.path.insert(0, {tests!r})
+from conftest import method_context
 from mkdt_bench.methods import MethodContext, create_method
 import mkdt_bench.methods.mkdt as mk
 {context}
@@ -244,7 +243,8 @@ print("finished")
 def test_resume_after_kill_is_bit_identical(tmp_path):
     opts = dict(TINY, iterations=8)
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(context=inspect.getsource(tiny_context), opts=repr(opts)))
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), opts=repr(opts),
+                                    context=inspect.getsource(tiny_context)))
     snapshot = tmp_path / "scratch-killed" / SNAPSHOT_FILE
     deterministic = "1" if torch.are_deterministic_algorithms_enabled() else "0"
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path),

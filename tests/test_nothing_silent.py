@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST_OVERRIDES
 from PIL import Image
 
 from mkdt_bench.cli import main
@@ -20,13 +21,14 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import EVALUATORS
 from mkdt_bench.methods import METHODS
 from mkdt_bench.options import SEED_MAX, Each, Interval, check_bounds
-from mkdt_bench.pipeline.runner import check_set_name
+from mkdt_bench.pipeline.planner import check_set_name
 from mkdt_bench.pretraining import PRETRAIN_BOUNDS, PRETRAIN_DEFAULTS
 from mkdt_bench.seeding import seed_everything
-from mkdt_bench.teachers.ssl import TEACHER_BOUNDS, TEACHER_DEFAULTS
+from mkdt_bench.teachers import TEACHER_BOUNDS, TEACHER_DEFAULTS
 
-FAST = ["--set", "teacher.arch=convnet", "--set", "teacher.epochs=1", "--set",
-        "teacher.proj_dim=32", "--no-progress"]
+# the shared fast teacher (``teacher_cache``) with the presets' pre-training recipe
+FAST = ["--no-progress", *(a for o in FAST_OVERRIDES if o.startswith("teacher.")
+                           for a in ("--set", o))]
 
 
 # --------------------------------------------------------------------------- declared bounds
@@ -122,7 +124,7 @@ def test_the_ends_of_the_ranges_are_accepted():
     cfg = build_config("quick", {"seeds": [0, SEED_MAX]}, [
         "teacher.momentum=0.0", "teacher.min_scale=1.0", "teacher.hf_prob=1.0",
         "teacher.cj_strength=2.5", "teacher.train_images=0", "pretrain.steps=0",
-        "methods.mkdt.lr_lr=0.0", "evaluators.linear.l2=0.0"])
+        "methods.mkdt.lr_lr=0.0", "evaluators.linear.l2=0.0"]).to_dict()
     assert cfg["run"]["seeds"] == [0, SEED_MAX]
     seed_everything(SEED_MAX)  # every generator takes the largest seed
 
@@ -184,7 +186,7 @@ def test_an_empty_set_is_refused_as_an_import_but_none_stays_a_row(tmp_path):
     with pytest.raises(UserError, match="holds no images; pre-training on nothing is the "
                                         "'none' row"):
         build_config("quick", {"methods": [f"import:{empty}"]})
-    assert build_config("quick", {"methods": ["none"]})["run"]["methods"] == ["none"]
+    assert build_config("quick", {"methods": ["none"]}).to_dict()["run"]["methods"] == ["none"]
 
 
 @pytest.mark.parametrize("name", ["teacher", "none", "random", "full", "mkdt", "krrst",
@@ -204,14 +206,14 @@ def test_eval_names_that_tables_would_read_as_another_row_are_refused(name):
 def test_sizes_the_data_cannot_give_are_refused_while_planning(tmp_path, override, message):
     """A pool or teacher subset beyond the training set would silently mean all of it; a
     fraction of one labelled image scores one class whatever the encoder."""
-    from mkdt_bench.pipeline.runner import plan_grid
+    from mkdt_bench.pipeline.planner import plan_grid
     from mkdt_bench.results import ResultStore
     from mkdt_bench.stages.env import Env
 
     env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
     store = ResultStore.read_only(tmp_path / "results.sqlite")
     with pytest.raises(UserError, match=message):
-        plan_grid(build_config("quick", {"methods": ["random"]}, [override]), env, store)
+        plan_grid(build_config("quick", {"methods": ["random"]}, [override]).to_dict(), env, store)
 
 
 # --------------------------------------------------------------------------- command line
@@ -253,17 +255,17 @@ def test_a_set_the_grid_never_reads_is_refused(tmp_path, capsys, command, settin
     where = (["--distilled", str(_digits_set(tmp_path / "s", 10))] if command == "eval"
              else ["--methods", "random"])
     line = error_of(capsys, command, *where, "--seeds", "0", "--dataset", "digits",
-                    "--cache-dir", str(cache), "--set", setting, *FAST[-1:])
+                    "--cache-dir", str(cache), "--set", setting, "--no-progress")
     assert message in line
     assert not cache.exists()
 
 
 def test_a_set_the_grid_reads_is_accepted():
-    from mkdt_bench.cli import check_overrides_read
+    from mkdt_bench.cli.common import check_overrides_read
 
     overrides = ["methods.mkdt.iterations=5", "evaluators.knn.k=5", "run.seeds=[1]"]
     flags = {"methods": ["random", "mkdt[init=random]"], "evaluators": ["linear", "knn"]}
-    cfg = build_config(flags=flags, overrides=overrides)
+    cfg = build_config(flags=flags, overrides=overrides).to_dict()
     check_overrides_read(overrides, cfg, flags)  # a variant's method counts as in the grid
 
 
@@ -292,11 +294,11 @@ def ok_run(capsys, *argv: str) -> tuple[str, str]:
 
 
 def test_eval_with_the_runs_preset_scores_its_set_as_the_run_did_and_keeps_names_apart(
-        tmp_path, capsys):
+        tmp_path, capsys, teacher_cache):
     """``eval --preset quick`` of a set the quick grid stored gives the grid's number and
     says which recipe it used; ``--name`` names new rows; a name of another set's rows, a
     reserved name and an empty set are refused."""
-    cache = ("--cache-dir", str(tmp_path / "cache"))
+    cache = ("--cache-dir", str(teacher_cache))
     grid, _ = ok_run(capsys, "run", "--methods", "random", "--seeds", "0", "--fractions", "0.05",
                      "--executor", "inprocess", *cache, *FAST)
     recipe = "20 epochs at batch 32, SGD lr 0.1 (a set's learned lr where it has one)"

@@ -16,7 +16,7 @@ from test_tables import frame, grid, row
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.cli import main
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.report.plots import DPI, figures, versus_figures
+from mkdt_bench.report.figures import DPI, figures, versus_figures
 from mkdt_bench.results import ResultStore
 
 TWO_BUDGETS = (grid(143, {"teacher": [66, 67, 68], "random": [48, 50, 52],
@@ -231,7 +231,7 @@ def test_show_picks_a_stored_set_by_method_and_seed(tmp_path, cli):
 
 
 def test_a_plain_name_picks_the_set_at_the_methods_defaults_over_its_variants(tmp_path):
-    from mkdt_bench.report.plots import find_stored_set
+    from mkdt_bench.catalog import find_stored_set
 
     cache = tmp_path / "cache"
     images = torch.zeros(3, 1, 8, 8)

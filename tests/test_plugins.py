@@ -18,12 +18,13 @@ PLUGIN = '''
 import torch
 
 from mkdt_bench.methods import Method
+from mkdt_bench.options import Opt
 
 
 class KCenter(Method):
     """Greedy k-center selection in teacher-representation space."""
 
-    defaults = {"normalise": True}
+    options = {"normalise": Opt(True, help="distances between L2-normalised targets")}
 
     def distill(self, ctx):
         feats = ctx.targets

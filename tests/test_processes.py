@@ -3,27 +3,26 @@ the command line's choice of executor."""
 
 from __future__ import annotations
 
-import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import FAST_OVERRIDES
 
-from mkdt_bench.cli import make_executor
+from mkdt_bench import api
 from mkdt_bench.config import build_config
 from mkdt_bench.errors import UserError
-from mkdt_bench.pipeline.executors import InProcessExecutor, ProcessExecutor, Task
-from mkdt_bench.pipeline.runner import run_grid
-from mkdt_bench.results import ResultStore
+from mkdt_bench.pipeline.executors import InProcessExecutor, ProcessExecutor, Task, choose
 from mkdt_bench.stages.env import Env, prepare_threads
 
-OVERRIDES = ["teacher.arch=convnet", "teacher.epochs=1", "teacher.proj_dim=64",
-             "teacher.batch_size=128", "pretrain.epochs=2", "methods.mkdt.iterations=3",
-             "methods.mkdt.num_experts=3", "methods.mkdt.train_epochs=3"]
+OVERRIDES = [*FAST_OVERRIDES, "methods.mkdt.iterations=3", "methods.mkdt.num_experts=3",
+             "methods.mkdt.train_epochs=3"]
 
 
 def double_or_raise(x: int, env: Env) -> int:
@@ -54,13 +53,15 @@ def run(executor, tasks, tmp_path: Path, threads: int = 0) -> dict:
 
 
 @pytest.mark.slow
-def test_grid_matches_in_process_with_one_thread(tmp_path):
+def test_grid_matches_in_process_with_one_thread(tmp_path, fast_teacher_template):
     cfg = build_config("quick", flags={"methods": ["random", "mkdt", "none"], "seeds": [0, 1]},
                        overrides=OVERRIDES)
     frames = {}
     for name, executor in (("here", InProcessExecutor()), ("pool", ProcessExecutor(2, 1))):
-        env = Env(cache_dir=str(tmp_path / name), threads=1, progress=False)
-        frames[name] = run_grid(cfg, env, ResultStore(tmp_path / f"{name}.sqlite"), executor)
+        shutil.copytree(fast_teacher_template, tmp_path / name)
+        frames[name] = api.run(cfg, cache_dir=tmp_path / name,
+                               results_db=tmp_path / f"{name}.sqlite", executor=executor,
+                               threads=1, progress=False).frame
     here, pool = frames["here"], frames["pool"]
     assert len(here) == len(pool) > 0 and set(pool["status"]) == {"ok"}
     assert dict(zip(here["cell_key"], here["accuracy"])) == \
@@ -123,9 +124,9 @@ def test_bad_worker_counts_are_user_errors():
         ProcessExecutor(2, threads=0)
 
 
-def cli_args(**kw) -> argparse.Namespace:
-    base = dict(executor="auto", workers=0, threads=0, retries=2, ray_address=None)
-    return argparse.Namespace(**{**base, **kw})
+def chosen(device: str = "cpu", executor: str = "auto", **kw: Any) -> Any:
+    """The executor ``mkdt-bench run --executor EXECUTOR`` with the flags ``kw`` runs on."""
+    return choose(executor, device=device, **kw)
 
 
 @pytest.mark.parametrize("cores, kw, expected", [
@@ -139,7 +140,7 @@ def cli_args(**kw) -> argparse.Namespace:
 ])
 def test_auto_executor_on_the_cpu(monkeypatch, tmp_path, cores, kw, expected):
     monkeypatch.setenv("OMP_NUM_THREADS", cores)
-    executor = make_executor(cli_args(**kw), Env(str(tmp_path), device="cpu"))
+    executor = chosen(**kw)
     assert type(executor) is expected[0]
     if expected[0] is ProcessExecutor:
         assert (executor.workers, executor.threads) == expected[1:]
@@ -147,10 +148,7 @@ def test_auto_executor_on_the_cpu(monkeypatch, tmp_path, cores, kw, expected):
 
 def test_auto_executor_on_a_gpu_runs_in_process(monkeypatch, tmp_path):
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
-    monkeypatch.setattr(Env, "torch_device", property(lambda self: __import__("torch").device(
-        "cuda", 0)))
-    assert type(make_executor(cli_args(), Env(str(tmp_path), device="cuda"))) is \
-        InProcessExecutor
+    assert type(chosen("cuda")) is InProcessExecutor
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -162,13 +160,13 @@ def test_auto_executor_on_a_gpu_runs_in_process(monkeypatch, tmp_path):
 ])
 def test_executor_flags_that_do_not_go_together(tmp_path, kw, message):
     with pytest.raises(UserError) as info:
-        make_executor(cli_args(**kw), Env(str(tmp_path)))
+        chosen(**kw)
     assert str(info.value) == message
 
 
-INTERRUPTED = ["--methods", "random,mkdt,none", "--seeds", "0,1", "--executor", "processes",
-               "--workers", "2", "--threads", "1", "--no-progress", *[
-                   a for o in OVERRIDES for a in ("--set", o)]]
+INTERRUPTED = ["--methods", "random,mkdt,none", "--seeds", "0,1", "--fractions", "0.05",
+               "--executor", "processes", "--workers", "2", "--threads", "1", "--no-progress",
+               *[a for o in OVERRIDES for a in ("--set", o)]]
 
 
 def default_sigint() -> None:
@@ -194,8 +192,10 @@ def group_alive(pgid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference_table(tmp_path_factory) -> list[str]:
-    reference = start_run(tmp_path_factory.mktemp("reference"))
+def reference_table(tmp_path_factory, fast_teacher_template) -> list[str]:
+    cache = tmp_path_factory.mktemp("reference") / "cache"
+    shutil.copytree(fast_teacher_template, cache)
+    reference = start_run(cache)
     out, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err
     return [r for r in out.splitlines() if r.startswith("|")]
@@ -203,9 +203,10 @@ def reference_table(tmp_path_factory) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["group", "driver"])
-def test_interrupt_stops_the_workers_and_a_rerun_resumes(tmp_path, reference_table, target):
+def test_interrupt_stops_the_workers_and_a_rerun_resumes(teacher_cache, reference_table,
+                                                         target):
     """SIGINT to the process group (Ctrl-C) or to the main process alone (``kill -INT``)."""
-    cache = tmp_path / "cut"
+    cache = teacher_cache
     victim = start_run(cache)
     deadline = time.time() + 300
     while not list((cache / "artifacts" / "expert").glob("*/manifest.json")):

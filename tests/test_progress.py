@@ -83,13 +83,13 @@ def test_eta_without_estimates_uses_finished_steps_of_the_same_kind():
 
 
 def test_interrupted_message_starts_on_its_own_line(monkeypatch):
-    import mkdt_bench.cli as cli
+    import mkdt_bench.cli.ls as list_command
 
     def interrupted(args):
         print("grid:  40%|####      | 4/10", end="", file=sys.stderr)  # a bar mid-line
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_list", interrupted)
+    monkeypatch.setattr(list_command, "execute", interrupted)
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     assert main(["list"]) == 130

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mkdt_bench.cli import _csv, _fractions, _methods, _override
+from mkdt_bench.cli import common as cli
 from mkdt_bench.config import (
     SECTIONS,
     build_config,
@@ -174,7 +174,7 @@ def test_values_are_one_literal_or_their_text(raw, expected):
 @given(texts)
 def test_cli_set_is_passed_on_or_refused_in_one_line(text):
     try:
-        assert _override(text) == text and "=" in text
+        assert cli.override(text) == text and "=" in text
     except argparse.ArgumentTypeError as e:
         assert "=" not in text and "\n" not in str(e).replace(text, "")
 
@@ -184,14 +184,14 @@ def test_cli_set_is_passed_on_or_refused_in_one_line(text):
 @FEW
 @given(st.lists(st.integers(0, 2**70), max_size=5), spaces)
 def test_seed_lists_read_back(seeds, space):
-    assert _csv(int)(f",{space}".join(map(str, seeds))) == seeds
+    assert cli.csv_list(int)(f",{space}".join(map(str, seeds))) == seeds
 
 
 @MANY
 @given(texts)
 def test_any_seed_text_is_a_list_of_ints_or_refused(text):
     try:
-        seeds = _csv(int)(text)
+        seeds = cli.csv_list(int)(text)
     except argparse.ArgumentTypeError:
         return
     assert all(type(s) is int for s in seeds)
@@ -201,7 +201,7 @@ def test_any_seed_text_is_a_list_of_ints_or_refused(text):
 @given(st.lists(st.floats(0, 1, exclude_min=True), max_size=5), st.booleans())
 def test_fraction_lists_read_back(fractions, as_percent):
     text = ",".join(f"{f * 100!r}%" if as_percent else repr(f) for f in fractions)
-    parsed = _fractions(text)
+    parsed = cli.fractions(text)
     assert len(parsed) == len(fractions)
     assert all(math.isclose(p, f, rel_tol=1e-12) for p, f in zip(parsed, fractions))
 
@@ -210,7 +210,7 @@ def test_fraction_lists_read_back(fractions, as_percent):
 @given(texts)
 def test_any_fraction_text_is_a_list_or_refused(text):
     try:
-        fractions = _fractions(text)
+        fractions = cli.fractions(text)
     except argparse.ArgumentTypeError as e:
         assert "\n" not in str(e).replace(repr(text), "")
         return
@@ -280,7 +280,7 @@ def test_method_lists_read_back(items, space):
 @given(texts)
 def test_any_method_list_is_balanced_labels_or_one_line(text):
     try:
-        items = _methods(text)
+        items = cli.method_labels(text)
     except argparse.ArgumentTypeError as e:
         assert "unbalanced brackets" in str(e)
         return
@@ -335,9 +335,10 @@ overrides = st.lists(st.one_of(
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.sampled_from([None, "quick"]), flags, overrides)
 def test_any_flags_and_overrides_give_a_valid_config_or_one_line(preset, given_flags, sets):
-    cfg = one_line_error(build_config, preset, copy.deepcopy(given_flags), sets)
-    if cfg is None:
+    config = one_line_error(build_config, preset, copy.deepcopy(given_flags), sets)
+    if config is None:
         return
+    cfg = config.to_dict()
     run = cfg["run"]
     assert run["seeds"] and len(set(run["seeds"])) == len(run["seeds"])
     assert all(type(s) is int and 0 <= s <= SEED_MAX for s in run["seeds"])

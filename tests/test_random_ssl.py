@@ -9,15 +9,18 @@ import math
 import pytest
 import torch
 
+from mkdt_bench import api
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.config import build_config
 from mkdt_bench.data import load_dataset
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
 from mkdt_bench.methods import MethodContext, create_method
-from mkdt_bench.pipeline.runner import plan_grid, run_grid
-from mkdt_bench.pretraining import PRETRAIN_DEFAULTS, pretrain_encoder, raw_uint8
-from mkdt_bench.report.summary import pretraining_note
+from mkdt_bench.pipeline.planner import plan_grid
+from mkdt_bench.pretraining import PRETRAIN_DEFAULTS
+from mkdt_bench.pretraining.objectives.ssl_views import raw_uint8
+from mkdt_bench.pretraining.train import pretrain_encoder
+from mkdt_bench.report.groups import pretraining_note
 from mkdt_bench.results import ResultStore
 from mkdt_bench.stages.env import Env
 
@@ -66,15 +69,16 @@ def test_a_set_with_a_recipe_and_targets_is_refused(digits, tmp_path):
 
 def test_recipe_defaults_to_the_teachers(tmp_path):
     cfg = build_config(overrides=["teacher.ssl='simclr'", "teacher.proj_dim=64",
-                                  "teacher.min_scale=0.3"], flags={"methods": ["random-ssl"]})
+                                  "teacher.min_scale=0.3"],
+                       flags={"methods": ["random-ssl"]}).to_dict()
     assert cfg["methods"]["random-ssl"]["ssl"] == "simclr"
     assert cfg["methods"]["random-ssl"]["proj_dim"] == 64
     assert cfg["methods"]["random-ssl"]["min_scale"] == 0.3
     own = build_config(overrides=["teacher.ssl='simclr'", "methods.random-ssl.ssl="
-                                  "'barlow_twins'"], flags={"methods": ["random-ssl"]})
+                                  "'barlow_twins'"], flags={"methods": ["random-ssl"]}).to_dict()
     assert own["methods"]["random-ssl"]["ssl"] == "barlow_twins"  # an explicit value wins
     variant = build_config(overrides=["teacher.proj_dim=64"],
-                           flags={"methods": ["random-ssl[temperature=0.2]"]})
+                           flags={"methods": ["random-ssl[temperature=0.2]"]}).to_dict()
     assert variant["methods"]["random-ssl[temperature=0.2]"]["proj_dim"] == 64
     assert variant["methods"]["random-ssl[temperature=0.2]"]["temperature"] == 0.2
     with pytest.raises(UserError, match="ssl='byol' is not allowed"):
@@ -113,9 +117,10 @@ def test_in_a_grid_ssl_rows_get_equal_steps_and_own_keys(tmp_path):
                        overrides=TINY_TEACHER)
     env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
     store = ResultStore(tmp_path / "r.sqlite")
-    plan = plan_grid(cfg, env, store)
+    plan = plan_grid(cfg.to_dict(), env, store)
     assert len({u.key for u in plan.distill_units}) == 2  # the sets differ (targets, recipe)
-    frame = run_grid(cfg, env, store)
+    frame = api.run(cfg, cache_dir=env.cache_dir, results_db=store.path, executor="inprocess",
+                    threads=1, progress=False).frame
     assert (frame["status"] == "ok").all() and set(frame["method"]) == {"random", "random-ssl"}
     line = pretraining_note(frame)
     assert line.startswith("equal pre-training steps"), line

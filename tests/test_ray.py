@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -15,7 +15,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from conftest import FAST_OVERRIDES
 
+from mkdt_bench import api
 from mkdt_bench.config import build_config
 from mkdt_bench.errors import UserError
 from mkdt_bench.pipeline.executors import (
@@ -26,7 +28,6 @@ from mkdt_bench.pipeline.executors import (
     WorkerLost,
     map_units,
 )
-from mkdt_bench.pipeline.runner import run_grid
 from mkdt_bench.results import ResultStore
 from mkdt_bench.stages.env import Env
 from mkdt_bench.stages.evaluate import EvalUnit, run_eval
@@ -34,9 +35,8 @@ from mkdt_bench.stages.evaluate import EvalUnit, run_eval
 ray = pytest.importorskip("ray")
 
 TESTS = str(Path(__file__).resolve().parent)
-OVERRIDES = ["teacher.arch=convnet", "teacher.epochs=1", "teacher.proj_dim=64",
-             "teacher.batch_size=128", "pretrain.epochs=2", "methods.mkdt.iterations=3",
-             "methods.mkdt.num_experts=3", "methods.mkdt.train_epochs=3"]
+OVERRIDES = [*FAST_OVERRIDES, "methods.mkdt.iterations=3", "methods.mkdt.num_experts=3",
+             "methods.mkdt.train_epochs=3"]
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +94,16 @@ def accuracies(frame) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def grids(local_ray, tmp_path_factory):
-    """The tiny quick grid in-process (cache A) and on Ray (cache B)."""
+def grids(local_ray, tmp_path_factory, fast_teacher_template):
+    """The tiny quick grid in-process (cache A) and on Ray (cache B), from a stored teacher
+    (the teacher trained on Ray: test_workers_killed_in_every_stage_...)."""
     root = tmp_path_factory.mktemp("grids")
     cfg = build_config("quick", flags={"methods": ["random", "mkdt", "none"], "seeds": [0, 1]},
                        overrides=OVERRIDES)
     out = {"cfg": cfg, "root": root}
     for name, executor in (("A", InProcessExecutor()), ("B", RayExecutor(num_cpus=2))):
-        env = Env(cache_dir=str(root / name), threads=1, progress=False)
-        out[name] = run_grid(cfg, env, ResultStore(root / f"{name}.sqlite"), executor)
+        shutil.copytree(fast_teacher_template, root / name)
+        out[name] = grid_rows(cfg, root / name, executor, root / f"{name}.sqlite")
     return out
 
 
@@ -127,9 +128,7 @@ def test_ray_grid_matches_in_process(grids):
 @pytest.mark.slow
 def test_failed_eval_unit_becomes_failed_rows(grids):
     cfg, root = grids["cfg"], grids["root"]
-    env = Env(cache_dir=str(root / "B"), threads=1, progress=False)
-    store = ResultStore(root / "failing.sqlite")
-    frame = run_grid(cfg, env, store, FailingNone(RayExecutor()))
+    frame = grid_rows(cfg, root / "B", FailingNone(RayExecutor()), root / "failing.sqlite")
     failed = frame[frame["status"] == "failed"]
     assert set(failed["method"]) == {"none"} and len(failed) > 0
     assert set(failed["error"]) == {"KeyError: 'injected failure'"}
@@ -137,7 +136,7 @@ def test_failed_eval_unit_becomes_failed_rows(grids):
     assert len(ok) == len(frame) - len(failed) and accuracies(ok).items() <= accuracies(
         grids["B"]).items()
     # A rerun computes only the missing (failed) cells.
-    rerun = run_grid(cfg, env, store, RayExecutor())
+    rerun = grid_rows(cfg, root / "B", RayExecutor(), root / "failing.sqlite")
     assert set(rerun["status"]) == {"ok"} and accuracies(rerun) == accuracies(grids["B"])
 
 
@@ -186,33 +185,28 @@ def test_a_cluster_that_does_not_answer_is_one_line():
     assert "\n" not in str(info.value)
 
 
-def test_cli_with_a_cluster_that_does_not_answer_writes_nothing(tmp_path):
+def test_cli_with_a_cluster_that_does_not_answer_writes_nothing(tmp_path, cli_here):
     """Refused after planning, before the cache or the database is written (issue 29 §4)."""
-    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "run", "--executor", "ray",
-                          "--ray-address", "127.0.0.1:1", "--methods", "random", "--seeds", "0",
-                          "--cache-dir", str(tmp_path / "cache"), "--no-progress"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("error: --ray-address 127.0.0.1:1")
+    status, _, err = cli_here("run", "--executor", "ray", "--ray-address", "127.0.0.1:1",
+                              "--methods", "random", "--seeds", "0", "--cache-dir",
+                              str(tmp_path / "cache"), "--no-progress")
+    assert status == 2, err
+    assert err.strip().splitlines()[-1].startswith("error: --ray-address 127.0.0.1:1")
     assert not (tmp_path / "cache" / "results.sqlite").exists()
     assert not (tmp_path / "cache" / "artifacts").exists()
 
 
-def test_cli_without_ray(tmp_path):
-    code = ("import sys; sys.modules['ray'] = None; from mkdt_bench.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
-    out = subprocess.run([sys.executable, "-c", code, "run", "--executor", "ray",
-                          "--cache-dir", str(tmp_path), "--no-progress"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    assert out.stderr.strip() == f"error: {RAY_HINT}"
+def test_cli_without_ray(tmp_path, cli_here, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # not installed
+    status, _, err = cli_here("run", "--executor", "ray", "--cache-dir", str(tmp_path),
+                              "--no-progress")
+    assert status == 2
+    assert err.strip() == f"error: {RAY_HINT}"
 
 
-def test_cli_unknown_executor(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "mkdt_bench.cli", "run", "--executor", "nosuch",
-                          "--cache-dir", str(tmp_path)], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 2 and "invalid choice: 'nosuch'" in out.stderr
+def test_cli_unknown_executor(tmp_path, cli_here):
+    status, _, err = cli_here("run", "--executor", "nosuch", "--cache-dir", str(tmp_path))
+    assert status == 2 and "invalid choice: 'nosuch'" in err
 
 
 def sleep_then(seconds: float, env: Env) -> float:
@@ -309,15 +303,23 @@ def kill_producer(stage_dir: Path, stop: threading.Event) -> list[int]:
     return killed
 
 
+def grid_rows(cfg, cache: Path, executor, db: Path | None = None):
+    """The grid's rows, its units run by ``executor`` on one thread each."""
+    return api.run(cfg, cache_dir=cache, results_db=db, executor=executor, threads=1,
+                   progress=False).frame
+
+
 def grid(cache: Path, executor, db: Path | None = None):
-    cfg = build_config("quick", flags=SMALL, overrides=OVERRIDES)
-    env = Env(cache_dir=str(cache), threads=1, progress=False)
-    return run_grid(cfg, env, ResultStore(db or cache / "results.sqlite"), executor)
+    return grid_rows(build_config("quick", flags=SMALL, overrides=OVERRIDES), cache, executor, db)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    return accuracies(grid(tmp_path_factory.mktemp("uninterrupted"), InProcessExecutor()))
+def uninterrupted(tmp_path_factory, fast_teacher_template):
+    """The small grid's accuracies in-process from the stored teacher, which the killed
+    grids train again (on Ray workers, on one thread each: the same weights)."""
+    cache = tmp_path_factory.mktemp("uninterrupted") / "cache"
+    shutil.copytree(fast_teacher_template, cache)
+    return accuracies(grid(cache, InProcessExecutor()))
 
 
 @pytest.mark.slow

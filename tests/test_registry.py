@@ -61,9 +61,10 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
     """A third-party package registers a method through its entry point alone."""
     (tmp_path / "my_plugin.py").write_text(textwrap.dedent("""
         from mkdt_bench.methods import Method
+        from mkdt_bench.options import Interval, Opt
 
         class Plugged(Method):
-            defaults = {"size": 3}
+            options = {"size": Opt(3, Interval(int, 1, None), "images to keep")}
 
             def distill(self, ctx):
                 return self.make_set(ctx, ctx.images[: self.config["size"]],
@@ -201,3 +202,61 @@ def test_two_plugins_of_one_name_keep_the_first(tmp_path, monkeypatch):
         assert reg.create("same") in (1, 2)
     for name in ("first_plugin", "second_plugin"):
         sys.modules.pop(name, None)
+
+
+def test_options_are_declared_once_and_the_rest_is_derived():
+    from mkdt_bench.methods import Method
+    from mkdt_bench.options import Interval, Opt
+
+    class Declared(Method):
+        options = {"steps": Opt(5, Interval(int, 1, None), "outer steps"),
+                   "mode": Opt("a", ("a", "b"), "which mode"), "flag": Opt(False)}
+
+    assert Declared.defaults == {"steps": 5, "mode": "a", "flag": False}
+    assert Declared.bounds == {"steps": Interval(int, 1, None)}
+    assert Declared.choices == {"mode": ("a", "b")}
+    assert Declared(steps="7").config == {"steps": 7, "mode": "a", "flag": False}
+    with pytest.raises(UserError, match=r"steps=0 must be an int in \[1, inf\)"):
+        Declared(steps=0)
+    assert [o.allowed_text() for o in Declared.options.values()] == [
+        "an int in [1, inf)", "one of 'a', 'b'", "a bool"]
+
+
+@pytest.mark.parametrize("derived", ["defaults", "choices", "bounds"])
+def test_a_class_setting_a_derived_table_is_refused_at_definition(derived):
+    from mkdt_bench.methods import Method
+
+    with pytest.raises(TypeError, match=f"sets {derived}; declare each option once"):
+        type("Legacy", (Method,), {derived: {}})
+
+
+def test_list_options_prints_default_allowed_values_and_help(cli_here):
+    code, out, _ = cli_here("list", "--options", "krrst")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "method 'krrst': set with --set methods.krrst.OPTION=VALUE"
+    at = lines.index("  outer_steps = 160000  (an int in [1, inf))")
+    assert lines[at + 1] == "      outer updates (§2.3)"
+    assert "  outer_optimizer = 'adam'  (one of 'adam', 'sgd')" in lines
+    code, out, _ = cli_here("list", "--options", "random-ssl")
+    assert "  ssl = the [teacher] value  (one of 'barlow_twins', 'simclr')" in out.splitlines()
+    code, out, _ = cli_here("list", "--options", "knn")
+    assert out.splitlines()[:2] == ["evaluator 'knn': set with --set evaluators.knn.OPTION=VALUE",
+                                    "  k = 20  (an int in [1, inf))"]
+
+
+def test_every_builtin_option_has_help():
+    from mkdt_bench.evaluators import EVALUATORS
+    from mkdt_bench.methods import METHODS
+
+    for registry in (METHODS, EVALUATORS):
+        for name in registry.names():
+            missing = [k for k, o in registry.get(name).options.items() if not o.help]
+            assert not missing, f"{name}: {missing}"
+
+
+def test_list_options_of_an_unknown_name_is_one_line(cli_here):
+    code, _, err = cli_here("list", "--options", "krst")
+    assert code == 2
+    assert err.startswith("error: --options 'krst': no method or evaluator of that name "
+                          "(did you mean 'krrst'?); known: dm-ssl,")

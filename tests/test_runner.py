@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pandas as pd
 import torch
 
+from mkdt_bench import api
 from mkdt_bench.cache import ArtifactCache
-from mkdt_bench.config import build_config
+from mkdt_bench.config import BenchConfig, build_config
 from mkdt_bench.data import load_dataset
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.pipeline.runner import plan_grid, run_grid
+from mkdt_bench.pipeline.planner import plan_grid
 from mkdt_bench.results import ResultStore
 from mkdt_bench.stages.distill import pool_indices
 from mkdt_bench.stages.env import Env
@@ -22,6 +25,12 @@ FAST = ["teacher.arch='convnet:width=16'", "teacher.epochs=1", "teacher.proj_dim
         "methods.krrst.width=8", "methods.krrst.pool_size=2",
         "methods.krrst.online_iterations=3", "methods.krrst.outer_steps=3",
         "methods.krrst.real_batch=64", "methods.krrst.snapshot_every=3"]
+
+
+def tiny_run(cfg: BenchConfig, cache: Path, db: Path) -> pd.DataFrame:
+    """The grid's rows, run in this process on one thread as the library runs it."""
+    return api.run(cfg, cache_dir=cache, results_db=db, executor="inprocess", threads=1,
+                   progress=False).frame
 
 
 def test_pool_indices_are_a_fixed_sorted_subset():
@@ -37,10 +46,10 @@ def test_pool_sets_the_budget_and_krrst_runs_in_the_grid(tmp_path):
                        overrides=FAST)
     env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
     store = ResultStore(tmp_path / "results.sqlite")
-    plan = plan_grid(cfg, env, store)
+    plan = plan_grid(cfg.to_dict(), env, store)
     assert plan.budget == 40  # 10 % of the 400-image pool, not of the 1,437 images
     assert {u.inputs.pool for u in plan.distill_units} == {400}
-    frame = run_grid(cfg, env, store)
+    frame = tiny_run(cfg, tmp_path / "cache", tmp_path / "results.sqlite")
     assert set(frame["method"]) == {"random", "krrst"} and (frame["status"] == "ok").all()
     cache = ArtifactCache(tmp_path / "cache")
     train = load_dataset("digits").normalized("train")
@@ -58,9 +67,7 @@ def test_cache_prune_keeps_what_rows_use(tmp_path):
     cache_dir = tmp_path / "cache"
     cfg = build_config(flags={"methods": ["random", "none"], "seeds": [0],
                               "fractions": [0.05]}, overrides=FAST[:5])
-    env = Env(cache_dir=str(cache_dir), progress=False, threads=1)
-    store = ResultStore(cache_dir / "results.sqlite")
-    run_grid(cfg, env, store)
+    tiny_run(cfg, cache_dir, cache_dir / "results.sqlite")
     cache = ArtifactCache(cache_dir)
     used = cache.artifacts()
     stray = cache.get_or_create("distilled", "0123456789abcdef",
@@ -78,7 +85,7 @@ def test_cache_prune_keeps_what_rows_use(tmp_path):
     assert applied.returncode == 0 and applied.stdout.count("removed: ") == 2
     assert not stray.exists() and not aside.exists() and cache.artifacts() == used
     before = {p: p.stat().st_mtime for p in (cache_dir / "artifacts").rglob("manifest.json")}
-    run_grid(cfg, env, ResultStore(cache_dir / "results.sqlite"))  # nothing to recompute
+    tiny_run(cfg, cache_dir, cache_dir / "results.sqlite")  # nothing to recompute
     assert {p: p.stat().st_mtime for p in (cache_dir / "artifacts").rglob("manifest.json")} \
         == before
 
@@ -124,9 +131,9 @@ def test_eval_a_stored_set_without_teacher(tmp_path):
 def test_import_method_in_a_grid_equals_eval(tmp_path):
     _digits_set(tmp_path / "myset")
     cfg = build_config(flags={"methods": [f"import:{tmp_path / 'myset'}"], "seeds": [0],
-                              "fractions": [0.05], "teacher_row": False}, overrides=FAST[:5])
-    env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
-    frame = run_grid(cfg, env, ResultStore(tmp_path / "results.sqlite"))
+                              "fractions": [0.05], "teacher_row": False},
+                       overrides=FAST[:5])
+    frame = tiny_run(cfg, tmp_path / "cache", tmp_path / "results.sqlite")
     assert (frame["status"] == "ok").all() and frame["budget"].tolist() == [143]
     cache = ArtifactCache(tmp_path / "cache")
     (stage, key), = [a for a in cache.artifacts() if a[0] == "distilled"]
@@ -188,8 +195,7 @@ def test_missing_task_is_na_and_the_rest_of_the_grid_runs(tmp_path):
 def test_rows_record_the_compute_budget(tmp_path):
     cfg = build_config(flags={"methods": ["random", "krrst"], "seeds": [0], "fractions": [0.05],
                               "train_pool": 400, "budget": "10%"}, overrides=FAST)
-    env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
-    frame = run_grid(cfg, env, ResultStore(tmp_path / "results.sqlite"))
+    frame = tiny_run(cfg, tmp_path / "cache", tmp_path / "results.sqlite")
     timings = {m: json.loads(t) for m, t in zip(frame["method"], frame["timings"])}
     for method in ("random", "krrst"):
         t = timings[method]
@@ -208,11 +214,11 @@ def test_a_cell_another_run_stored_after_planning_is_not_computed_again(tmp_path
     from dataclasses import replace
 
     from mkdt_bench.evaluators.linear import LinearProbe
-    from mkdt_bench.pipeline.runner import run_plan
+    from mkdt_bench.pipeline.run import run_plan
     from mkdt_bench.results import ResultRow
 
     cfg = build_config(flags={"methods": ["random"], "seeds": [0], "fractions": [0.01, 0.05],
-                              "teacher_row": False}, overrides=FAST[:5])
+                              "teacher_row": False}, overrides=FAST[:5]).to_dict()
     env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
     store = ResultStore(tmp_path / "results.sqlite")
     plan = plan_grid(cfg, env, store)

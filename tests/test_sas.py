@@ -6,19 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import method_context
 
-from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods import METHODS, MethodContext, create_method
+from mkdt_bench.methods import METHODS, create_method
 from mkdt_bench.methods.sas import greedy_in_class, reference_in_class
 
 
 def context(tmp_path, targets, budget, seed=0):
     n = len(targets)
-    return MethodContext(source="toy", images=torch.randn(n, 1, 2, 2), targets=targets,
-                         mean=(0.0,), std=(1.0,), budget=budget, seed=seed,
-                         device=torch.device("cpu"), cache=ArtifactCache(tmp_path),
-                         inputs_key="toy", scratch=tmp_path / "s")
+    return method_context(torch.randn(n, 1, 2, 2), targets, tmp_path, scratch=tmp_path / "s",
+                          budget=budget, seed=seed, source="toy", inputs_key="toy")
 
 
 def duplicates_and_outliers() -> torch.Tensor:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import FAST_FLAGS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,7 +173,8 @@ class _BrokenConnection(_FailingConnection):
 
 
 def test_the_run_table_comes_from_memory_when_the_database_cannot_be_read(tmp_path):
-    from mkdt_bench.pipeline.runner import Plan, _plan_rows
+    from mkdt_bench.pipeline.plan import Plan
+    from mkdt_bench.pipeline.run import _plan_rows
 
     store = ResultStore(tmp_path / "r.sqlite")
     computed = [row("a"), row("b", seed=1)]
@@ -497,17 +499,15 @@ def cli(cache: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=600)
 
 
-FAST = ["run", "--methods", "random", "--seeds", "0", "--fractions", "0.1",
-        "--set", "teacher.arch=convnet", "--set", "teacher.epochs=1",
-        "--set", "teacher.proj_dim=64", "--set", "teacher.batch_size=128",
-        "--set", "pretrain.epochs=1", "--no-progress", "--executor", "inprocess"]
+FAST = ["run", "--methods", "random", "--seeds", "0", "--fractions", "0.1", *FAST_FLAGS,
+        "--executor", "inprocess"]
 
 
 @pytest.mark.slow
-def test_run_into_a_locked_database_keeps_its_rows_for_the_next_run(tmp_path):
+def test_run_into_a_locked_database_keeps_its_rows_for_the_next_run(teacher_cache):
     """The run computes, prints its table, says in one line where the rows are and exits
     3; the next run stores them first, computes nothing and prints the same table."""
-    cache = tmp_path / "cache"
+    cache = teacher_cache
     db = cache / "results.sqlite"
     ResultStore(db).close()
     holder = sqlite3.connect(db, isolation_level=None)

@@ -12,21 +12,20 @@ import pytest
 
 from mkdt_bench.cli import main
 from mkdt_bench.errors import UserError
-from mkdt_bench.report.summary import (
-    cell_groups,
-    confidence_interval,
-    fieller_interval,
-    teacher_description,
-)
+from mkdt_bench.report.formats import FORMATS
+from mkdt_bench.report.formats.csv import tidy_table
+from mkdt_bench.report.formats.latex import Latex
+from mkdt_bench.report.formats.markdown import Markdown
+from mkdt_bench.report.groups import cell_groups
+from mkdt_bench.report.stats import confidence_interval, fieller_interval
 from mkdt_bench.report.tables import (
     budget_tables,
     comparison_tables,
     paired_tables,
     relative_tables,
-    render,
-    tidy_table,
 )
 from mkdt_bench.results import ResultRow, ResultStore
+from mkdt_bench.teachers import describe_teacher
 
 TEACHER = {"arch": "resnet10", "ssl": "simclr", "epochs": 20, "train_images": 0,
            "checkpoint": ""}
@@ -148,15 +147,15 @@ def test_captions_say_what_a_table_shows(tmp_path):
                  "evaluator linear", "teacher SimCLR resnet10, 20 epochs",
                  "mean ± population std over 3 seeds", "95 % t-interval", "ceiling", "floor"):
         assert part in caption, part
-    text = render([table])
+    text = Markdown().tables([table])
     assert text.startswith(f"Table: {caption}\n\n| method")
 
 
 def test_a_supervised_proxy_teacher_is_named_as_such():
-    assert teacher_description({**TEACHER, "kind": "supervised", "arch": "convnet:width=64",
+    assert describe_teacher({**TEACHER, "kind": "supervised", "arch": "convnet:width=64",
                                 "epochs": 10}) == \
         "supervised (labelled proxy) convnet:width=64, 10 epochs"
-    assert teacher_description(TEACHER) == "SimCLR resnet10, 20 epochs"  # no kind: SSL
+    assert describe_teacher(TEACHER) == "SimCLR resnet10, 20 epochs"  # no kind: SSL
 
 
 def test_one_seed_has_no_std_and_intervals_stay_in_0_100(tmp_path):
@@ -178,7 +177,7 @@ def test_latex_is_a_booktabs_float_with_bold_only_where_significant(tmp_path):
     clear = grid(values={"random": [50, 52, 57], "mkdt": [60, 61, 62]})
     close = grid(values={"random": [50, 52, 57], "mkdt": [51, 50, 59]})
     for rows, bold in ((clear, True), (close, False)):
-        text = render(comparison_tables(frame(rows, tmp_path)), "latex")
+        text = Latex().tables(comparison_tables(frame(rows, tmp_path)))
         assert text.startswith("\\begin{table}") and text.rstrip().endswith("\\end{table}")
         for part in ("\\caption{Top-1 accuracy (\\%)", "\\toprule", "\\midrule",
                      "\\bottomrule", "$\\pm$"):
@@ -187,7 +186,7 @@ def test_latex_is_a_booktabs_float_with_bold_only_where_significant(tmp_path):
         assert ("\\textbf{61.00 $\\pm$ 0.82}" in text) is bold
         assert text.count("\\textbf") == (2 if bold else 0)  # both label fractions
     with pytest.raises(UserError, match="format 'html'"):
-        render([], "html")
+        FORMATS.get("html")
 
 
 def test_paired_table_against_scipy(tmp_path):
@@ -338,7 +337,7 @@ def test_relative_scores_share_of_the_full_random_gap_with_fieller_interval(tmp_
                                "mkdt": [55, 50, 58]}), tmp_path)
     (table,) = relative_tables(noisy, ["random", "full", "mkdt"])
     assert table.cells.loc["mkdt", "digits @ 1%"].endswith("[unbounded] (n=3)")
-    with pytest.raises(UserError, match="upper reference 'full'"):
+    with pytest.raises(UserError, match="one 'high' reference .*; none stored"):
         relative_tables(frame(grid(values={"random": [50, 52, 57], "mkdt": [1, 2, 3]}),
                               tmp_path))
     db = tmp_path / "rel.sqlite"
@@ -354,7 +353,7 @@ def test_relative_scores_share_of_the_full_random_gap_with_fieller_interval(tmp_
     ResultStore(tmp_path / "no-full.sqlite").add(grid(values={"random": [50, 52, 57]}))
     bad = cli("table", "--results-db", str(tmp_path / "no-full.sqlite"), "--relative")
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1
-    assert "'full'" in bad.stderr and "random" in bad.stderr
+    assert "'high' reference" in bad.stderr and "random" in bad.stderr
 
 
 def test_paired_p_values_below_one_in_a_thousand_are_not_printed_as_zero(tmp_path):

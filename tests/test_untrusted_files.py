@@ -24,6 +24,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import CPU, FAST_FLAGS, tiny_teacher
+from conftest import method_context as tiny_method_context
 
 import mkdt_bench.methods._teacher_views as tv
 from mkdt_bench import safeload
@@ -42,15 +44,12 @@ from mkdt_bench.seeding import rng_state, seed_everything, set_rng_state
 from mkdt_bench.stages.distill import MethodInputs, method_context
 from mkdt_bench.stages.env import Env
 from mkdt_bench.stages.teacher import load_teacher
-from mkdt_bench.teachers.ssl import (
-    TEACHER_DEFAULTS,
-    build_teacher,
-    load_teacher_checkpoint,
-    train_teacher,
-)
+from mkdt_bench.teachers import TEACHER_DEFAULTS
+from mkdt_bench.teachers.checkpoint import load_teacher_checkpoint
+from mkdt_bench.teachers.encoder import build_teacher
+from mkdt_bench.teachers.ssl import train_teacher
 from mkdt_bench.teachers.supervised import train_supervised_teacher
 
-CPU = torch.device("cpu")
 PACKAGE = Path(__file__).resolve().parents[1] / "mkdt_bench"
 TEACHER = dict(TEACHER_DEFAULTS, arch="convnet", epochs=2, batch_size=64, proj_dim=32,
                train_images=128)
@@ -86,11 +85,6 @@ def marker(tmp_path) -> Path:
     path = tmp_path / "code-ran"
     yield path
     assert not path.exists(), "a planted file ran code"
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return load_dataset("digits", cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 def weights(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -232,18 +226,14 @@ def _context(root: Path, scratch: Path, channels: int = 1) -> MethodContext:
     targets = torch.randn(40, 6, generator=g)
 
     def teacher() -> torch.nn.Module:
-        torch.manual_seed(7)
-        from mkdt_bench.models import create_model
-        return create_model("convnet", in_channels=channels, image_size=8, out_dim=1,
-                            width=2, depth=2).eval()
+        return tiny_teacher(channels)
 
     if channels == 3:
         with torch.no_grad():
             targets = teacher().features(images)
-    return MethodContext(source="tiny", images=images, targets=targets,
-                         mean=(0.5,) * channels, std=(0.25,) * channels, budget=6, seed=0,
-                         device=CPU, cache=ArtifactCache(root), inputs_key="tiny",
-                         scratch=scratch, load_teacher=teacher)
+    return tiny_method_context(images, targets, root, scratch=scratch,
+                               mean=(0.5,) * channels, std=(0.25,) * channels,
+                               load_teacher=teacher, inputs_key="tiny")
 
 
 METHODS = {
@@ -573,16 +563,15 @@ def test_cifar_batches_that_would_never_end_are_not_read(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- the audit's case, end to end
 
-FAST = ["--methods", "random", "--seeds", "0", "--set",
-        "teacher.arch=convnet", "--set", "teacher.epochs=1", "--set", "teacher.proj_dim=64",
-        "--set", "teacher.batch_size=128", "--set", "pretrain.epochs=1", "--no-progress"]
+FAST = ["--methods", "random", "--seeds", "0", *FAST_FLAGS]
 
 
-def test_planted_teacher_snapshot_in_a_shared_cache_runs_nothing(tmp_path):
+@pytest.mark.slow
+def test_planted_teacher_snapshot_in_a_shared_cache_runs_nothing(tmp_path, teacher_cache):
     """The audit's case: a run stopped during teacher training leaves its snapshot in the
     (shared) cache; someone replaces it with a code-running pickle. The next run refuses it,
     says so, trains the teacher again and prints the same table."""
-    cache = tmp_path / "cache"
+    cache = teacher_cache
     env = dict(os.environ, MKDT_BENCH_CACHE=str(cache), OMP_NUM_THREADS="1",
                TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     cmd = [sys.executable, "-m", "mkdt_bench.cli", "run", *FAST]

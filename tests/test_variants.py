@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
+from mkdt_bench import api
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.config import build_config
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-from mkdt_bench.pipeline.runner import plan_grid, run_grid
+from mkdt_bench.pipeline.planner import plan_grid
 from mkdt_bench.report.tables import comparison_tables, paired_tables
 from mkdt_bench.results import ResultStore
 from mkdt_bench.stages.env import Env
@@ -53,7 +55,8 @@ def test_bad_variants_are_named(label, message):
 
 
 def test_variant_options_go_on_top_of_the_method_section():
-    cfg = build_config("quick", {"methods": ["mkdt", "mkdt[init=random]", "mkdt[ iterations=5 ]"]})
+    cfg = build_config("quick", {"methods": ["mkdt", "mkdt[init=random]",
+                                             "mkdt[ iterations=5 ]"]}).to_dict()
     assert cfg["run"]["methods"] == ["mkdt", "mkdt[init=random]", "mkdt[iterations=5]"]
     base = cfg["methods"]["mkdt"]
     assert cfg["methods"]["mkdt[init=random]"] == {**base, "init": "random"}
@@ -69,11 +72,16 @@ def test_variants_are_rows_of_their_own_end_to_end(tmp_path):
                               "teacher_row": False}, overrides=FAST)
     env = Env(cache_dir=str(tmp_path / "cache"), progress=False, threads=1)
     store = ResultStore(tmp_path / "results.sqlite")
-    plan = plan_grid(cfg, env, store)
+    plan = plan_grid(cfg.to_dict(), env, store)
+
+    def run() -> pd.DataFrame:
+        return api.run(cfg, cache_dir=env.cache_dir, results_db=store.path,
+                       executor="inprocess", threads=1, progress=False).frame
+
     # highloss[width=8] equals highloss (width 8 in FAST): one set, distilled once; the two
     # highloss sets are unseeded, random has one per seed
     assert len(plan.distill_units) == 2 + 2
-    frame = run_grid(cfg, env, store)
+    frame = run()
     assert (frame["status"] == "ok").all()
     assert sorted(set(frame["method"])) == sorted(labels)
     assert len(frame) == len(labels) * 2  # one cell per row and seed
@@ -81,7 +89,7 @@ def test_variants_are_rows_of_their_own_end_to_end(tmp_path):
     for seed in (0, 1):  # an identical set and seed give the identical number
         assert by["highloss[width=8]", seed] == by["highloss", seed]
     cache = ArtifactCache(tmp_path / "cache")
-    sets = {r.method: r.source_key for r in plan.eval_units}
+    sets = {r.method: r.encoder.distilled_key for r in plan.eval_units}
     one = DistilledSet.load(cache.path("distilled", sets["highloss[num_experts=1]"]))
     two = DistilledSet.load(cache.path("distilled", sets["highloss"]))
     assert one.extra["indices"] != two.extra["indices"]  # scored by another expert count
@@ -89,7 +97,7 @@ def test_variants_are_rows_of_their_own_end_to_end(tmp_path):
     assert list(table.cells.index) == labels
     (paired,) = paired_tables(frame, "random", labels)
     assert "highloss[num_experts=1]" in paired.cells.index
-    again = run_grid(cfg, env, store)  # a rerun computes nothing and returns the same rows
+    again = run()  # a rerun computes nothing and returns the same rows
     assert sorted(again["cell_key"]) == sorted(frame["cell_key"])
 
 

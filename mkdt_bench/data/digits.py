@@ -9,9 +9,9 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from mkdt_bench.data import DATASETS
 from mkdt_bench.data._decode import fingerprint
 from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.data.registry import DATASETS
 
 # Train-split statistics in the [0, 1] scale (computed once from the fixed split below).
 MEAN = (0.3054,)

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from torchvision.datasets import FGVCAircraft, Flowers102
 
-from mkdt_bench.data import DATASETS
 from mkdt_bench.data._decode import SplitFiles, decode_folder_splits, fingerprint, no_download
 from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.data.registry import DATASETS
 from mkdt_bench.errors import MissingDataError, UserError
 
 DEFAULT_SIZE = 32

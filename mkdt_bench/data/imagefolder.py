@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mkdt_bench.data import DATASETS
 from mkdt_bench.data._decode import (
     IMAGE_EXTENSIONS,
     SplitFiles,
@@ -14,6 +13,7 @@ from mkdt_bench.data._decode import (
     image_files,
 )
 from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.data.registry import DATASETS
 from mkdt_bench.errors import MissingDataError, UserError
 
 _LAYOUT = "expected PATH/train/<class>/<image> and PATH/test/<class>/<image>"

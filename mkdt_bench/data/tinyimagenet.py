@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mkdt_bench.data import DATASETS
 from mkdt_bench.data._decode import SplitFiles, decode_folder_splits, fingerprint, image_files
 from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.data.registry import DATASETS
 from mkdt_bench.data.stats import MKDT_STATS
 from mkdt_bench.errors import MissingDataError, UserError
 

@@ -15,9 +15,9 @@ from torch import Tensor
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import download_and_extract_archive
 
-from mkdt_bench.data import DATASETS
 from mkdt_bench.data._decode import fingerprint, no_download
 from mkdt_bench.data.base import ImageDataset
+from mkdt_bench.data.registry import DATASETS
 from mkdt_bench.data.stats import MKDT_STATS
 from mkdt_bench.errors import MissingDataError
 

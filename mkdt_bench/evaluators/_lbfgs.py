@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 def fit_linear_lbfgs(x: Tensor, y: Tensor, num_classes: int, l2: float, steps: int, seed: int,
                      lr: float = 1.0, max_iter: int = 20) -> nn.Linear:
-    """``nn.Linear`` fitted as in spec ``evaluation.md`` A.2.
+    """``nn.Linear`` fitted as in ``docs/protocol.md`` A.2.
 
     ``torch.manual_seed(seed)`` before building the layer (in ``x``'s dtype), then ``steps``
     L-BFGS ``.step`` calls (``lr``, ``max_iter`` inner iterations, no line search) on the

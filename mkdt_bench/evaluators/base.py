@@ -12,23 +12,14 @@ from torch import Tensor
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder
-from mkdt_bench.options import Each, Interval, resolve_options
+from mkdt_bench.options import Configurable
 
 
-class Evaluator:
-    """Base class: options validated against ``defaults`` (``choices`` for enumerations,
-    ``bounds`` for ranges); ``evaluate`` returns metrics.
+class Evaluator(Configurable):
+    """Base class of downstream protocols: sub-class, declare :attr:`options`, implement
+    ``evaluate``, which returns at least ``{"accuracy": percent}``."""
 
-    ``evaluate`` returns at least ``{"accuracy": percent}``.
-    """
-
-    name: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
-    choices: ClassVar[dict[str, Any]] = {}
-    #: Ranges of numeric options (:class:`~mkdt_bench.options.Interval`, or
-    #: :class:`~mkdt_bench.options.Each` for a list), checked with ``defaults``; checks
-    #: across options or against the data stay in code.
-    bounds: ClassVar[dict[str, Interval | Each]] = {}
+    kind = "evaluator"
     #: The version of the evaluator's code: raise it (2, 3, ...) with every change that
     #: changes its scores; from 2 on it is part of each cell's key. mkdt-bench's
     #: evaluators are at 1 until they declare one; a plug-in that declares none is keyed by
@@ -39,17 +30,13 @@ class Evaluator:
     #: that value instead of setting it apart.
     compatible_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, **options: Any) -> None:
-        self.config = resolve_options(f"evaluator {self.name!r}", options, self.defaults,
-                                      self.choices, self.bounds)
-
     def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
                  device: torch.device) -> dict[str, float]:
         raise NotImplementedError
 
 
 def labelled_subset(n_train: int, fraction: float, seed: int) -> list[int]:
-    """Indices of the labelled training subset (spec ``evaluation.md`` A.3).
+    """Indices of the labelled training subset (``docs/protocol.md`` A.3).
 
     Uniform, not stratified: ``random.sample(range(N), int(N * fraction))`` with Python's
     generator seeded by the run seed, exactly as the reference code draws it.

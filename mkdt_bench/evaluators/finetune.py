@@ -1,4 +1,4 @@
-"""Full fine-tuning with a new head (spec ``evaluation.md`` A.6; KRR-ST's B.3 by options).
+"""Full fine-tuning with a new head (``docs/protocol.md`` A.6; KRR-ST's B.3 by options).
 
 Defaults = MKDT's recipe ([O] ``full_finetune.py``): cross-entropy, SGD momentum 0.9,
 50 epochs over the labelled subset, cosine annealing to 0, weight decay 0, head lr 0.05,
@@ -21,27 +21,30 @@ from torch import nn
 from mkdt_bench.augment import crop_flip
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import UserError
-from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators.base import Evaluator, labelled_subset, test_scores
+from mkdt_bench.evaluators.registry import register_evaluator
 from mkdt_bench.models import Encoder
-from mkdt_bench.options import Interval
+from mkdt_bench.options import Interval, Opt
 from mkdt_bench.training import checked_step
 
 
 @register_evaluator("finetune")
 class FineTune(Evaluator):
-    """Options: ``epochs`` (50) or ``steps`` (0 = use epochs), ``lr_head`` (0.05),
-    ``lr_backbone`` (0.005), ``momentum`` (0.9), ``weight_decay`` (0.0), ``batch_size``
-    (256), ``augment`` (False)."""
+    """Encoder and a new linear head trained together on the labelled subset (module doc)."""
 
-    defaults = {"epochs": 50, "steps": 0, "lr_head": 0.05, "lr_backbone": 0.005,
-                "momentum": 0.9, "weight_decay": 0.0, "batch_size": 256, "augment": False}
-    bounds = {"epochs": Interval(int, 0, None), "steps": Interval(int, 0, None, note="0 = use "
-                                                                  "epochs"),
-              "lr_head": Interval(float, 0, None, closed="neither"),
-              "lr_backbone": Interval(float, 0, None, note="0 = a frozen backbone"),
-              "momentum": Interval(float, 0, 1, closed="left"),
-              "weight_decay": Interval(float, 0, None), "batch_size": Interval(int, 1, None)}
+    options = {
+        "epochs": Opt(50, Interval(int, 0, None), "passes over the labelled subset"),
+        "steps": Opt(0, Interval(int, 0, None, note="0 = use epochs"),
+                     "SGD steps instead of epochs (KRR-ST B.3: 10000)"),
+        "lr_head": Opt(0.05, Interval(float, 0, None, closed="neither"), "the head's lr"),
+        "lr_backbone": Opt(0.005, Interval(float, 0, None, note="0 = a frozen backbone"),
+                           "the encoder's lr"),
+        "momentum": Opt(0.9, Interval(float, 0, 1, closed="left"), "SGD momentum"),
+        "weight_decay": Opt(0.0, Interval(float, 0, None), "SGD weight decay"),
+        "batch_size": Opt(256, Interval(int, 1, None), "images per SGD step"),
+        "augment": Opt(False, None, "random crop (padding 4) + flip of the training images"),
+    }
+    test_options = {"epochs": 1, "batch_size": 64}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

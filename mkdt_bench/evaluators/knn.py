@@ -2,10 +2,10 @@
 
 The standard kNN monitor of self-supervised learning (Wu et al. 2018, "Unsupervised
 Feature Learning via Non-Parametric Instance Discrimination", use a similarity-weighted
-kNN). It is **not** one of the paper's protocols (spec ``evaluation.md`` A.2 is the
+kNN). It is **not** one of the paper's protocols (``docs/protocol.md`` A.2 is the
 linear probe); use it for quick comparisons only.
 
-The bank is the labelled subset of spec ``evaluation.md`` A.3 (the same draw as
+The bank is the labelled subset of ``docs/protocol.md`` A.3 (the same draw as
 ``linear``); each test image takes the majority vote of its ``k`` most cosine-similar
 bank entries (``k`` clipped to the bank size), each vote counting 1 (``uniform``) or its
 cosine similarity (``similarity``). Ties go to the smallest class index.
@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators.base import (
     Evaluator,
     encode_test_set,
@@ -26,8 +25,9 @@ from mkdt_bench.evaluators.base import (
     labelled_subset,
     test_scores,
 )
+from mkdt_bench.evaluators.registry import register_evaluator
 from mkdt_bench.models import Encoder
-from mkdt_bench.options import Interval
+from mkdt_bench.options import Interval, Opt
 
 
 def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, k: int, num_classes: int,
@@ -58,11 +58,13 @@ def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, k: int, num_
 
 @register_evaluator("knn")
 class KNNMonitor(Evaluator):
-    """Options: ``k`` (20), ``weighting`` (``uniform`` | ``similarity``)."""
+    """Majority vote of the ``k`` most cosine-similar labelled images (module doc)."""
 
-    defaults = {"k": 20, "weighting": "uniform"}
-    choices = {"weighting": ("uniform", "similarity")}
-    bounds = {"k": Interval(int, 1, None)}
+    options = {
+        "k": Opt(20, Interval(int, 1, None), "neighbours that vote (clipped to the bank size)"),
+        "weighting": Opt("uniform", ("uniform", "similarity"),
+                         "each vote counts 1, or its cosine similarity"),
+    }
 
     def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
                  device: torch.device) -> dict[str, float]:

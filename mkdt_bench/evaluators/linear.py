@@ -1,4 +1,4 @@
-"""MKDT's linear probe (spec ``evaluation.md`` A.2).
+"""MKDT's linear probe (``docs/protocol.md`` A.2).
 
 Frozen features; ``nn.Linear`` trained full-batch with L-BFGS (torch defaults: lr 1,
 20 inner iterations, no line search) for ``steps`` ``.step`` calls on the loss
@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators._lbfgs import fit_linear_lbfgs
 from mkdt_bench.evaluators.base import (
     Evaluator,
@@ -34,8 +33,9 @@ from mkdt_bench.evaluators.base import (
     labelled_subset,
     test_scores,
 )
+from mkdt_bench.evaluators.registry import register_evaluator
 from mkdt_bench.models import Encoder
-from mkdt_bench.options import Interval
+from mkdt_bench.options import Interval, Opt
 
 
 @torch.no_grad()
@@ -53,19 +53,23 @@ def train_mode_features(encoder: Encoder, images: Tensor, batch_size: int,
 
 @register_evaluator("linear")
 class LinearProbe(Evaluator):
-    """Options: ``steps`` (20), ``l2`` (1e-3), ``max_iter`` (20), ``lr`` (1.0),
-    ``labelled_mode`` ("eval" | "train": see the module docstring), ``encode_batch`` (256,
-    the batch of ``"train"`` mode)."""
+    """A linear head on frozen features, fitted with L-BFGS (module doc)."""
 
-    defaults = {"steps": 20, "l2": 1e-3, "max_iter": 20, "lr": 1.0, "labelled_mode": "eval",
-                "encode_batch": 256}
-    choices = {"labelled_mode": ("eval", "train")}
+    options = {
+        "steps": Opt(20, Interval(int, 1, None),
+                     "L-BFGS .step calls (20 reproduce [J]'s logged numbers; [O] uses 100)"),
+        "l2": Opt(1e-3, Interval(float, 0, None), "weight of l2·‖W‖² (bias not penalised)"),
+        "max_iter": Opt(20, Interval(int, 1, None), "L-BFGS inner iterations per step"),
+        "lr": Opt(1.0, Interval(float, 0, None, closed="neither"), "L-BFGS learning rate"),
+        "labelled_mode": Opt("eval", ("eval", "train"),
+                             "encode the labelled subset in eval mode, or in train mode as the "
+                             "reference does (module doc)"),
+        "encode_batch": Opt(256, Interval(int, 1, None),
+                            "batch of the labelled subset's encoding in \"train\" mode"),
+    }
     # rows stored before the two options existed encoded the labelled subset in eval mode
     compatible_defaults = {"labelled_mode": "eval", "encode_batch": 256}
-    bounds = {"steps": Interval(int, 1, None), "l2": Interval(float, 0, None),
-              "max_iter": Interval(int, 1, None),
-              "lr": Interval(float, 0, None, closed="neither"),
-              "encode_batch": Interval(int, 1, None)}
+    test_options = {"steps": 2, "max_iter": 5}
 
     def evaluate(self, encoder: Encoder, task: ImageDataset, fraction: float, seed: int,
                  device: torch.device) -> dict[str, float]:

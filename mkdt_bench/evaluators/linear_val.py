@@ -1,6 +1,6 @@
 """Linear probe with the L2 strength chosen on a validation split: the standard transfer protocol.
 
-Not the paper's protocol (spec ``evaluation.md`` A.2 fixes ``l2`` = 1e-3). The labelled
+Not the paper's protocol (``docs/protocol.md`` A.2 fixes ``l2`` = 1e-3). The labelled
 subset (A.3, the same draw as ``linear``) is split at random (seeded by the run seed) into
 a fit part and a validation part of ``int(n * val_fraction)`` images; one probe per
 ``l2_grid`` value is fitted on the fit part and scored on the validation part; the best
@@ -16,7 +16,6 @@ import torch
 
 from mkdt_bench.data.base import ImageDataset
 from mkdt_bench.errors import UserError
-from mkdt_bench.evaluators import register_evaluator
 from mkdt_bench.evaluators._lbfgs import accuracy, fit_linear_lbfgs
 from mkdt_bench.evaluators.base import (
     Evaluator,
@@ -25,23 +24,27 @@ from mkdt_bench.evaluators.base import (
     labelled_subset,
     test_scores,
 )
+from mkdt_bench.evaluators.registry import register_evaluator
 from mkdt_bench.models import Encoder
-from mkdt_bench.options import Each, Interval
+from mkdt_bench.options import Each, Interval, Opt
 
 
 @register_evaluator("linear-val")
 class LinearValProbe(Evaluator):
-    """Options: ``l2_grid`` (1e-6 ... 1e-1, by decades), ``val_fraction`` (0.2).
+    """``linear``'s probe with ``l2`` chosen on a validation split (module doc)."""
 
-    ``steps`` (20), ``max_iter`` (20) and ``lr`` (1) are ``linear``'s L-BFGS settings.
-    """
-
-    defaults = {"l2_grid": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "val_fraction": 0.2,
-                "steps": 20, "max_iter": 20, "lr": 1.0}
-    bounds = {"l2_grid": Each(Interval(float, 0, None), min_len=1),
-              "val_fraction": Interval(float, 0, 1, closed="neither"),
-              "steps": Interval(int, 1, None), "max_iter": Interval(int, 1, None),
-              "lr": Interval(float, 0, None, closed="neither")}
+    options = {
+        "l2_grid": Opt([1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+                       Each(Interval(float, 0, None), min_len=1),
+                       "the l2 strengths tried, in order (the first wins ties)"),
+        "val_fraction": Opt(0.2, Interval(float, 0, 1, closed="neither"),
+                            "share of the labelled subset held out for validation"),
+        "steps": Opt(20, Interval(int, 1, None), "L-BFGS .step calls (as linear's)"),
+        "max_iter": Opt(20, Interval(int, 1, None), "L-BFGS inner iterations (as linear's)"),
+        "lr": Opt(1.0, Interval(float, 0, None, closed="neither"),
+                  "L-BFGS learning rate (as linear's)"),
+    }
+    test_options = {"l2_grid": [1e-3, 1e-1], "steps": 2, "max_iter": 5}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

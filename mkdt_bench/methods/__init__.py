@@ -1,36 +1,12 @@
 """Distillation methods: one file each, registered by name.
 
-Adding a method is one new file with a :class:`Method` subclass plus one registration
-line (``@register_method("name")``). Third-party packages use the ``mkdt_bench.methods``
-entry-point group instead.
+Adding a method is one new file, ``methods/NAME.py``, holding a :class:`Method` subclass
+decorated ``@register_method("name")`` (from :mod:`mkdt_bench.methods.registry`), plus one
+registration line: the module's name in the import list below. Third-party packages use
+the ``mkdt_bench.methods`` entry-point group instead and touch no file here.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
-from mkdt_bench.methods.base import Method, MethodContext
-from mkdt_bench.registry import Registry, named_class
-
-METHODS: Registry = Registry("method", entry_point_group="mkdt_bench.methods",
-                             on_add=named_class, base=Method)
-
-
-def register_method(name: str):
-    """Class decorator: register a Method subclass under ``name``."""
-
-    def decorator(cls: type[Method]) -> type[Method]:
-        return METHODS.add(name, cls)
-
-    return decorator
-
-
-def create_method(name: str, **options: Any) -> Method:
-    """Instantiate a registered method with validated options."""
-    return METHODS.get(name)(**options)
-
-
-from mkdt_bench.methods import (  # noqa: E402,F401
+from mkdt_bench.methods import (
     baselines,
     dm_ssl,
     herding,
@@ -42,5 +18,9 @@ from mkdt_bench.methods import (  # noqa: E402,F401
     random_ssl,
     sas,
 )
+from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.methods.registry import METHODS, create_method, register_method
 
-__all__ = ["METHODS", "Method", "MethodContext", "create_method", "register_method"]
+__all__ = ["METHODS", "Method", "MethodContext", "create_method", "register_method",
+           "baselines", "dm_ssl", "herding", "imported", "kcenter", "kmeans", "krrst", "mkdt",
+           "random_ssl", "sas"]

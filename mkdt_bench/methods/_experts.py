@@ -26,31 +26,29 @@ from mkdt_bench.errors import UserError
 from mkdt_bench.methods._unroll import FlatNet, require_buffer_free
 from mkdt_bench.methods.base import MethodContext
 from mkdt_bench.models import Encoder, create_model
-from mkdt_bench.options import Interval
+from mkdt_bench.options import Interval, Opt
 from mkdt_bench.safeload import corrupt_artifact, load_artifact
 from mkdt_bench.seeding import derive_seed
 
-#: Options that define the experts (§2), shared by ``mkdt`` and ``highloss``.
-EXPERT_DEFAULTS: dict[str, Any] = {
-    "student": "convnet",
-    "width": 128,
-    "num_experts": 100,
-    "train_epochs": 20,
-    "expert_lr": 0.1,
-    "expert_momentum": 0.9,
-    "expert_wd": 1e-4,
-    "expert_batch": 256,
+#: Options that define the experts (§2), shared by ``mkdt`` and ``highloss`` (same names
+#: and defaults, so both share the cached experts). Each expert is seeded from its index and
+#: these options, not from the run seed.
+EXPERT_OPTIONS: dict[str, Opt] = {
+    "student": Opt("convnet", None, "model of the experts and the student (ConvNet-D3 up "
+                                    "to 32 px, D4 above; §2, §8)"),
+    "width": Opt(128, Interval(int, 0, None, note="0 = the student's default"),
+                 "student width"),
+    "num_experts": Opt(100, Interval(int, 1, None), "K, the number of expert trajectories"),
+    "train_epochs": Opt(20, Interval(int, 1, None),
+                        "E, epochs per expert; each trajectory has E + 1 snapshots"),
+    "expert_lr": Opt(0.1, Interval(float, 0, None, closed="neither"), "experts' SGD lr"),
+    "expert_momentum": Opt(0.9, Interval(float, 0, 1, closed="left"),
+                           "experts' SGD momentum"),
+    "expert_wd": Opt(1e-4, Interval(float, 0, None), "experts' weight decay"),
+    "expert_batch": Opt(256, Interval(int, 1, None), "experts' batch size"),
 }
-#: Ranges of the expert options (``Method.bounds`` of ``mkdt`` and ``highloss``).
-EXPERT_BOUNDS: dict[str, Interval] = {
-    "width": Interval(int, 0, None, note="0 = the student's default"),
-    "num_experts": Interval(int, 1, None),
-    "train_epochs": Interval(int, 1, None),
-    "expert_lr": Interval(float, 0, None, closed="neither"),
-    "expert_momentum": Interval(float, 0, 1, closed="left"),
-    "expert_wd": Interval(float, 0, None),
-    "expert_batch": Interval(int, 1, None),
-}
+#: The expert options at their defaults.
+EXPERT_DEFAULTS: dict[str, Any] = {key: opt.default for key, opt in EXPERT_OPTIONS.items()}
 
 TRAJECTORY_FILE = "trajectory.pt"
 
@@ -58,6 +56,13 @@ TRAJECTORY_FILE = "trajectory.pt"
 def expert_config(options: dict[str, Any]) -> dict[str, Any]:
     """The expert part of a method's options (what names an expert artifact)."""
     return {key: options[key] for key in EXPERT_DEFAULTS}
+
+
+def student_passes(cfg: dict[str, Any], count: float,
+                   batch: int) -> tuple[str, dict[str, Any], float, int]:
+    """``count`` passes through the §2 student in batches of ``batch``, as
+    :meth:`Method.rough_passes` gives them."""
+    return cfg["student"], {"width": cfg["width"]} if cfg["width"] else {}, count, batch
 
 
 def build_student(cfg: dict[str, Any], images: Tensor, out_dim: int, seed: int) -> Encoder:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.options import Each, Interval, resolve_options
+from mkdt_bench.options import Configurable
 from mkdt_bench.progress import Progress
 
 
@@ -73,21 +73,15 @@ class SubUnit(Protocol):
     def run(self, ctx: MethodContext) -> None: ...
 
 
-class Method:
-    """Base class of distillation methods (sub-class, set ``defaults``, implement distill).
+class Method(Configurable):
+    """Base class of distillation methods: sub-class, declare :attr:`options`, implement
+    ``distill``.
 
-    Options are plain data given to the constructor and validated against ``defaults``
-    (``choices`` for enumerations, ``bounds`` for ranges); the resolved dict is
-    ``self.config``.
+    Options are plain data given to the constructor and validated against their
+    declarations (:class:`~mkdt_bench.options.Opt`); the resolved dict is ``self.config``.
     """
 
-    name: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
-    choices: ClassVar[dict[str, Any]] = {}
-    #: Ranges of numeric options (:class:`~mkdt_bench.options.Interval`, or
-    #: :class:`~mkdt_bench.options.Each` for a list), checked with ``defaults``; checks
-    #: across options or against the data stay in code.
-    bounds: ClassVar[dict[str, Interval | Each]] = {}
+    kind = "method"
     #: False for methods whose output does not depend on the seed (e.g. ``full``).
     seeded: ClassVar[bool] = True
     #: Options that choose how a set is computed, not which set (e.g. MKDT's ``unroll``):
@@ -110,16 +104,35 @@ class Method:
     #: True for methods that read the training labels (``ctx.labels``): they break the SSL
     #: premise, so their rows are marked (``uses_labels`` in a row's config).
     uses_labels: ClassVar[bool] = False
+    #: True for methods that snapshot their state into ``ctx.scratch`` while they run and,
+    #: run again after a kill, resume from the last snapshot to the same set.
+    resumable: ClassVar[bool] = False
     #: Options whose default is the ``[teacher]`` option of the same name (e.g. the SSL
     #: recipe of ``random-ssl``); the config fills them in unless they are set.
     teacher_options: ClassVar[frozenset[str]] = frozenset()
-
-    def __init__(self, **options: Any) -> None:
-        self.config = resolve_options(f"method {self.name!r}", options, self.defaults,
-                                      self.choices, self.bounds)
+    #: Options the time of ``distill`` grows in proportion to (e.g. MKDT's ``iterations``;
+    #: ``"budget"`` for the set's size): a stored set that differs from a new one only in
+    #: these scales to its estimate (:mod:`mkdt_bench.pipeline.costs`).
+    cost_options: ClassVar[tuple[str, ...]] = ()
+    #: The role of a reference row in reports (:data:`mkdt_bench.rows.REFERENCES`):
+    #: ``"floor"`` (no pre-training), ``"low"`` and ``"high"`` (the marks a relative score
+    #: runs between); None for a method that is compared, not compared against.
+    reference: ClassVar[str | None] = None
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         raise NotImplementedError
+
+    def rough_passes(self, budget: int,
+                     pool: int) -> dict[str, tuple[str, dict[str, Any], float, int]]:
+        """The cost model's view of the method where nothing like it was measured: for
+        ``distilled`` (and each sub-unit stage, per sub-unit), the model, its options, how
+        many images pass forward and backward through it and in batches of how many,
+        distilling ``budget`` images from ``pool`` (default: none, a selection)."""
+        return {}
+
+    def set_size(self, budget: int, pool: int) -> int:
+        """Images of the set ``distill`` makes from ``pool`` (what pre-training costs)."""
+        return budget
 
     @classmethod
     def key_options(cls, options: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Reference points every table needs (spec ``evaluation.md`` §C rows 1, 2 and 8).
+"""Reference points every table needs (``docs/protocol.md``, Baselines).
 
 - ``random``: a uniformly random real subset of the budget with teacher targets.
 - ``none``: no pre-training; an empty set, so the encoder is probed at random init.
@@ -13,13 +13,15 @@ import torch
 
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods import register_method
 from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.methods.registry import register_method
 
 
 @register_method("random")
 class RandomSubset(Method):
     """Uniformly random real images (without replacement) with their teacher targets."""
+
+    reference = "low"
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         generator = torch.Generator().manual_seed(ctx.seed)
@@ -31,7 +33,11 @@ class RandomSubset(Method):
 class NoPretraining(Method):
     """The floor row: nothing to pre-train on."""
 
+    reference = "floor"
     seeded = False
+
+    def set_size(self, budget: int, pool: int) -> int:
+        return 0
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         return self.make_set(ctx, ctx.images[:0], ctx.targets[:0])
@@ -41,7 +47,11 @@ class NoPretraining(Method):
 class FullData(Method):
     """The whole training set with teacher targets (budget ignored)."""
 
+    reference = "high"
     seeded = False
+
+    def set_size(self, budget: int, pool: int) -> int:
+        return pool
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         return self.make_set(ctx, ctx.images, ctx.targets)

@@ -37,14 +37,14 @@ from mkdt_bench.augment import apply_crop_flip, draw_crop_flip
 from mkdt_bench.cache import atomic_torch_save
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods import register_method
 from mkdt_bench.methods._coreset import kmeans
 from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.methods.registry import register_method
 from mkdt_bench.models import Encoder, create_model
-from mkdt_bench.options import Interval
+from mkdt_bench.options import Interval, Opt
 from mkdt_bench.safeload import check_ints, check_optimizer, check_progress, check_rows, resume
 from mkdt_bench.seeding import rng_state, set_rng_state
-from mkdt_bench.teachers.ssl import encode
+from mkdt_bench.teachers.encoder import encode
 
 SNAPSHOT_FILE = "dm_state.pt"
 #: The parts of a resume snapshot and their types (tensors and plain data only).
@@ -78,43 +78,44 @@ class _State:
 @register_method("dm-ssl")
 class DistributionMatchingSSL(Method):
     """Distribution matching of random-network embeddings, per latent class, with teacher
-    targets of the learned images (module doc); defaults = DM's CIFAR setting.
-
-    Options:
-        model ("convnet"), width (128), norm (""): the randomly initialised embedding
-            network (DM: ConvNet, width 128, instance norm; "" / 0 keep the model default).
-        clusters (10): latent classes (k-means of the teacher representations); DM matches
-            per class (10 for CIFAR-10, 100 for CIFAR-100, 200 for Tiny-ImageNet).
-        iterations (20000), lr_img (1.0), momentum (0.5): DM's SGD on the images.
-        real_batch (256): real images per cluster and iteration (DM's ``batch_real``).
-        augment ("crop_flip"): siamese random crop (shift up to 1/8 of the side) + flip on
-            real and synthetic batches, the part of DSA implemented here; "none": off.
-        snapshot_every (1000): resumable state interval (``ctx.scratch``).
-    Needs the teacher (the final targets).
+    targets of the learned images (module doc); defaults = DM's CIFAR setting. Needs the
+    teacher (the final targets).
     """
 
-    defaults = {
-        "model": "convnet",
-        "width": 128,
-        "norm": "",
-        "clusters": 10,
-        "iterations": 20_000,
-        "lr_img": 1.0,
-        "momentum": 0.5,
-        "real_batch": 256,
-        "augment": "crop_flip",
-        "snapshot_every": 1000,
+    options = {
+        "model": Opt("convnet", None, "the randomly initialised embedding network (DM: "
+                                      "ConvNet)"),
+        "width": Opt(128, Interval(int, 0, None, note="0 = the model's default"),
+                     "its width (DM: 128)"),
+        "norm": Opt("", None, "its normalisation (DM: instance norm; \"\" = the model's "
+                              "default)"),
+        "clusters": Opt(10, Interval(int, 1, None),
+                        "latent classes, k-means of the teacher representations; DM matches "
+                        "per class (10 for CIFAR-10, 100 for CIFAR-100, 200 for Tiny)"),
+        "iterations": Opt(20_000, Interval(int, 1, None), "DM's SGD steps on the images"),
+        "lr_img": Opt(1.0, Interval(float, 0, None, closed="neither"), "SGD lr of the images"),
+        "momentum": Opt(0.5, Interval(float, 0, 1, closed="left"), "SGD momentum"),
+        "real_batch": Opt(256, Interval(int, 1, None),
+                          "real images per cluster and iteration (DM's batch_real)"),
+        "augment": Opt("crop_flip", ("crop_flip", "none"),
+                       "siamese random crop (shift up to 1/8 of the side) + flip of real and "
+                       "synthetic batches, the part of DSA implemented here"),
+        "snapshot_every": Opt(1000, Interval(int, 1, None),
+                              "resumable state interval (ctx.scratch)"),
     }
-    choices = {"augment": ("crop_flip", "none")}
-    bounds = {
-        "width": Interval(int, 0, None, note="0 = the model's default"),
-        "clusters": Interval(int, 1, None),
-        "iterations": Interval(int, 1, None),
-        "lr_img": Interval(float, 0, None, closed="neither"),
-        "momentum": Interval(float, 0, 1, closed="left"),
-        "real_batch": Interval(int, 1, None),
-        "snapshot_every": Interval(int, 1, None),
-    }
+    resumable = True
+    cost_options = ("iterations",)
+    test_options = {"width": 8, "clusters": 2, "iterations": 4, "real_batch": 8,
+                    "snapshot_every": 2}
+
+    def rough_passes(self, budget: int,
+                     pool: int) -> dict[str, tuple[str, dict[str, Any], float, int]]:
+        """Each iteration embeds ``real_batch`` real images per cluster (forward only, a
+        third of a pass) and passes the set forward and backward."""
+        cfg = self.config
+        options = {k: cfg[k] for k in ("width", "norm") if cfg[k]}
+        return {"distilled": (cfg["model"], options, cfg["iterations"] * (
+            cfg["clusters"] * cfg["real_batch"] / 3 + budget), cfg["real_batch"])}
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         cfg = self.config

@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.methods import register_method
 from mkdt_bench.methods._coreset import feature_space
 from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.methods.registry import register_method
+from mkdt_bench.options import Opt
 
 
 def herd(features: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
@@ -39,15 +40,12 @@ def herd(features: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
 
 @register_method("herding")
 class Herding(Method):
-    """Herding selection of ``budget`` real images, with their teacher targets.
+    """Herding selection of ``budget`` real images, with their teacher targets; does not
+    depend on the seed."""
 
-    Options:
-        normalize (False): herd L2-normalised representations (as iCaRL does) instead of
-            the raw ones the pre-training regresses.
-    Does not depend on the seed.
-    """
-
-    defaults = {"normalize": False}
+    options = {"normalize": Opt(False, None, "herd L2-normalised representations (as iCaRL "
+                                             "does) instead of the raw ones pre-training "
+                                             "regresses")}
     seeded = False
 
     def distill(self, ctx: MethodContext) -> DistilledSet:

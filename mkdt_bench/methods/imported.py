@@ -13,8 +13,9 @@ from pathlib import Path
 from mkdt_bench.cache import config_hash, file_sha256
 from mkdt_bench.distilled import DistilledSet, check_compatible
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods import METHODS
 from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.methods.registry import METHODS
+from mkdt_bench.options import Opt
 
 
 def check_not_empty(distilled: DistilledSet, what: str) -> None:
@@ -38,7 +39,8 @@ def imported_set(path: str) -> type[Method]:
         """A stored DistilledSet (its size is its own, whatever the grid's budget)."""
 
         name = f"import:{path}"
-        defaults = {"fingerprint": config_hash(files)}
+        options = {"fingerprint": Opt(config_hash(files), None,
+                                      "hash of the directory's files' sha256")}
         seeded = False
 
         def distill(self, ctx: MethodContext) -> DistilledSet:

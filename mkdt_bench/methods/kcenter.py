@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.methods import register_method
 from mkdt_bench.methods._coreset import feature_space
 from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.methods.registry import register_method
+from mkdt_bench.options import Opt
 
 
 def k_center_greedy(features: torch.Tensor, k: int, first: int) -> tuple[torch.Tensor, float]:
@@ -37,15 +38,11 @@ def k_center_greedy(features: torch.Tensor, k: int, first: int) -> tuple[torch.T
 
 @register_method("kcenter")
 class KCenterGreedy(Method):
-    """Greedy k-center selection of ``budget`` real images, with their teacher targets.
+    """Greedy k-center selection of ``budget`` real images, with their teacher targets; the
+    first image is drawn uniformly from the run seed."""
 
-    Options:
-        normalize (False): distances between L2-normalised representations instead of the
-            raw ones the pre-training regresses.
-    The first image is drawn uniformly from the run seed.
-    """
-
-    defaults = {"normalize": False}
+    options = {"normalize": Opt(False, None, "distances between L2-normalised representations "
+                                             "instead of the raw ones pre-training regresses")}
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         features = feature_space(ctx.targets, self.config["normalize"])

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from mkdt_bench.distilled import DistilledSet
-from mkdt_bench.methods import register_method
 from mkdt_bench.methods._coreset import feature_space, kmeans
 from mkdt_bench.methods.base import Method, MethodContext
-from mkdt_bench.options import Interval
+from mkdt_bench.methods.registry import register_method
+from mkdt_bench.options import Interval, Opt
 
 
 def nearest_distinct(centroids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -36,17 +36,18 @@ class KMeansCoreset(Method):
     """The real image nearest each of ``budget`` k-means centroids of the teacher
     representations, with its teacher target.
 
-    Options:
-        normalize (False): cluster L2-normalised representations (cosine geometry) instead
-            of the raw ones the pre-training regresses.
-        minibatch (False): scikit-learn's ``MiniBatchKMeans`` instead of ``KMeans`` (Lloyd),
-            for paper-scale pools (50,000 x 512-d into 1,000 clusters).
-        max_iter (300): k-means iterations (scikit-learn's default).
     The k-means++ initialisation is seeded by the run seed.
     """
 
-    defaults = {"normalize": False, "minibatch": False, "max_iter": 300}
-    bounds = {"max_iter": Interval(int, 1, None)}
+    options = {
+        "normalize": Opt(False, None, "cluster L2-normalised representations (cosine "
+                                      "geometry) instead of the raw ones pre-training regresses"),
+        "minibatch": Opt(False, None, "scikit-learn's MiniBatchKMeans instead of KMeans "
+                                      "(Lloyd), for paper-scale pools"),
+        "max_iter": Opt(300, Interval(int, 1, None), "k-means iterations (scikit-learn's "
+                                                     "default)"),
+    }
+    test_options = {"max_iter": 20}
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         cfg = self.config

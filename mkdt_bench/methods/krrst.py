@@ -27,12 +27,12 @@ from mkdt_bench.data.stats import KRRST_STATS, lookup, renormalize
 from mkdt_bench.device import resident, to_device, to_host
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods import register_method
 from mkdt_bench.methods._teacher_views import TeacherViews, ensure_views
 from mkdt_bench.methods.base import Method, MethodContext
+from mkdt_bench.methods.registry import register_method
 from mkdt_bench.models import Encoder, create_model
 from mkdt_bench.models.convnet import parse_widths
-from mkdt_bench.options import Interval
+from mkdt_bench.options import Interval, Opt
 from mkdt_bench.safeload import (
     check_ints,
     check_like,
@@ -225,103 +225,72 @@ class _State:
 class KRRST(Method):
     """KRR-ST (spec ``krrst.md``); defaults = the CIFAR100 column of §7.
 
-    Pool (§2.5, §7):
-        model ("convnet"), width (0), widths ("auto"), norm ("batchnorm"): the pool's feature
-            network (BatchNorm as the reference, §8.3). ``width`` > 0 gives every block that
-            width (D3 at 32 px, D4 above); with ``width`` 0, ``widths`` gives one width per
-            block: "auto" is KRR-ST's ``convnet_128_256_512_bn`` up to 32 px and
-            ``convnet_64_128_256_512_bn`` above (5.68 M / 5.75 M parameters with the 512-d
-            head), "A-B-C" any other, "" passes none. ``width`` / ``widths`` / ``norm`` go to
-            ``convnet`` only when set (0 / "" leave a model's own default).
-        pool_size (10), online_iterations (T = 1000): steps before a re-initialisation.
-        pool_lr (0.1), pool_momentum (0.9), pool_wd (1e-3): the pool's full-batch SGD.
-        reference_counter (False): reproduce the reference's never-reset counter (§6.1).
-    Outer loop (§2.3-§2.6):
-        outer_steps (160000), outer_lr (1e-4; 1e-5 for Tiny / ImageNet-64),
-        final_lr_factor (1e-3): linear decay to ``outer_lr · final_lr_factor``.
-        outer_optimizer ("adam"): Adam (β 0.9/0.999, no weight decay) on X_s and Y_s;
-            "sgd": SGD with momentum 0.5, the reference's option.
-        real_batch (1024), augment (True): crop (padding 4) + flip on the real batch only.
-        ridge (1e-6): λ = ridge · tr(K_ss).
-        reference_input_space (False): store X_s in raw pixel space and feed it raw while
-            real images are normalised, as the reference does (§6.2, §8.2); the set then
-            declares mean 0 / std 1 and is pre-trained on as stored.
-        input_stats ("dataset"): the statistics real batches, X_s and the teacher's inputs
-            are normalised with while distilling. "dataset": the data set's own (MKDT's
-            constants for CIFAR / Tiny-ImageNet: what a teacher trained here saw); "krrst":
-            KRR-ST's (``data/augmentation.py``, e.g. CIFAR-100 std 0.2673 / 0.2564 /
-            0.2762), what KRR-ST's released teacher was trained and used with; Y_s is then
-            the teacher's features of the re-normalised images. The stored set is
-            re-expressed in the data set's statistics either way (same pixels).
-        snapshot_every (1000): resumable state interval (``ctx.scratch``).
-    Speed (results equal to float rounding, not bit for bit; an engine option, not part of
-    the distilled set's cache key):
-        teacher_channels_last (True): on the CPU, run a copy of the frozen teacher in the
-            channels-last layout (oneDNN: about 1.4x faster for the ResNet-18 teacher;
-            targets within ~1e-6 of the default layout's). The loop also runs in a
-            retained glibc heap on the CPU (``allocator.retained_heap``; identical numbers).
-    Deviation, opt-in (issue 8):
-        teacher_views (0 = off, the faithful path): V > 0 precomputes, once per inputs, V
-            crop + flip views of every pool image and the teacher's targets of each
-            (``_teacher_views``; cache stage ``krrst-views``, shared by all seeds). Each
-            outer step then uses, per image of its real batch, one of the V stored views
-            (drawn uniformly) and its stored target, instead of a fresh augmentation and a
-            teacher forward (§2.4, §2.9): the teacher sees V fixed views per image. Memory
-            V·N·D·4 bytes (memory-mapped), e.g. 164 MB for V = 4 on the ``cifar10-cpu``
-            pool (10,000 x 1,024-d), 410 MB on CIFAR100 (50,000 x 512-d). Time (ResNet-18
-            teacher, 32 px, 1 CPU thread, ``benchmarks/README.md``): the precompute is V·N
-            teacher forwards, 8.3 ms each (~28 min for V = 4 on CIFAR100); a step at
-            1000 x 1024 takes 7.9 s instead of 13.7 s (0.58x). Final table on
-            ``cifar10-cpu`` (V = 4, 3 seeds): -0.18 / +0.24 points vs faithful, not
-            significant (``results/krrst-teacher-views.md``). Needs ``augment``.
+    ``teacher_channels_last`` is an engine option (results equal to float rounding, not part
+    of the set's cache key). On the CPU the loop runs in a retained glibc heap
+    (``allocator.retained_heap``; identical numbers). ``teacher_views`` is an opt-in
+    deviation (``docs/krrst.md``): the teacher sees V fixed views per image.
     """
 
     #: 2: at width 0 the pool is KRR-ST's own ConvNet (``widths="auto"``), no longer the
     #: harness's default ConvNet, so sets of version 1 are not reused.
     version = 2
-    defaults = {
-        "model": "convnet",
-        "width": 0,
-        "widths": "auto",
-        "norm": "batchnorm",
-        "pool_size": 10,
-        "online_iterations": 1000,
-        "pool_lr": 0.1,
-        "pool_momentum": 0.9,
-        "pool_wd": 1e-3,
-        "reference_counter": False,
-        "outer_steps": 160_000,
-        "outer_lr": 1e-4,
-        "final_lr_factor": 1e-3,
-        "outer_optimizer": "adam",
-        "real_batch": 1024,
-        "augment": True,
-        "ridge": 1e-6,
-        "reference_input_space": False,
-        "input_stats": "dataset",
-        "snapshot_every": 1000,
-        "teacher_channels_last": True,
-        "teacher_views": 0,
-    }
-    choices = {"outer_optimizer": ("adam", "sgd"), "input_stats": ("dataset", "krrst")}
-    bounds = {
-        "width": Interval(int, 0, None, note="0 = use widths"),
-        "pool_size": Interval(int, 1, None),
-        "online_iterations": Interval(int, 2, None, note="pool models start after "
-                                      "Uniform{1..T-1} steps"),
-        "pool_lr": Interval(float, 0, None, closed="neither"),
-        "pool_momentum": Interval(float, 0, 1, closed="left"),
-        "pool_wd": Interval(float, 0, None),
-        "outer_steps": Interval(int, 1, None),
-        "outer_lr": Interval(float, 0, None, closed="neither"),
-        "final_lr_factor": Interval(float, 0, 1, closed="right"),
-        "real_batch": Interval(int, 1, None),
-        "ridge": Interval(float, 0, None, closed="neither"),
-        "snapshot_every": Interval(int, 1, None),
-        "teacher_views": Interval(int, 0, None, note="0 = off"),
+    options = {
+        "model": Opt("convnet", None, "the pool's feature network (§2.5)"),
+        "width": Opt(0, Interval(int, 0, None, note="0 = use widths"),
+                     "give every block of the pool's convnet this width (D3 at 32 px, D4 "
+                     "above)"),
+        "widths": Opt("auto", None,
+                      "one width per block, \"A-B-C\"; \"auto\": KRR-ST's "
+                      "convnet_128_256_512_bn up to 32 px, convnet_64_128_256_512_bn above; "
+                      "\"\": the model's own"),
+        "norm": Opt("batchnorm", None, "the pool's normalisation (BatchNorm as the "
+                                       "reference, §8.3; \"\" = the model's own)"),
+        "pool_size": Opt(10, Interval(int, 1, None), "models in the pool (§2.5)"),
+        "online_iterations": Opt(1000, Interval(int, 2, None, note="pool models start after "
+                                                "Uniform{1..T-1} steps"),
+                                 "T, a pool model's steps before its re-initialisation (§2.5)"),
+        "pool_lr": Opt(0.1, Interval(float, 0, None, closed="neither"),
+                       "the pool's full-batch SGD lr"),
+        "pool_momentum": Opt(0.9, Interval(float, 0, 1, closed="left"),
+                             "the pool's SGD momentum"),
+        "pool_wd": Opt(1e-3, Interval(float, 0, None), "the pool's SGD weight decay"),
+        "reference_counter": Opt(False, None, "reproduce the reference's never-reset "
+                                              "counter (§6.1)"),
+        "outer_steps": Opt(160_000, Interval(int, 1, None), "outer updates (§2.3)"),
+        "outer_lr": Opt(1e-4, Interval(float, 0, None, closed="neither"),
+                        "outer lr of X_s and Y_s (§2.6; 1e-5 for Tiny / ImageNet-64)"),
+        "final_lr_factor": Opt(1e-3, Interval(float, 0, 1, closed="right"),
+                               "linear decay of the outer lr to outer_lr · final_lr_factor"),
+        "outer_optimizer": Opt("adam", ("adam", "sgd"),
+                               "Adam (β 0.9/0.999, no weight decay) on X_s and Y_s, or SGD "
+                               "with momentum 0.5 (the reference's option)"),
+        "real_batch": Opt(1024, Interval(int, 1, None), "real images per outer step (§2.4)"),
+        "augment": Opt(True, None, "crop (padding 4) + flip of the real batch only (§2.4)"),
+        "ridge": Opt(1e-6, Interval(float, 0, None, closed="neither"),
+                     "λ = ridge · tr(K_ss) (§2.2)"),
+        "reference_input_space": Opt(False, None,
+                                     "store X_s in raw pixel space and feed it raw while real "
+                                     "images are normalised, as the reference (§6.2, §8.2); "
+                                     "the set then declares mean 0 / std 1"),
+        "input_stats": Opt("dataset", ("dataset", "krrst"),
+                           "statistics of the inputs while distilling: the data set's own, or "
+                           "KRR-ST's (what its released teacher saw); the stored set is "
+                           "re-expressed in the data set's either way"),
+        "snapshot_every": Opt(1000, Interval(int, 1, None),
+                              "resumable state interval (ctx.scratch)"),
+        "teacher_channels_last": Opt(True, None, "engine: on the CPU, run a channels-last copy "
+                                                 "of the frozen teacher (oneDNN; faster)"),
+        "teacher_views": Opt(0, Interval(int, 0, None, note="0 = off"),
+                             "deviation: V > 0 precomputes V crop + flip views of every pool "
+                             "image and their teacher targets, and each outer step draws one "
+                             "stored view per image (docs/krrst.md); needs augment"),
     }
     engine_options = frozenset({"teacher_channels_last"})
+    cost_options = ("outer_steps",)
     compatible_defaults = {"teacher_views": 0, "widths": "auto", "input_stats": "dataset"}
+    resumable = True
+    test_options = {"width": 8, "pool_size": 2, "online_iterations": 3, "outer_steps": 4,
+                    "real_batch": 16, "snapshot_every": 2, "outer_lr": 1e-2}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -418,6 +387,23 @@ class KRRST(Method):
         channels_last = self.config["teacher_channels_last"] and ctx.device.type == "cpu"
         return ensure_views(ctx, self.config["teacher_views"], CROP_PADDING, channels_last,
                             lambda: self._teacher(ctx, load()))
+
+    def rough_passes(self, budget: int,
+                     pool: int) -> dict[str, tuple[str, dict[str, Any], float, int]]:
+        """Each outer step passes the real batch and the set forward and backward through a
+        pool model, then the set again for that model's online step (the model's default
+        widths stand in for ``widths="auto"``; the teacher's targets are not counted)."""
+        cfg = self.config
+        options: dict[str, Any] = {}
+        if cfg["width"]:
+            options["width"] = cfg["width"]
+        elif cfg["widths"] not in ("auto", ""):
+            options["widths"] = parse_widths(cfg["widths"])
+        if cfg["norm"]:
+            options["norm"] = cfg["norm"]
+        return {"distilled": (cfg["model"], options,
+                              cfg["outer_steps"] * (cfg["real_batch"] + 2 * budget),
+                              cfg["real_batch"] + budget)}
 
     def _build(self, ctx: MethodContext, seed: int) -> Encoder:
         cfg = self.config

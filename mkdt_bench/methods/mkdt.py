@@ -25,16 +25,15 @@ from mkdt_bench.cache import atomic_torch_save
 from mkdt_bench.device import autocast, to_device, to_host, unroll_budget_bytes
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods import register_method
 from mkdt_bench.methods._experts import (
-    EXPERT_BOUNDS,
-    EXPERT_DEFAULTS,
+    EXPERT_OPTIONS,
     HALF_KEY,
     build_student,
     ensure_experts,
     expert_config,
     expert_units,
     load_trajectories,
+    student_passes,
 )
 from mkdt_bench.methods._highloss import high_loss_indices, high_loss_scores, select_high_loss
 from mkdt_bench.methods._unroll import (
@@ -46,7 +45,8 @@ from mkdt_bench.methods._unroll import (
     syn_batches,
 )
 from mkdt_bench.methods.base import Method, MethodContext, SubUnit
-from mkdt_bench.options import Interval
+from mkdt_bench.methods.registry import register_method
+from mkdt_bench.options import Interval, Opt
 from mkdt_bench.safeload import (
     check_ints,
     check_like,
@@ -72,19 +72,25 @@ CHECK_EVERY = 25
 class HighLossSubset(Method):
     """The §3 high-loss real subset with teacher targets and lr ``None`` (§5 baseline 3).
 
-    Options (the expert options of ``mkdt``, same names and defaults, so both share the
-    cached experts): ``student``, ``width``, ``num_experts``, ``train_epochs``,
-    ``expert_lr``, ``expert_momentum``, ``expert_wd``, ``expert_batch`` (see :class:`MKDT`).
-    The selection does not depend on the seed.
+    Its options are ``mkdt``'s expert options, so both share the cached experts. The
+    selection does not depend on the seed.
     """
 
-    defaults = dict(EXPERT_DEFAULTS)
-    bounds = dict(EXPERT_BOUNDS)
+    options = dict(EXPERT_OPTIONS)
     seeded = False
+    test_options = {"width": 8, "num_experts": 2, "train_epochs": 2, "expert_batch": 16}
 
     def sub_units(self, inputs_key: str) -> list[SubUnit]:
         """One unit per expert (§2)."""
         return expert_units(expert_config(self.config), inputs_key)
+
+    def rough_passes(self, budget: int,
+                     pool: int) -> dict[str, tuple[str, dict[str, Any], float, int]]:
+        """Each expert trains ``train_epochs`` over the pool; the selection passes the pool
+        forward (a third of a pass) through every expert."""
+        cfg = self.config
+        return {"expert": student_passes(cfg, cfg["train_epochs"] * pool, cfg["expert_batch"]),
+                "distilled": student_passes(cfg, cfg["num_experts"] * pool / 3, pool)}
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         idx = select_high_loss(ctx, self.config)
@@ -120,64 +126,11 @@ class _State:
 class MKDT(Method):
     """MKDT trajectory matching (spec ``mkdt.md`` §2-§4); defaults = the CIFAR10 2% column of §8.
 
-    Experts (§2; shared with ``highloss``, one cache artifact per expert, seeded from its
-    index and these options, not from the run seed):
-        student ("convnet"): model name of the student and the inner-loop network;
-            the convnet is depth 3 up to 32 px, depth 4 above (ConvNet-D3 / D4, §2, §8).
-        width (128): student width (0 = do not pass a width to the model).
-        num_experts (100): K.  train_epochs (20): E; each trajectory has E + 1 snapshots.
-        expert_lr (0.1), expert_momentum (0.9), expert_wd (1e-4), expert_batch (256).
-
-    Initialisation (§3):
-        init ("high_loss"): top-budget images by KD loss under the epoch-1 snapshots,
-            averaged over the experts; "random": a uniform subset drawn from the run seed
-            (the same subset as the ``random`` method with that seed).
-        lr_teacher (0.1): initial learnable lr η̃.
-
-    Distillation (§4, §8):
-        iterations (5000): outer updates. The paper evaluates ``images_5000`` (state after
-            4,999 updates, bug 8), also for Tiny's 10,000-iteration runs; 5000 updates
-            stand for both.
-        syn_steps (40): N inner plain-SGD steps.  expert_epochs (2): M, target θ_{t+M}.
-        max_start_epoch (2): t ~ Uniform{0, ..., max_start_epoch - 1}.
-        batch_syn (256): inner mini-batch size (chunks of a fresh permutation, §4 step 2).
-        lr_img (1000), lr_labels (1), lr_lr (1e-4): SGD lrs of X̃, Ỹ and η̃,
-            each with momentum (0.5).
-        eval_it (1000): snapshot interval (resumable state in ``ctx.scratch``) and the
-            window of the reported loss curve.
-        single_expert (False): bug-compatibility with [J] HEAD (bug 5, §9.1): match the
-            first expert drawn in every iteration instead of cycling through all K.
-
-    Engine (how step 4's gradient is computed; the results agree to float rounding, not
-    bit for bit). ``unroll``, ``unroll_memory_gb`` and ``expert_group`` are engine options
-    (:attr:`Method.engine_options`): not part of the distilled set's cache key, so a set
-    stored by one engine is reused by another:
-        unroll ("auto"): "full" keeps the whole unrolled graph (fastest; its size grows
-            with syn_steps: tens of GB at the CIFAR setting); "checkpoint" keeps only the
-            N + 1 parameter vectors and rebuilds one inner step's graph at a time while
-            walking back (exact, memory independent of syn_steps, about 1.3x the time);
-            "auto" takes "full" when the estimated graph (8 bytes per activation float x
-            the student's activations per image x min(batch_syn, budget) x syn_steps)
-            fits in the memory budget, else "checkpoint" (CIFAR ConvNet-D3, 256 x 40:
-            ~43 GiB, "full" on an 80 GB GPU, "checkpoint" on a 23 GB CPU machine;
-            100 x 10: ~4 GiB). The choice is stored in the set (``unroll``).
-        unroll_memory_gb (0): the memory budget of "auto", in GiB; 0 = from the device
-            (``mkdt_bench.device.unroll_budget_bytes``: 90 % of the GPU's free memory,
-            half the host's physical memory on the CPU).
-        expert_group (1): train the missing experts this many at a time (one
-            ``torch.func.vmap`` over their stacked parameters, §2); each keeps its own
-            seed, shuffling and SGD state and equals its one-by-one training to float
-            rounding, under the same expert cache key. ``highloss`` trains one by one.
-            Slower on the CPU (1.6-2.1x per expert-epoch: the stacked convolutions run
-            as grouped ones), so 1 there; meant for GPUs (``benchmarks/gpu_check.sh``).
-        expert_half (False): store the expert snapshots in float16 (half the bytes: 57
-            instead of 113 MB per CIFAR expert); they are the float32 experts rounded,
-            under their own cache keys, and are used in float32. Changes the matching
-            loss by rounding (``benchmarks/README.md``).
-
+    Experts (§2) are shared with ``highloss``. ``unroll``, ``unroll_memory_gb`` and
+    ``expert_group`` choose how step 4's gradient is computed, with results equal to float
+    rounding (:attr:`Method.engine_options`): a set stored by one engine is reused by another.
     On the CPU the inner loop and the expert training run in a retained glibc heap
-    (``allocator.retained_heap``: no page faults on every new activation tensor; 1.8-2.2x
-    faster, identical numbers, 15-45 % more resident memory; ``benchmarks/README.md``).
+    (``allocator.retained_heap``; identical numbers).
 
     Off the CPU the data stay on the device and an iteration reads nothing back to the
     host: its loss and finiteness checks are read every ``CHECK_EVERY`` iterations and at
@@ -189,46 +142,57 @@ class MKDT(Method):
     the iteration and the learning rates to lower; the last good snapshot stays on disk.
     """
 
-    defaults = {
-        **EXPERT_DEFAULTS,
-        "init": "high_loss",
-        "lr_teacher": 0.1,
-        "iterations": 5000,
-        "syn_steps": 40,
-        "expert_epochs": 2,
-        "max_start_epoch": 2,
-        "batch_syn": 256,
-        "lr_img": 1000.0,
-        "lr_labels": 1.0,
-        "lr_lr": 1e-4,
-        "momentum": 0.5,
-        "eval_it": 1000,
-        "single_expert": False,
-        "unroll": "auto",
-        "unroll_memory_gb": 0.0,
-        "expert_group": 1,
-        "expert_half": False,
-    }
-    choices = {"init": ("high_loss", "random"), "unroll": UNROLL_MODES}
-    bounds = {
-        **EXPERT_BOUNDS,
-        "lr_teacher": Interval(float, 0, None, closed="neither"),
-        "iterations": Interval(int, 1, None),
-        "syn_steps": Interval(int, 1, None),
-        "expert_epochs": Interval(int, 1, None),
-        "max_start_epoch": Interval(int, 1, None),
-        "batch_syn": Interval(int, 1, None),
-        "lr_img": Interval(float, 0, None, note="0 = the images stay as initialised"),
-        "lr_labels": Interval(float, 0, None, note="0 = the targets stay as initialised"),
-        "lr_lr": Interval(float, 0, None, note="0 = the lr stays lr_teacher"),
-        "momentum": Interval(float, 0, 1, closed="left"),
-        "eval_it": Interval(int, 1, None),
-        "unroll_memory_gb": Interval(float, 0, None, note="0 = from the device"),
-        "expert_group": Interval(int, 1, None),
+    options = {
+        **EXPERT_OPTIONS,
+        "init": Opt("high_loss", ("high_loss", "random"),
+                    "initial images: the top-budget images by KD loss under the epoch-1 "
+                    "snapshots (§3), or the random method's subset of the run seed"),
+        "lr_teacher": Opt(0.1, Interval(float, 0, None, closed="neither"),
+                          "initial learnable lr η̃ (§3)"),
+        "iterations": Opt(5000, Interval(int, 1, None),
+                          "outer updates (§4; the paper evaluates images_5000, bug 8)"),
+        "syn_steps": Opt(40, Interval(int, 1, None), "N, inner plain-SGD steps (§4)"),
+        "expert_epochs": Opt(2, Interval(int, 1, None), "M: the target is θ_{t+M} (§4)"),
+        "max_start_epoch": Opt(2, Interval(int, 1, None),
+                               "start epoch t ~ Uniform{0, ..., max_start_epoch - 1} (§4)"),
+        "batch_syn": Opt(256, Interval(int, 1, None),
+                         "inner mini-batch size: chunks of a fresh permutation (§4 step 2)"),
+        "lr_img": Opt(1000.0, Interval(float, 0, None, note="0 = the images stay as "
+                                       "initialised"), "SGD lr of the images X̃"),
+        "lr_labels": Opt(1.0, Interval(float, 0, None, note="0 = the targets stay as "
+                                       "initialised"), "SGD lr of the targets Ỹ"),
+        "lr_lr": Opt(1e-4, Interval(float, 0, None, note="0 = the lr stays lr_teacher"),
+                     "SGD lr of the learnable lr η̃"),
+        "momentum": Opt(0.5, Interval(float, 0, 1, closed="left"),
+                        "momentum of the three SGD optimisers"),
+        "eval_it": Opt(1000, Interval(int, 1, None),
+                       "snapshot interval (resumable state in ctx.scratch) and window of the "
+                       "reported loss curve"),
+        "single_expert": Opt(False, None, "match the first expert drawn in every iteration "
+                                          "instead of cycling through all K ([J] HEAD, bug 5, "
+                                          "§9.1)"),
+        "unroll": Opt("auto", UNROLL_MODES,
+                      "engine: \"full\" keeps the whole unrolled graph (fastest, grows with "
+                      "syn_steps); \"checkpoint\" rebuilds one inner step at a time while "
+                      "walking back (exact, memory independent of syn_steps); \"auto\" takes "
+                      "full when its estimated graph fits unroll_memory_gb"),
+        "unroll_memory_gb": Opt(0.0, Interval(float, 0, None, note="0 = from the device"),
+                                "engine: the memory budget of unroll=auto, in GiB "
+                                "(device.unroll_budget_bytes)"),
+        "expert_group": Opt(1, Interval(int, 1, None),
+                            "engine: train the missing experts this many at a time (one "
+                            "torch.func.vmap; each equals its one-by-one training to float "
+                            "rounding); for GPUs, slower on the CPU"),
+        "expert_half": Opt(False, None, "store the expert snapshots in float16 (half the "
+                                        "bytes, under their own cache keys; used in float32)"),
     }
     engine_options = frozenset({"unroll", "unroll_memory_gb", "expert_group"})
+    cost_options = ("iterations",)
     compatible_defaults = {"expert_half": False}
     uses_autocast = True
+    resumable = True
+    test_options = {**HighLossSubset.test_options, "iterations": 4, "syn_steps": 2,
+                    "expert_epochs": 1, "batch_syn": 4, "eval_it": 2, "lr_img": 10.0}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -242,6 +206,18 @@ class MKDT(Method):
     def sub_units(self, inputs_key: str) -> list[SubUnit]:
         """One unit per expert (§2)."""
         return expert_units(self._experts(), inputs_key)
+
+    def rough_passes(self, budget: int,
+                     pool: int) -> dict[str, tuple[str, dict[str, Any], float, int]]:
+        """The experts as ``highloss``'s; each iteration passes a batch of ``batch_syn`` set
+        images through ``syn_steps`` inner steps, forward and backward twice (the
+        meta-gradient through the unrolled steps), after the high-loss selection."""
+        cfg = self.config
+        batch = min(cfg["batch_syn"], budget)
+        unrolled = 2 * cfg["iterations"] * cfg["syn_steps"] * batch
+        selection = cfg["num_experts"] * pool / 3 if cfg["init"] == "high_loss" else 0
+        return {"expert": student_passes(cfg, cfg["train_epochs"] * pool, cfg["expert_batch"]),
+                "distilled": student_passes(cfg, unrolled + selection, batch)}
 
     def _experts(self) -> dict[str, Any]:
         """The expert config, marked for half-precision snapshots if ``expert_half``."""

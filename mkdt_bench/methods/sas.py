@@ -1,6 +1,5 @@
 """``sas``: the SAS subset for contrastive SSL (Joshi & Mirzasoleiman, ICML 2023), the
-"SAS subset + KD" row of MKDT's tables (spec ``evaluation.md`` §C row 4). Spec and
-deviations: ``docs/sas.md``.
+"SAS subset + KD" row of MKDT's tables. Spec and deviations: ``docs/sas.md``.
 
 Approximate latent classes are k-means clusters of the teacher's representations (the
 label-free option of SAS, with the teacher as its proxy encoder). Within each class, images
@@ -18,10 +17,10 @@ from torch import Tensor
 
 from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-from mkdt_bench.methods import register_method
 from mkdt_bench.methods._coreset import kmeans, proportional_counts
 from mkdt_bench.methods.base import Method, MethodContext
-from mkdt_bench.options import Interval
+from mkdt_bench.methods.registry import register_method
+from mkdt_bench.options import Interval, Opt
 
 #: Rows of the similarity matrix computed at once for the class sums (memory only).
 BLOCK = 1024
@@ -67,20 +66,21 @@ def reference_in_class(unit: Tensor, count: int, threshold: float) -> Tensor:
 class SAS(Method):
     """SAS subset of ``budget`` real images with their teacher targets (``docs/sas.md``).
 
-    Options:
-        latent_classes (10): k of the k-means latent classes (SAS: the number of downstream
-            classes, an estimate; 100 for CIFAR-100, 200 for Tiny-ImageNet).
-        threshold (0.0): cosine similarities below it count as 0 (in [0, 1]).
-        reference_objective (False): reproduce the reference code, whose redundancy term is
-            always 0 (it zeroes the wrong axis), so that each class keeps its images of
-            largest summed similarity (``docs/sas.md`` §5).
     The k-means initialisation is seeded by the run seed; no labels are used.
     """
 
-    defaults = {"latent_classes": 10, "threshold": 0.0, "reference_objective": False}
-    bounds = {"latent_classes": Interval(int, 1, None),
-              "threshold": Interval(float, 0, 1, note="negative similarities would break "
-                                    "submodularity")}
+    options = {
+        "latent_classes": Opt(10, Interval(int, 1, None),
+                              "k of the k-means latent classes (SAS: the number of downstream "
+                              "classes; 100 for CIFAR-100, 200 for Tiny-ImageNet)"),
+        "threshold": Opt(0.0, Interval(float, 0, 1, note="negative similarities would break "
+                                       "submodularity"),
+                         "cosine similarities below it count as 0"),
+        "reference_objective": Opt(False, None,
+                                   "reproduce the reference code, whose redundancy term is "
+                                   "always 0 (docs/sas.md §5)"),
+    }
+    test_options = {"latent_classes": 3}
 
     def distill(self, ctx: MethodContext) -> DistilledSet:
         cfg = self.config

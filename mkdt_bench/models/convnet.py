@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from torch import Tensor, nn
 
 from mkdt_bench.errors import UserError
-from mkdt_bench.models import MODELS
 from mkdt_bench.models.base import Encoder
+from mkdt_bench.models.registry import MODELS
 
 NORMS = ("instancenorm", "batchnorm", "none")
 

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from mkdt_bench.errors import UserError
-from mkdt_bench.models import MODELS
 from mkdt_bench.models.base import Encoder
+from mkdt_bench.models.registry import MODELS
 
 NORMS = ("batchnorm", "groupnorm", "instancenorm")
 

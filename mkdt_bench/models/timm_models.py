@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from mkdt_bench.errors import UserError
-from mkdt_bench.models import MODELS
 from mkdt_bench.models.base import Encoder
+from mkdt_bench.models.registry import MODELS
 
 
 class TimmEncoder(Encoder):

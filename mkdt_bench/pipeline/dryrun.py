@@ -1,16 +1,24 @@
 """What ``mkdt-bench run --dry-run`` prints, and the warning before a run that would take
 hours: the resolved configuration, the plan's steps with what each needs and its
-estimated cost (:mod:`mkdt_bench.pipeline.costs`), and the total."""
+estimated cost (:mod:`mkdt_bench.pipeline.costs`), and the total over the critical path of
+the executor that will run them."""
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mkdt_bench.pipeline.costs import ROUGH, CostBook, Estimate, rough_teacher, total
-from mkdt_bench.pipeline.runner import TEACHER, TO_COMPUTE, Plan, Step
+from mkdt_bench.cache import ArtifactCache
+from mkdt_bench.pipeline.calibration import Calibration
+from mkdt_bench.pipeline.costs import ROUGH, CostBook, Estimate, critical_path, estimate_plan, total
+from mkdt_bench.pipeline.plan import TEACHER, TO_COMPUTE, Plan, Step
+from mkdt_bench.pipeline.run import grid_tasks
 from mkdt_bench.progress import duration
+
+if TYPE_CHECKING:
+    from mkdt_bench.data import ImageDataset
+    from mkdt_bench.results import ResultStore
 
 #: A run estimated above this many seconds is announced with a warning before it starts.
 WARN_SECONDS = 3 * 3600
@@ -39,39 +47,46 @@ def render_config(cfg: dict[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def plan_estimates(plan: Plan, book: CostBook, cfg: dict[str, Any], dataset: Any,
-                   device: Any) -> dict[tuple[str, str], Estimate]:
-    """An estimate for every step to compute: measured, or for the teacher a rough model
-    when nothing like it was measured."""
-    out = {}
-    for step in plan.to_compute:
-        estimate = book.estimate(step)
-        if step.stage == TEACHER and estimate.seconds is None:
-            estimate = rough_teacher(cfg["teacher"], dataset, device)
-        out[step.stage, step.key] = estimate
-    return out
+def plan_estimates(plan: Plan, cache: ArtifactCache, store: ResultStore, dataset: ImageDataset,
+                   calibration: Calibration) -> dict[tuple[str, str], Estimate]:
+    """An estimate for every step to compute (:func:`~mkdt_bench.pipeline.costs.estimate_plan`)
+    from what ``cache`` and ``store`` measured on the calibration's kind of device, scaled,
+    or the rough model; the caller stores the calibration (a run) or not (a dry run)."""
+    book = CostBook(cache, store, calibration.device.type,
+                    {dataset.fingerprint: len(dataset.train_images)})
+    return estimate_plan(plan, book, calibration, dataset)
+
+
+def plan_seconds(plan: Plan, estimates: dict[tuple[str, str], Estimate],
+                 workers: int) -> float:
+    """The estimated time of the plan's steps to compute on ``workers`` workers: the
+    executor's schedule over the plan's task graph (one worker: the sum; steps without an
+    estimate count as none)."""
+    seconds = {s.task: estimates.get((s.stage, s.key), Estimate(None)).seconds or 0.0
+               for s in plan.to_compute if s.task}
+    return critical_path(grid_tasks(plan), seconds, workers)
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _row(step: Step, estimate: Estimate | None, notes: list[str]) -> list[str]:
+def _row(step: Step, estimate: Estimate | None, notes: dict[str, str]) -> list[str]:
     if step.status != TO_COMPUTE:
         return [step.stage, step.status, "", "", step.label, ""]
     estimate = estimate or Estimate(None)
     seconds = "?" if estimate.seconds is None else duration(estimate.seconds)
     peak = "" if estimate.peak_mib is None else f"{estimate.peak_mib:,.0f}"
     basis = estimate.basis
-    if basis.startswith(ROUGH):  # long: a footnote
-        notes.append(f"[{len(notes) + 1}] {step.stage} {step.label}: {basis}")
-        basis = f"{ROUGH} [{len(notes)}]"
+    if basis.startswith(ROUGH):  # long: a footnote, one for the steps it says alike
+        notes.setdefault(basis, f"{step.stage} {step.label}")
+        basis = f"{ROUGH} [{list(notes).index(basis) + 1}]"
     return [step.stage, step.status, seconds, peak, step.label, basis]
 
 
 def render_plan(plan: Plan, estimates: dict[tuple[str, str], Estimate], cfg: dict[str, Any],
-                device: str) -> str:
-    """The plan's steps, one line each, and the total."""
+                device: str, workers: int = 1) -> str:
+    """The plan's steps, one line each, and the total on ``workers`` workers."""
     from tabulate import tabulate
 
     run = cfg["run"]
@@ -79,7 +94,7 @@ def render_plan(plan: Plan, estimates: dict[tuple[str, str], Estimate], cfg: dic
         if plan.n_source < plan.n_train else ""
     head = (f"{run['dataset']}: {plan.n_train:,} training images{pool}; budget "
             f"{run['budget']} = {plan.budget:,} images a set")
-    notes: list[str] = []
+    notes: dict[str, str] = {}  # basis -> the first step it is the basis of
     rows = [_row(s, estimates.get((s.stage, s.key)), notes) for s in plan.steps]
     table = tabulate(rows, headers=["stage", "status", "time", "peak MiB", "step", "estimate"],
                      tablefmt="simple", disable_numparse=True)
@@ -94,29 +109,36 @@ def render_plan(plan: Plan, estimates: dict[tuple[str, str], Estimate], cfg: dic
     if todo:
         measured = len(todo) - unknown
         peak_text = f", peak {peak:,.0f} MiB" if peak is not None else ""
-        lines.append(f"estimated time on {device}: {duration(seconds)} for the "
+        path = plan_seconds(plan, estimates, workers)
+        on = (f"{duration(path)} on {workers} workers (the critical path; "
+              f"{duration(seconds)} one after another)" if workers > 1 else duration(seconds))
+        lines.append(f"estimated time on {device}: {on} for the "
                      f"{_plural(measured, 'step')} with an estimate{peak_text}"
-                     + (f"; {_plural(unknown, 'step')} without a measurement of the same "
-                        "stage and config in the cache or the results, not in the total"
-                        if unknown else ""))
+                     + (f"; {_plural(unknown, 'step')} without a measurement or a model, "
+                        "not in the total" if unknown else ""))
     corrupt = [f"corrupt: {artifact} ({', '.join(problems)}); the run moves it aside and "
                "computes it again" for artifact, problems in plan.corrupt.items()]
-    return "\n".join([head, "", table, *([""] + notes if notes else []),
+    footnotes = [f"[{n}] {step}: {basis}" for n, (basis, step) in enumerate(notes.items(), 1)]
+    return "\n".join([head, "", table, *([""] + footnotes if footnotes else []),
                       *([""] + corrupt if corrupt else []), "", *lines]) + "\n"
 
 
 def cost_warning(plan: Plan, estimates: dict[tuple[str, str], Estimate], cfg: dict[str, Any],
-                 dataset: Any, device: str, preset: str | None = None) -> str | None:
-    """A warning when the estimated time of the steps to compute is above
-    :data:`WARN_SECONDS`, naming the largest step and settings that fit in about an hour."""
-    seconds, _, unknown = total(list(estimates.values()))
+                 dataset: Any, device: str, preset: str | None = None,
+                 workers: int = 1) -> str | None:
+    """A warning when the estimated time of the steps to compute on ``workers`` workers
+    (:func:`plan_seconds`) is above :data:`WARN_SECONDS`, naming the largest step and
+    settings that fit in about an hour."""
+    _, _, unknown = total(list(estimates.values()))
+    seconds = plan_seconds(plan, estimates, workers)
     if seconds <= WARN_SECONDS:
         return None
     known = [s for s in plan.to_compute if estimates.get((s.stage, s.key), Estimate(None)).seconds]
     biggest = max(known, key=lambda s: estimates[s.stage, s.key].seconds or 0.0)
     estimate = estimates[biggest.stage, biggest.key]
     more = f" (and {unknown} steps without an estimate)" if unknown else ""
-    lines = [f"warning: this run is estimated at {duration(seconds)}{more} on {device}; the "
+    on = f"{device} with {workers} workers" if workers > 1 else device
+    lines = [f"warning: this run is estimated at {duration(seconds)}{more} on {on}; the "
              f"largest step is {biggest.stage} {biggest.label}: {duration(estimate.seconds)}, "
              f"{estimate.basis}."]
     lines.append("To fit a few hours: " + "; or ".join(

@@ -32,6 +32,10 @@ U = TypeVar("U")
 R = TypeVar("R")
 
 RAY_HINT = "--executor ray needs Ray: pip install 'mkdt-bench[ray]'"
+#: The executors a run can name (``--executor``); ``auto`` picks one (:func:`choose`).
+KINDS = ("auto", "inprocess", "processes", "ray")
+#: Most worker processes a run may ask for: each holds the data and a torch runtime.
+MAX_WORKERS = 256
 
 
 class WorkerLost(UserError):
@@ -86,6 +90,64 @@ def map_units(executor: Executor, fn: Callable[[U, Env], R], units: Iterable[U],
     tasks = [Task(str(i), fn, unit) for i, unit in enumerate(units)]
     for task, result in executor.run(tasks, env):
         yield task.unit, result
+
+
+def check_choice(kind: str, workers: int = 0, ray_address: str | None = None,
+                 retries: int = 2) -> None:
+    """Refuse executor settings that do not go together, before anything is planned."""
+    if kind not in KINDS:
+        raise UserError(f"--executor {kind!r} is not an executor; choose from {', '.join(KINDS)}")
+    if retries < 0:
+        raise UserError(f"--retries {retries} must be 0 or more")
+    if workers < 0:
+        raise UserError(f"--workers {workers} must be 0 (one per core) or more")
+    if workers > MAX_WORKERS:
+        raise UserError(f"--workers {workers} must be at most {MAX_WORKERS}")
+    if kind != "ray" and ray_address:
+        raise UserError(f"--ray-address needs --executor ray, not {kind}")
+    if kind in ("inprocess", "ray") and workers:
+        raise UserError(f"--workers {workers} needs --executor processes or auto, not {kind}")
+    if kind == "ray":
+        try:
+            import ray  # noqa: F401 - refused here, before the database is created
+        except ImportError:
+            raise UserError(RAY_HINT) from None
+
+
+def _pool(kind: str, workers: int, threads: int, device: str) -> tuple[int, int] | None:
+    """``(workers, threads)`` of the worker processes ``kind`` runs units in, or None where
+    it runs them in this process or on Ray."""
+    from mkdt_bench.threads import default_threads
+
+    if kind == "ray":
+        return None
+    cores = default_threads()
+    workers = workers or max(1, cores // (threads or 1))
+    threads = threads or max(1, cores // workers)
+    if kind == "processes" or (kind == "auto" and device == "cpu" and workers > 1):
+        return workers, threads
+    return None
+
+
+def choose(kind: str, workers: int = 0, threads: int = 0, device: str = "cpu",
+           ray_address: str | None = None, retries: int = 2) -> Executor:
+    """The executor ``kind`` names. ``auto`` is a :class:`ProcessExecutor` where the run
+    computes on the CPU (``device``: the resolved device's type) and the usable cores hold
+    two or more workers of ``threads`` threads (0: 1), else an :class:`InProcessExecutor`;
+    ``workers`` 0 means the cores divided by the threads (Ray tasks get a GPU each when
+    they use CUDA)."""
+    check_choice(kind, workers, ray_address, retries)
+    if kind == "ray":
+        return RayExecutor(address=ray_address, retries=retries)
+    pool = _pool(kind, workers, threads, device)
+    return ProcessExecutor(*pool) if pool else InProcessExecutor()
+
+
+def side_by_side(kind: str, workers: int = 0, threads: int = 0, device: str = "cpu") -> int:
+    """How many units the executor :func:`choose` gives runs at once (what a plan's time is
+    estimated over)."""
+    pool = _pool(kind, workers, threads, device)
+    return pool[0] if pool else 1
 
 
 class InProcessExecutor:

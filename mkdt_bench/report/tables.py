@@ -1,14 +1,13 @@
-"""Tables of stored results, each with a caption saying what it shows, as markdown,
-LaTeX (booktabs, ``\\caption``) or one tidy CSV.
+"""Tables of stored results, each with a caption saying what it shows; the formats that
+write them are :mod:`mkdt_bench.report.formats`.
 
-Every number comes from :func:`mkdt_bench.report.summary.cell_groups`; a table splits the
+Every number comes from :func:`mkdt_bench.report.groups.cell_groups`; a table splits the
 groups by whatever its rows and columns do not show (source, teacher, budget, and the
 encoder or evaluator where the layout holds one), so no cell pools different set-ups.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,20 +16,21 @@ import numpy as np
 import pandas as pd
 
 from mkdt_bench.errors import UserError
-from mkdt_bench.report.summary import (
-    COSTS,
+from mkdt_bench.report.facets import (
     GROUP,
-    cell_groups,
     differences,
     metric_name,
-    paired_differences,
-    pretraining_note,
-    relative_scores,
     row_facets,
     short_task_name,
+)
+from mkdt_bench.report.groups import COSTS, cell_groups, pretraining_note
+from mkdt_bench.report.stats import (
+    paired_differences,
+    relative_marks,
+    relative_scores,
     significantly_best,
 )
-from mkdt_bench.results import FLOOR_ROW, OK, TEACHER_ROW
+from mkdt_bench.results import OK, TEACHER_ROW
 
 #: Table layouts: ``default`` (one table per source, teacher and budget; encoder and
 #: evaluator in the labels when several), ``paper`` (rows = pre-training set "method
@@ -39,7 +39,6 @@ from mkdt_bench.results import FLOOR_ROW, OK, TEACHER_ROW
 LAYOUTS = ("default", "paper", "arch")
 #: After the label of a row whose method reads the training labels (``uses_labels``).
 LABELS_MARK = "†"
-FORMATS = ("markdown", "csv", "latex")
 
 #: What splits the groups into tables, per layout.
 _TABLE_KEYS = {"default": ["source", "teacher", "budget"],
@@ -75,20 +74,21 @@ def _cell_text(group: pd.Series, ci: bool, usual_n: int) -> str:
 
 def _order(groups: pd.DataFrame, method_order: list[str] | None) -> pd.DataFrame:
     """Teacher first, labels in ``method_order`` (their base method's position for
-    variants not listed), ``none`` last; then by budget, set size, encoder, set-up."""
+    variants not listed), the floor row last; then by budget, set size, encoder, set-up."""
     order = list(method_order or dict.fromkeys(groups["label"]))
 
-    def rank(label: str) -> tuple[int, int, str]:
+    def rank(label: str, reference: str | None) -> tuple[int, int, str]:
         if label == TEACHER_ROW:
             return (0, 0, label)
-        if label == FLOOR_ROW:
+        if reference == "floor":
             return (2, 0, label)
         base = label.split("[", 1)[0]
         position = order.index(label) if label in order else (
             order.index(base) if base in order else len(order))
         return (1, position, label)
 
-    ranks = groups["label"].map(rank)
+    ranks = pd.Series([rank(label, reference) for label, reference in
+                       zip(groups["label"], groups["reference"])], index=groups.index)
     return groups.assign(_rank=ranks).sort_values(
         ["_rank", "budget", "set_images", "encoder", "set_setup"], kind="stable")
 
@@ -177,8 +177,8 @@ def _caption(groups: pd.DataFrame, layout: str, metric: str, ci: bool, what: str
     references = []
     if (groups["label"] == TEACHER_ROW).any():
         references.append("teacher: the teacher itself (ceiling)")
-    if (groups["label"] == FLOOR_ROW).any():
-        references.append("none: no pre-training (floor)")
+    for floor in dict.fromkeys(groups.loc[groups["reference"] == "floor", "label"]):
+        references.append(f"{floor}: no pre-training (floor)")
     if what == "comparison":
         head = (f"{metric_name(metric).capitalize()} (%) on the test split of {tasks} at "
                 f"{fractions} labels")
@@ -309,19 +309,20 @@ def paired_tables(frame: pd.DataFrame, baseline: str, method_order: list[str] | 
 
 def relative_tables(frame: pd.DataFrame, method_order: list[str] | None = None,
                     metric: str = "accuracy") -> list[Table]:
-    """Each set's gain over ``random`` as a share of ``full`` - ``random`` on the same
-    seeds (:func:`mkdt_bench.report.summary.relative_scores`): ``+42.1 % [+18.0, +66.3] (n=5)``,
-    one table per source, teacher and budget."""
+    """Each set's gain over the ``low`` reference row as a share of the ``high`` - ``low``
+    gap on the same seeds (:func:`mkdt_bench.report.stats.relative_scores`):
+    ``+42.1 % [+18.0, +66.3] (n=5)``, one table per source, teacher and budget."""
     scores = relative_scores(frame, metric=metric)
     if scores.empty:
         return []
+    low, high = relative_marks(row_facets(frame[frame["status"] == OK], metric))
 
     def text(g: pd.Series) -> str:
         if g["relative_pairs"] == 0:
-            return "n/a (no seeds shared with random and full)"
+            return f"n/a (no seeds shared with {low} and {high})"
         if math.isnan(g["relative"]):
-            return "n/a (full = random)"
-        if g["label"] in ("random", "full"):
+            return f"n/a ({high} = {low})"
+        if g["label"] in (low, high):
             return f"{g['relative']:.0f} % (reference)"
         interval = ("[unbounded]" if math.isnan(g["relative_low"]) else
                     f"[{g['relative_low']:+.1f}, {g['relative_high']:+.1f}]")
@@ -329,11 +330,11 @@ def relative_tables(frame: pd.DataFrame, method_order: list[str] | None = None,
 
     groups = cell_groups(frame[frame["status"] == OK], metric).merge(scores, on=GROUP)
     return _tables_per_set(groups, method_order, text,
-                           "Gain over random as a share of the full - random gap in "
-                           f"{metric_name(metric)}: 100 x mean(set - random) / mean(full - "
-                           "random) over the seeds the three share (0 % = random, 100 % = "
-                           "full; DD-Ranking style); [95 % Fieller interval of the ratio, "
-                           "unbounded where full - random is not separated from zero]",
+                           f"Gain over {low} as a share of the {high} - {low} gap in "
+                           f"{metric_name(metric)}: 100 x mean(set - {low}) / mean({high} - "
+                           f"{low}) over the seeds the three share (0 % = {low}, 100 % = "
+                           f"{high}; DD-Ranking style); [95 % Fieller interval of the ratio, "
+                           f"unbounded where {high} - {low} is not separated from zero]",
                            metric)
 
 
@@ -364,6 +365,7 @@ def budget_tables(frame: pd.DataFrame, method_order: list[str] | None = None) ->
     if ok.empty:
         return []
     groups = cell_groups(ok)
+    teachers = ok["provenance"].map(lambda p: p.teacher or "")
     tables = []
     for part in _split(groups, "default"):
         part = _order(part, method_order)
@@ -382,79 +384,12 @@ def budget_tables(frame: pd.DataFrame, method_order: list[str] | None = None) ->
                            "peak memory of each stage, storage of images + targets + lr")
         first = part.iloc[0]
         rows_of_part = ok[(ok["dataset"] == first["source"]) & (ok["budget"] == first["budget"])
-                          & (ok["config"].map(lambda c: _json_teacher(c)) == first["teacher"])]
+                          & (teachers == first["teacher"])]
         note = pretraining_note(rows_of_part)
         tables.append(Table(caption + (f" {note[0].upper()}{note[1:]}." if note else ""),
                             table))
     return tables
 
 
-def _json_teacher(config: str) -> str:
-    return json.loads(config).get("teacher", "") if isinstance(config, str) else ""
-
-
-def tidy_table(frame: pd.DataFrame, metric: str = "accuracy", paired: str | None = None,
-               costs: bool = False, relative: bool = False) -> pd.DataFrame:
-    """The CSV: one row per cell group, numeric columns, nothing pooled; with ``paired``
-    the difference from that baseline and its p-value, with ``costs`` the budget columns,
-    with ``relative`` the share of the full - random gap and its interval."""
-    columns = ["method", "variant", "set_images", "budget_images", "budget_percent", "source",
-               "source_images", "teacher", "teacher_desc", "encoder", "evaluator", "task",
-               "label_fraction", "metric", "mean", "std", "n", "seeds", "ci_low", "ci_high",
-               "status", "note", "setup", "uses_labels"]
-    groups = cell_groups(frame, metric) if not frame.empty else pd.DataFrame(
-        columns=[*GROUP, *columns])
-    if paired and not groups.empty:
-        diffs = paired_differences(frame, paired, metric)
-        groups = groups.merge(diffs, on=GROUP, how="left")
-        columns += ["baseline", "diff_mean", "diff_std", "n_pairs", "p_value"]
-    if relative and not groups.empty:
-        groups = groups.merge(relative_scores(frame, metric=metric), on=GROUP, how="left")
-        columns += ["relative", "relative_low", "relative_high", "relative_pairs"]
-    if costs:
-        columns += list(COSTS)
-    tidy = groups.rename(columns={"budget": "budget_images", "fraction": "label_fraction"})
-    return tidy.reindex(columns=columns)
-
-
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-          "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-          "^": r"\textasciicircum{}", "±": r"$\pm$"}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX.get(char, char) for char in str(text))
-
-
-def _latex(table: Table) -> str:
-    """A ``table`` float: booktabs rules, the caption, bold for :attr:`Table.bold`."""
-    cells = table.cells
-    head = " & ".join([_latex_escape(cells.index.name or ""),
-                       *(_latex_escape(c) for c in cells.columns)]) + r" \\"
-    body = []
-    for row, values in cells.iterrows():
-        texts = []
-        for column, value in values.items():
-            text = _latex_escape(value)
-            texts.append(rf"\textbf{{{text}}}" if (row, column) in table.bold else text)
-        body.append(" & ".join([_latex_escape(row), *texts]) + r" \\")
-    spec = "l" + "r" * len(cells.columns)
-    return "\n".join([r"\begin{table}[ht]", r"\centering",
-                      rf"\caption{{{_latex_escape(table.caption)}}}",
-                      rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head, r"\midrule", *body,
-                      r"\bottomrule", r"\end{tabular}", r"\end{table}"])
-
-
-def render(tables: list[Table], fmt: str = "markdown") -> str:
-    """Tables as markdown (a ``Table:`` caption line above each) or LaTeX floats."""
-    if fmt not in ("markdown", "latex"):
-        raise UserError(f"table format {fmt!r} is not known; choose {', '.join(FORMATS)}")
-    if not tables:
-        return "(no results)" if fmt == "markdown" else "% no results"
-    if fmt == "latex":
-        return "\n\n".join(_latex(t) for t in tables)
-    return "\n\n".join(f"Table: {t.caption}\n\n{t.cells.to_markdown()}" for t in tables)
-
-
-__all__ = ["FORMATS", "LAYOUTS", "Table", "budget_tables", "comparison_tables",
-           "paired_tables", "relative_tables", "render", "tidy_table"]
+__all__ = ["LAYOUTS", "Table", "budget_tables", "comparison_tables", "paired_tables",
+           "relative_tables"]

@@ -1,18 +1,22 @@
 """Distillation stage: a method's sub-units (e.g. MKDT's expert trajectories) and the
 distillations themselves, each producing a cache artifact from the teacher's
-representations of the training set (or of its ``run.train_pool`` subset)."""
+representations of the training set (or of its ``run.train_pool`` subset); and the copy of
+a set evaluated as it is (``eval``)."""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mkdt_bench.cache import ArtifactCache
-from mkdt_bench.methods import MethodContext, create_method
+from mkdt_bench.cache import ArtifactCache, file_sha256
+from mkdt_bench.code_version import code_key
+from mkdt_bench.distilled import DistilledSet
+from mkdt_bench.errors import UserError
+from mkdt_bench.methods import METHODS, MethodContext, create_method
 from mkdt_bench.methods.base import SubUnit
 from mkdt_bench.progress import Progress
 from mkdt_bench.safeload import corrupt_artifact, load_artifact
@@ -83,6 +87,25 @@ def method_context(env: Env, inputs: MethodInputs, budget: int, seed: int, scrat
         precision=env.precision, labels=class_labels)
 
 
+def distill_key_config(method: str, options: dict[str, Any], budget: int, seed: int,
+                       precision: str = "default") -> dict[str, Any]:
+    """What names a distilled set, in one place: its cache key (:func:`distilled_key`), its
+    manifest's ``config`` and the ``like`` its cost is matched on. ``options`` count as
+    :meth:`Method.key_options` gives them; the method's code version once raised
+    (:mod:`mkdt_bench.code_version`); bf16 autocast where the method uses it, since it
+    changes a set by more than rounding."""
+    cls = METHODS.get(method)
+    code = code_key(cls)
+    autocast = {"precision": "bf16"} if precision == "bf16" and cls.uses_autocast else {}
+    return {"method": method, "options": cls.key_options(options), "budget": budget,
+            "seed": seed, **({"code": code} if code else {}), **autocast}
+
+
+def distilled_key(key_config: dict[str, Any], inputs: MethodInputs) -> str:
+    """Cache key of the set :func:`distill_key_config` describes, distilled from ``inputs``."""
+    return ArtifactCache.key("distilled", key_config, {"images": inputs.key})
+
+
 @dataclass(frozen=True)
 class MethodSubUnit:
     """A method's sub-unit (e.g. one expert trajectory) on the teacher's representations;
@@ -106,9 +129,10 @@ def run_sub_unit(unit: MethodSubUnit, env: Env) -> None:
 class DistillUnit:
     """One method run: (method, options, budget, seed) on the teacher's representations.
 
-    ``code``: the method's code version (:mod:`mkdt_bench.code_version`); ``sub_artifacts``:
-    ``stage/key`` of the method's sub-units; ``fresh_after``: a set (and what the method
-    cached for it) created before it is computed again (``--recompute methods.NAME``).
+    ``key_config``: what names the set (:func:`distill_key_config`, its manifest's config);
+    ``sub_artifacts``: ``stage/key`` of the method's sub-units; ``fresh_after``: a set (and
+    what the method cached for it) created before it is computed again (``--recompute
+    methods.NAME``).
     """
 
     key: str
@@ -117,7 +141,7 @@ class DistillUnit:
     budget: int
     seed: int
     inputs: MethodInputs
-    code: dict[str, Any] = field(default_factory=dict)
+    key_config: dict[str, Any]
     sub_artifacts: tuple[str, ...] = ()
     fresh_after: float = 0.0
 
@@ -140,8 +164,46 @@ def run_distill(unit: DistillUnit, env: Env) -> None:
         distilled.save(tmp)
         return {"num_images": len(distilled), "method": unit.method}
 
-    cache.get_or_create("distilled", unit.key, produce,
-                        config={"method": unit.method, "options": unit.options,
-                                "budget": unit.budget, "seed": unit.seed, "code": unit.code},
+    cache.get_or_create("distilled", unit.key, produce, config=unit.key_config,
                         inputs={"images": unit.inputs.key}, built_from=built_from,
                         fresh_after=unit.fresh_after)
+
+
+def set_files(directory: Path) -> dict[str, str]:
+    """``{file name: sha256}`` of a DistilledSet directory: what names a set evaluated as
+    it is."""
+    return {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def imported_key(files: dict[str, str]) -> str:
+    """Cache key of a set evaluated as it is (``eval``): its files' checksums."""
+    return ArtifactCache.key("distilled", {"import": files})
+
+
+@dataclass(frozen=True)
+class ImportUnit:
+    """Copy the DistilledSet ``directory`` (whose files had the checksums ``files`` when
+    planned) into the cache as the ``distilled`` artifact ``key``, for the row ``name``."""
+
+    key: str
+    directory: str
+    files: dict[str, str]
+    name: str
+
+
+def run_import(unit: ImportUnit, env: Env) -> None:
+    """Produce the unit's ``distilled`` artifact: the set as it was planned (one changed
+    since is refused in one line)."""
+    directory = Path(unit.directory)
+
+    def produce(tmp: Path) -> dict[str, Any]:
+        if set_files(directory) != unit.files:
+            raise UserError(f"distilled set {unit.directory!r} changed after it was planned; "
+                            "run eval again")
+        distilled = DistilledSet.load(directory)
+        distilled.save(tmp)
+        return {"num_images": len(distilled), "method": unit.name,
+                "imported_from": unit.directory}
+
+    ArtifactCache(env.cache_dir).get_or_create("distilled", unit.key, produce,
+                                               config={"import": unit.files})

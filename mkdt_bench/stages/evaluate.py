@@ -1,19 +1,22 @@
-"""Evaluation stage: an encoder (pre-trained on a set, or the teacher) scored by each
-downstream cell (evaluator, task, label fraction) into result rows."""
+"""Evaluation stage: an encoder (pre-trained on a set, or the teacher:
+:func:`~mkdt_bench.stages.pretrain.load_encoder`) scored by each downstream cell (evaluator,
+task, label fraction) into result rows."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mkdt_bench.cache import ArtifactCache, config_hash
 from mkdt_bench.errors import UserError
 from mkdt_bench.evaluators import create_evaluator
-from mkdt_bench.results import MISSING, TEACHER_ROW, ResultRow
+from mkdt_bench.results import MISSING, ResultRow
+from mkdt_bench.rows import Provenance, Timings
+from mkdt_bench.stages.accounting import stage_costs
 from mkdt_bench.stages.env import Env, cached_dataset, error_text, package_versions, prepare_process
-from mkdt_bench.stages.pretrain import pretrained_encoder, stage_costs
-from mkdt_bench.stages.teacher import load_teacher
+from mkdt_bench.stages.pretrain import PretrainUnit, load_encoder
+from mkdt_bench.stages.teacher import TeacherRef
 
 
 @dataclass(frozen=True)
@@ -37,20 +40,22 @@ class Cell:
 
 @dataclass(frozen=True)
 class EvalUnit:
-    """Pre-train one encoder (or take the teacher) and compute its missing cells; an
-    encoder created before ``fresh_after`` is pre-trained again (``--recompute pretrain``)."""
+    """The missing cells of one encoder (``encoder``: pre-trained on a set, or the teacher)
+    in the rows of ``method`` (a row label) at ``budget`` images on ``dataset``."""
 
     method: str
-    arch: str
     seed: int
     budget: int
     dataset: str
-    source_key: str  # distilled-set key, or the teacher key for the teacher row
-    pretrain: dict[str, Any]
+    encoder: PretrainUnit | TeacherRef
     cells: tuple[Cell, ...]
-    row_config: dict[str, Any] = field(default_factory=dict)
+    row_config: Provenance = field(default_factory=Provenance)
     upstream_error: str | None = None
-    fresh_after: float = 0.0
+
+    @property
+    def arch(self) -> str:
+        """The encoder's architecture."""
+        return self.encoder.arch
 
 
 def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
@@ -64,44 +69,42 @@ def run_eval(unit: EvalUnit, env: Env) -> list[ResultRow]:
     device = env.device
     rows: list[ResultRow] = []
 
-    def row(cell: Cell, accuracy: float | None, timings: dict[str, float],
+    def row(cell: Cell, accuracy: float | None, timings: Timings,
             metrics: dict[str, float], error: str | None = None,
             status: str = "failed") -> ResultRow:
-        config = {**unit.row_config, "evaluator_options": cell.options,
-                  "evaluator_code": cell.code,
-                  "built_from": ArtifactCache(env.cache_dir).stamps(
-                      unit.row_config.get("artifacts", []))}
+        config = replace(unit.row_config, evaluator_options=cell.options,
+                         evaluator_code=cell.code,
+                         built_from=ArtifactCache(env.cache_dir).stamps(
+                             unit.row_config.artifact_names)).to_json()
         return ResultRow(cell_key=cell.key, dataset=unit.dataset, method=unit.method,
                          budget=unit.budget, arch=unit.arch, evaluator=cell.evaluator,
                          task=cell.task, fraction=cell.fraction, seed=unit.seed,
                          accuracy=accuracy, status=status if error else "ok", error=error,
                          config_hash=config_hash(config), config=config, versions=versions,
-                         device=str(device), timings=timings, metrics=metrics)
+                         device=str(device), timings=timings.to_json(), metrics=metrics)
 
-    rows += [row(c, None, {}, {}, f"missing: {c.missing}", MISSING) for c in unit.cells
+    rows += [row(c, None, Timings(), {}, f"missing: {c.missing}", MISSING) for c in unit.cells
              if c.missing]
     present = [c for c in unit.cells if not c.missing]
     if unit.upstream_error:
-        return rows + [row(c, None, {}, {}, unit.upstream_error) for c in present]
+        return rows + [row(c, None, Timings(), {}, unit.upstream_error) for c in present]
     if not present:
         return rows
     device = prepare_process(env)
     versions = {**versions, **env.settings()}
     try:
-        if unit.method == TEACHER_ROW:
-            source = cached_dataset(unit.dataset, env.data_root, env.cache_dir)
-            encoder = load_teacher(env, unit.source_key, unit.arch, source)
-            timings = stage_costs(ArtifactCache(env.cache_dir), [f"teacher/{unit.source_key}"])
-        else:
-            encoder, timings = pretrained_encoder(unit, env)
+        encoder, source_facts = load_encoder(unit.encoder, env)
+        timings = {**stage_costs(ArtifactCache(env.cache_dir), unit.row_config.artifact_names),
+                   **source_facts}
         for cell in present:
             task = cached_dataset(cell.task, env.data_root, env.cache_dir, cell.image_size)
             start = time.perf_counter()
             metrics = create_evaluator(cell.evaluator, **cell.options).evaluate(
                 encoder, task, cell.fraction, unit.seed, device)
-            cell_timings = {**timings, "evaluate_s": time.perf_counter() - start}
+            cell_timings = Timings(**timings, evaluate_s=time.perf_counter() - start)
             rows.append(row(cell, metrics.pop("accuracy"), cell_timings, metrics))
     except (UserError, RuntimeError, ValueError) as e:
         done = {r.cell_key for r in rows}
-        rows += [row(c, None, {}, {}, error_text(e)) for c in present if c.key not in done]
+        rows += [row(c, None, Timings(), {}, error_text(e)) for c in present
+                 if c.key not in done]
     return rows

@@ -1,6 +1,7 @@
-"""Teacher stage: the SSL teacher (trained or loaded) and its representations of the
-training set, two cache artifacts every method of a grid shares, produced by the grid's
-first unit (:class:`TeacherUnit`) on the units' device."""
+"""Teacher stage: the teacher (made by its kind, :data:`mkdt_bench.teachers.TEACHERS`) and
+its representations of the training set, two cache artifacts every method of a grid shares,
+produced by the grid's first unit (:class:`TeacherUnit`) on the units' device; the teacher
+as a row's encoder (:class:`TeacherRef`)."""
 
 from __future__ import annotations
 
@@ -10,29 +11,22 @@ from typing import Any
 
 import torch
 
-from mkdt_bench.cache import ArtifactCache, file_sha256
+from mkdt_bench.cache import ArtifactCache
 from mkdt_bench.data import ImageDataset
-from mkdt_bench.errors import UserError
 from mkdt_bench.models import Encoder
 from mkdt_bench.progress import Progress
 from mkdt_bench.safeload import load_weights
 from mkdt_bench.stages.env import Env, cached_dataset, normalized_train, prepare_process
-from mkdt_bench.teachers.ssl import build_teacher, encode, load_teacher_checkpoint, train_teacher
-from mkdt_bench.teachers.supervised import train_supervised_teacher
+from mkdt_bench.teachers import teacher_kind
+from mkdt_bench.teachers.encoder import build_teacher, encode
 
 
 def teacher_key(cfg: dict[str, Any], dataset: ImageDataset) -> str:
-    """Cache key of the teacher: its config (or checkpoint's checksum) and the data."""
-    tcfg = dict(cfg["teacher"])
-    if tcfg["kind"] == "ssl":  # the only kind before ``kind`` existed: stored keys stay valid
-        del tcfg["kind"]
-    if tcfg["checkpoint"]:
-        path = Path(tcfg["checkpoint"]).expanduser()
-        if not path.is_file():
-            raise UserError(f"teacher checkpoint {str(path)!r} "
-                            f"{'is not a file' if path.exists() else 'does not exist'}")
-        tcfg = {"arch": tcfg["arch"], "checkpoint_sha256": file_sha256(path)}
-    return ArtifactCache.key("teacher", tcfg, {"data": dataset.fingerprint})
+    """Cache key of the teacher: what its kind says names it (the config, or a checkpoint's
+    checksum) and the data."""
+    tcfg = cfg["teacher"]
+    return ArtifactCache.key("teacher", teacher_kind(tcfg).key_config(tcfg),
+                             {"data": dataset.fingerprint})
 
 
 def representations_key(tkey: str) -> str:
@@ -50,15 +44,8 @@ def ensure_teacher(cfg: dict[str, Any], env: Env, dataset: ImageDataset,
     tcfg = cfg["teacher"]
 
     def produce_teacher(tmp: Path) -> dict[str, Any]:
-        if tcfg["checkpoint"]:
-            model = load_teacher_checkpoint(tcfg["checkpoint"], tcfg["arch"], dataset)
-        elif tcfg["kind"] == "supervised":
-            model = train_supervised_teacher(dataset, tcfg, build_teacher(tcfg["arch"], dataset),
-                                             cache.scratch("teacher", tkey), env.torch_device,
-                                             Progress(env.progress))
-        else:
-            model = train_teacher(dataset, tcfg, cache.scratch("teacher", tkey),
-                                  env.torch_device, Progress(env.progress))
+        model = teacher_kind(tcfg).make(dataset, tcfg, cache.scratch("teacher", tkey),
+                                        env.torch_device, Progress(env.progress))
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp / "teacher.pt")
         return {"arch": tcfg["arch"]}
 
@@ -84,6 +71,16 @@ def load_teacher(env: Env, tkey: str, arch: str, dataset: ImageDataset) -> Encod
     model = build_teacher(arch, dataset)
     load_weights(model, cache.path("teacher", tkey) / "teacher.pt")
     return model.to(env.torch_device).eval()
+
+
+@dataclass(frozen=True)
+class TeacherRef:
+    """The cached teacher ``teacher_key`` (an ``arch`` encoder of the data set ``dataset``) as
+    the encoder a row is evaluated on (the teacher row)."""
+
+    teacher_key: str
+    arch: str
+    dataset: str
 
 
 @dataclass(frozen=True)

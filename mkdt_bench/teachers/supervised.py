@@ -14,24 +14,38 @@ so every method and evaluator treats it alike; tables name the teacher they used
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from mkdt_bench.teachers.base import TeacherKind, trained_for
+from mkdt_bench.teachers.registry import TEACHERS
 
-from mkdt_bench.augment import crop_flip
-from mkdt_bench.data.base import ImageDataset
-from mkdt_bench.errors import UserError
-from mkdt_bench.models import Encoder
-from mkdt_bench.progress import Progress
-from mkdt_bench.safeload import resume
-from mkdt_bench.seeding import seed_everything
-from mkdt_bench.teachers.ssl import SNAPSHOT_KEYS, EpochState
-from mkdt_bench.training import checked_step
+if TYPE_CHECKING:
+    import torch
+
+    from mkdt_bench.data.base import ImageDataset
+    from mkdt_bench.models import Encoder
+    from mkdt_bench.progress import Progress
 
 #: Padding of the random crop (the usual CIFAR recipe).
 CROP_PADDING = 4
+
+
+@TEACHERS.register("supervised")
+class SupervisedTeacher(TeacherKind):
+    """Trained by :func:`train_supervised_teacher` on one crop of each labelled image."""
+
+    def make(self, dataset: ImageDataset, cfg: dict[str, Any], scratch: Path,
+             device: torch.device, progress: Progress) -> Encoder:
+        from mkdt_bench.teachers.encoder import build_teacher
+
+        return train_supervised_teacher(dataset, cfg, build_teacher(cfg["arch"], dataset),
+                                        scratch, device, progress)
+
+    def describe(self, cfg: dict[str, Any]) -> str:
+        return f"{self.name} (labelled proxy) {trained_for(cfg)}"
+
+    def passes_per_image(self, cfg: dict[str, Any]) -> int:
+        return 1
 
 
 def train_supervised_teacher(dataset: ImageDataset, cfg: dict[str, Any], model: Encoder,
@@ -44,15 +58,20 @@ def train_supervised_teacher(dataset: ImageDataset, cfg: dict[str, Any], model: 
     the teacher config. A snapshot after every epoch makes a rerun resume to the same weights
     on CPU; the classifier is dropped at the end.
     """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mkdt_bench.augment import crop_flip
+    from mkdt_bench.progress import Progress
+    from mkdt_bench.safeload import resume
+    from mkdt_bench.seeding import seed_everything
+    from mkdt_bench.teachers.training import SNAPSHOT_KEYS, EpochState, training_subset
+    from mkdt_bench.training import checked_step
+
     progress = progress or Progress(False)
-    images, labels = dataset.train_images, dataset.train_labels
-    if 0 < cfg["train_images"] < len(images):  # the SSL teacher's subset rule
-        subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg["seed"]))
-        keep = subset[: cfg["train_images"]]
-        images, labels = images[keep], labels[keep]
-    if len(images) < cfg["batch_size"]:
-        raise UserError(f"teacher.batch_size={cfg['batch_size']} is larger than the "
-                        f"{len(images)} training images; lower it")
+    keep = training_subset(len(dataset.train_images), cfg)
+    images, labels = dataset.train_images[keep], dataset.train_labels[keep]
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def build() -> EpochState:

@@ -1,6 +1,6 @@
-"""Figures from stored results (``mkdt-bench plot``) and of distilled sets (``show``).
+"""Figures of stored results (``mkdt-bench plot``).
 
-A figure never pools cell groups (:mod:`mkdt_bench.report.summary`): there is one per source,
+A figure never pools cell groups (:mod:`mkdt_bench.report.groups`): there is one per source,
 teacher, budget, encoder, evaluator and task (accuracy versus label fraction), and one
 per source, teacher, encoder, evaluator, task and label fraction when several budgets
 are stored (accuracy versus set size). Each says all of that in its title. An ablation
@@ -18,20 +18,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
-from torchvision.utils import make_grid
 
-from mkdt_bench.distilled import DistilledSet
 from mkdt_bench.errors import UserError
-from mkdt_bench.report.summary import cell_groups, differences, metric_name, short_task_name
-from mkdt_bench.results import FLOOR_ROW, OK, TEACHER_ROW
+from mkdt_bench.report.facets import differences, metric_name, short_task_name
+from mkdt_bench.report.groups import cell_groups
+from mkdt_bench.results import OK, TEACHER_ROW
 from mkdt_bench.variants import parse_label
 
 #: Figure file types (by the extension of ``--out`` or ``--format``); PNGs at :data:`DPI`.
 FIGURE_FORMATS = ("png", "pdf", "svg")
 DPI = 200
 _MARKERS = "osD^vP*Xh<>"
+#: Dash patterns of the sets' lines, one per ten lines (the colour cycle's length).
+_DASHES = ("-", "--", "-.", ":")
+#: Colours and dash patterns of the horizontal reference lines of an ablation.
+_PALETTE = ("tab:gray", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:purple")
+_REFERENCE_DASHES = ("-.", ":", "--", "-")
+
+
+def _line_style(i: int) -> dict[str, object]:
+    """Colour, marker and dash pattern of a figure's ``i``-th set: no two sets alike."""
+    return {"color": f"C{i % 10}", "marker": _MARKERS[i % len(_MARKERS)],
+            "linestyle": _DASHES[i // 10 % len(_DASHES)]}
 
 
 def _slug(text: str) -> str:
@@ -69,8 +78,9 @@ def _legend(group: pd.Series, budget: float | None) -> str:
 
 
 def _reference(ax, rows: pd.DataFrame, x: str, label: str, style: str, color: str,
-               ci: bool, span: tuple[float, float] | None = None) -> None:
-    """The teacher (ceiling) or ``none`` (floor) as a line with a band, not a method."""
+               ci: bool, span: tuple[float, float] | None = None) -> str:
+    """The teacher (ceiling), the floor row or, in an ablation, a set that does not sweep
+    the option as a line with a band (``span``: horizontal over it), not a method's line."""
     rows = rows.sort_values(x)
     if span is not None:  # one value across the whole axis
         xs = np.array(span)
@@ -84,6 +94,18 @@ def _reference(ax, rows: pd.DataFrame, x: str, label: str, style: str, color: st
         low, high = (mean - err[0], mean + err[1]) if ci else (mean - err, mean + err)
     ax.plot(xs, mean, linestyle=style, color=color, linewidth=1.6, label=label)
     ax.fill_between(xs, low, high, color=color, alpha=0.12, linewidth=0)
+    return label
+
+
+#: Characters per title line, at most; fewer where the axes are narrow (a wide legend).
+_TITLE_WIDTH = 95
+
+
+def _set_title(ax, title: str, width: int) -> None:
+    """``title`` with each of its lines wrapped at ``width`` characters (image-folder
+    paths, proxy teachers)."""
+    ax.set_title("\n".join(textwrap.fill(line, width) for line in title.split("\n")),
+                 fontsize=8.5)
 
 
 def _axes(title: str, xlabel: str, metric: str) -> tuple[Figure, object]:
@@ -91,21 +113,30 @@ def _axes(title: str, xlabel: str, metric: str) -> tuple[Figure, object]:
     ax = fig.subplots()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric_name(metric)} (%)")
-    # long lines (image-folder paths, proxy teachers) wrapped so that none runs off the page
-    ax.set_title("\n".join(textwrap.fill(line, 95) for line in title.split("\n")),
-                 fontsize=8.5)
+    _set_title(ax, title, _TITLE_WIDTH)
     ax.grid(alpha=0.3)
     return fig, ax
 
 
-def _finish(fig: Figure, ax) -> Figure:
-    """The legend beside the axes, the sets first, then the reference lines."""
+def _finish(fig: Figure, ax, title: str, bounds: list[str]) -> Figure:
+    """The legend beside the axes, the sets first, then ``bounds`` (the labels of the
+    ceiling and floor lines); the title (centred over the axes) wrapped narrower until no
+    line runs off the figure."""
     handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith(("teacher", "none")))
+    order = sorted(range(len(labels)), key=lambda i: labels[i] in bounds)
     ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7.5,
               loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
+    width = _TITLE_WIDTH
+    while not _inside(ax.title.get_window_extent(), fig.bbox) and width > 20:
+        width -= 5
+        _set_title(ax, title, width)
+        fig.tight_layout()
     return fig
+
+
+def _inside(box, frame) -> bool:
+    return box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1
 
 
 def _title(first: pd.Series, what: str, ci: bool, seeds: str) -> str:
@@ -130,7 +161,7 @@ def _fraction_figure(groups: pd.DataFrame, teacher: pd.DataFrame, metric: str,
     title = _title(first, f"budget {int(budget):,} images{share}", ci, _seeds(every))
     fig, ax = _axes(title, "labelled fraction of the task's training set", metric)
     fractions = sorted(set(every["fraction"]))
-    methods = groups[~groups["label"].isin([FLOOR_ROW])]
+    methods = groups[groups["reference"] != "floor"]
     sets = list(dict.fromkeys(zip(methods["label"], methods["set_images"], methods["set_setup"])))
     spread = (fractions[-1] - fractions[0]) or fractions[0]
     step = 0.03 * spread / max(1, len(sets) / 4)
@@ -140,18 +171,21 @@ def _fraction_figure(groups: pd.DataFrame, teacher: pd.DataFrame, metric: str,
         rows = rows[rows["status"] == OK]
         offset = (i - (len(sets) - 1) / 2) * step
         ax.errorbar(rows["fraction"] + offset, rows["mean"], yerr=_yerr(rows, ci),
-                    marker=_MARKERS[i % len(_MARKERS)], markersize=5, capsize=3,
-                    linewidth=1.3, label=_legend(rows.iloc[0], budget) if len(rows) else key[0])
+                    markersize=5, capsize=3, linewidth=1.3, **_line_style(i),
+                    label=_legend(rows.iloc[0], budget) if len(rows) else key[0])
+    bounds = []
     if not teacher.empty:
-        _reference(ax, teacher[teacher["status"] == OK], "fraction",
-                   "teacher (ceiling)", "--", "0.25", ci)
-    floor = groups[(groups["label"] == FLOOR_ROW) & (groups["status"] == OK)]
+        bounds.append(_reference(ax, teacher[teacher["status"] == OK], "fraction",
+                                 "teacher (ceiling)", "--", "0.25", ci))
+    floor = groups[(groups["reference"] == "floor") & (groups["status"] == OK)]
     if not floor.empty:
-        _reference(ax, floor, "fraction", "none (floor: no pre-training)", ":", "0.45", ci)
+        bounds.append(_reference(ax, floor, "fraction",
+                                 f"{floor['label'].iloc[0]} (floor: no pre-training)", ":",
+                                 "0.45", ci))
     ax.set_xticks(fractions, [f"{f * 100:g} %" for f in fractions])
     margin = 0.06 * spread + (len(sets) / 2 + 1) * step
     ax.set_xlim(fractions[0] - margin, fractions[-1] + margin)
-    return _finish(fig, ax)
+    return _finish(fig, ax, title, bounds)
 
 
 def _budget_figure(groups: pd.DataFrame, teacher: pd.DataFrame, metric: str,
@@ -164,7 +198,7 @@ def _budget_figure(groups: pd.DataFrame, teacher: pd.DataFrame, metric: str,
     title = _title(first, f"{first['fraction'] * 100:g} % of the task's labels", ci,
                    _seeds(every))
     fig, ax = _axes(title, "images in the pre-training set (log scale)", metric)
-    methods = groups[(groups["label"] != FLOOR_ROW) & (groups["status"] == OK)]
+    methods = groups[(groups["reference"] != "floor") & (groups["status"] == OK)]
     sizes = sorted(set(methods["set_images"]))
     labels = list(dict.fromkeys(zip(methods["label"], methods["set_setup"])))
     for i, (label, setup) in enumerate(labels):
@@ -178,24 +212,35 @@ def _budget_figure(groups: pd.DataFrame, teacher: pd.DataFrame, metric: str,
         if shared.any():
             name += " (one point per budget: " + ", ".join(
                 f"{b:,}" for b in rows.loc[shared, "budget"]) + ")"
+        style = _line_style(i)
+        if shared.all():
+            style["linestyle"] = ""  # markers only
         ax.errorbar(rows["set_images"] * factor, rows["mean"], yerr=_yerr(rows, ci),
-                    marker=_MARKERS[i % len(_MARKERS)], markersize=5, capsize=3,
-                    linewidth=1.3, linestyle="none" if shared.all() else "-", label=name)
+                    markersize=5, capsize=3, linewidth=1.3, label=name, **style)
     span = (sizes[0] / 1.3, sizes[-1] * 1.3) if sizes else (1, 10)
+    bounds = []
     if not teacher.empty:
-        _reference(ax, teacher[teacher["status"] == OK], "set_images", "teacher (ceiling)",
-                   "--", "0.25", ci, span)
-    floors = groups[(groups["label"] == FLOOR_ROW) & (groups["status"] == OK)]
+        bounds.append(_reference(ax, teacher[teacher["status"] == OK], "set_images",
+                                 "teacher (ceiling)", "--", "0.25", ci, span))
+    floors = groups[(groups["reference"] == "floor") & (groups["status"] == OK)]
     for j, (_, floor) in enumerate(floors.groupby("budget")):
         suffix = f", {int(floor['budget'].iloc[0]):,}-image grid" if len(
             set(floors["budget"])) > 1 else ""
-        _reference(ax, floor, "set_images", f"none (floor{suffix})", ":",
-                   ("0.45", "0.6", "0.7")[j % 3], ci, span)
+        bounds.append(_reference(ax, floor, "set_images", f"{floor['label'].iloc[0]} "
+                                 f"(floor{suffix})", ":", ("0.45", "0.6", "0.7")[j % 3], ci,
+                                 span))
     ax.set_xscale("log")
     ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
     ax.minorticks_off()
     ax.set_xlim(*span)
-    return _finish(fig, ax)
+    return _finish(fig, ax, title, bounds)
+
+
+def _source_groups(ok: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """:func:`cell_groups` of each source data set on its own (a figure shows one source:
+    its labels name only the set-ups that differ among that source's rows)."""
+    return pd.concat([cell_groups(rows, metric) for _, rows in ok.groupby("dataset", sort=False)],
+                     ignore_index=True)
 
 
 def figures(frame: pd.DataFrame, metric: str = "accuracy",
@@ -207,7 +252,7 @@ def figures(frame: pd.DataFrame, metric: str = "accuracy",
     ok = frame[frame["status"] == OK]
     if ok.empty:
         raise UserError("no successful result rows to plot; run a grid first")
-    groups = cell_groups(ok, metric)
+    groups = _source_groups(ok, metric)
     teachers = groups[groups["label"] == TEACHER_ROW]
     sets = groups[groups["label"] != TEACHER_ROW]
     several_teachers = sets.groupby("source")["teacher"].nunique().max() > 1
@@ -269,8 +314,8 @@ def _versus_figure(groups: pd.DataFrame, teacher: pd.DataFrame, option: str, met
     every = pd.concat([groups, teacher])
     what = (f"budget {int(first['budget']):,} images; {first['fraction'] * 100:g} % of the "
             "task's labels")
-    fig, ax = _axes(_title(first, what, ci, _seeds(every)),
-                    f"method option {option!r} (the other sets: horizontal lines)", metric)
+    title = _title(first, what, ci, _seeds(every))
+    fig, ax = _axes(title, f"method option {option!r} (the other sets: horizontal lines)", metric)
     ok = groups[groups["status"] == OK]
     swept = ok[ok["x"].notna()]
     xs = sorted(set(swept["x"]))
@@ -280,27 +325,29 @@ def _versus_figure(groups: pd.DataFrame, teacher: pd.DataFrame, option: str, met
         span = (xs[0] / 1.3, xs[-1] * 1.3)
     for i, (family, rows) in enumerate(swept.groupby("family", sort=False)):
         rows = rows.sort_values("x")
-        ax.errorbar(rows["x"], rows["mean"], yerr=_yerr(rows, ci),
-                    marker=_MARKERS[i % len(_MARKERS)], markersize=5, capsize=3,
-                    linewidth=1.3, label=family)
-    others = ok[ok["x"].isna() & (ok["label"] != FLOOR_ROW)]
-    palette = ("tab:gray", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:purple")
+        ax.errorbar(rows["x"], rows["mean"], yerr=_yerr(rows, ci), markersize=5, capsize=3,
+                    linewidth=1.3, label=family, **_line_style(i))
+    others = ok[ok["x"].isna() & (ok["reference"] != "floor")]
     for j, (_, rows) in enumerate(others.groupby(["label", "set_images", "set_setup"],
                                                  sort=False)):
+        dashes = _REFERENCE_DASHES[j // len(_PALETTE) % len(_REFERENCE_DASHES)]
         _reference(ax, rows, "x", _legend(rows.iloc[0], float(first["budget"])),
-                   "-.", palette[j % len(palette)], ci, span)
+                   dashes, _PALETTE[j % len(_PALETTE)], ci, span)
+    bounds = []
     if not teacher.empty:
-        _reference(ax, teacher[teacher["status"] == OK], "x", "teacher (ceiling)", "--",
-                   "0.25", ci, span)
-    floor = ok[ok["label"] == FLOOR_ROW]
+        bounds.append(_reference(ax, teacher[teacher["status"] == OK], "x", "teacher (ceiling)",
+                                 "--", "0.25", ci, span))
+    floor = ok[ok["reference"] == "floor"]
     if not floor.empty:
-        _reference(ax, floor, "x", "none (floor: no pre-training)", ":", "0.45", ci, span)
+        bounds.append(_reference(ax, floor, "x",
+                                 f"{floor['label'].iloc[0]} (floor: no pre-training)", ":",
+                                 "0.45", ci, span))
     if logx:
         ax.set_xscale("log")
         ax.minorticks_off()
     ax.set_xticks(xs, [f"{x:g}" for x in xs])
     ax.set_xlim(*span)
-    return _finish(fig, ax)
+    return _finish(fig, ax, title, bounds)
 
 
 def versus_figures(frame: pd.DataFrame, option: str, metric: str = "accuracy",
@@ -312,15 +359,15 @@ def versus_figures(frame: pd.DataFrame, option: str, metric: str = "accuracy",
     ok = frame[frame["status"] == OK]
     if ok.empty:
         raise UserError("no successful result rows to plot; run a grid first")
-    groups = cell_groups(ok, metric)
+    groups = _source_groups(ok, metric)
     groups["x"] = [_option_value(p, option) for p in groups["set_parts"]]
     groups["family"] = [_family(label, option) for label in groups["label"]]
-    # rows of one family that differ in other settings (e.g. pre-training steps) are
-    # separate lines, named by what differs
+    # rows of one family (of one source) that differ in other settings (e.g. pre-training
+    # steps) are separate lines, named by what differs
     rest = pd.Series([json.dumps({k: v for k, v in json.loads(p).items() if k != option},
                                  sort_keys=True) for p in groups["set_parts"]],
                      index=groups.index)
-    setting = differences(rest, groups["family"])
+    setting = differences(rest, groups["source"].astype(str) + "\n" + groups["family"])
     groups["family"] = [f"{f} {{{d}}}" if d else f
                         for f, d in zip(groups["family"], setting)]
     if groups["x"].isna().all():
@@ -397,126 +444,5 @@ def plot_results(frame: pd.DataFrame, out: str | Path, fmt: str = "png", ci: boo
     return written
 
 
-def find_stored_set(cache_dir: str | Path, label: str, seed: int | None,
-                    budget: int | None) -> tuple[Path, dict]:
-    """The directory and manifest of the one distilled set in the cache made by ``label``
-    (a method or variant, ``mkdt[init=random]``; a plain name prefers the set at the
-    method's defaults over its variants) with ``seed`` (ignored for unseeded methods) and
-    ``budget``; a UserError lists the candidates when none or several match. A corrupt
-    set (:meth:`ArtifactCache.verify`) is left out with a warning."""
-    import json
-    import warnings
-
-    from mkdt_bench.cache import ArtifactCache, CorruptManifest
-    from mkdt_bench.methods import METHODS
-    from mkdt_bench.variants import parse_label
-
-    name, options = parse_label(label)
-    seeded = not name.startswith("import:") and name in METHODS and METHODS.get(name).seeded
-    cache = ArtifactCache(cache_dir, create=False)
-    stored = []
-    for stage, key in cache.artifacts():
-        if stage != "distilled":
-            continue
-        try:
-            manifest = cache.manifest(stage, key)
-        except CorruptManifest:
-            manifest = {}
-        config = manifest.get("config", {})
-        if manifest and (config.get("method", manifest.get("method")) != name or any(
-                config.get("options", {}).get(k) != v for k, v in options.items())):
-            continue
-        bad = cache.verify(stage, key)
-        if bad:
-            warnings.warn(f"corrupt stored set {cache.path(stage, key)} ({', '.join(bad)}) "
-                          "left out; the next run that needs it computes it again",
-                          stacklevel=2)
-            continue
-        stored.append((cache.path(stage, key), manifest, config))
-    if not stored:
-        raise UserError(f"no set of {label!r} is stored in {str(cache_dir)!r}; run a grid "
-                        "with it first (or give the set's directory)")
-
-    def describe(config: dict) -> str:
-        return f"budget {config.get('budget', '?')}, seed {config.get('seed', '?')}"
-
-    matching = [s for s in stored
-                if (seed is None or not seeded or s[2].get("seed") == seed)
-                and (budget is None or s[2].get("budget") == budget)]
-    if not matching:
-        have = "; ".join(sorted({describe(c) for *_, c in stored}))
-        raise UserError(f"no set of {label!r} with seed {seed}"
-                        f"{f' and budget {budget}' if budget is not None else ''} is stored; "
-                        f"stored: {have}")
-    differing = sorted({k for *_, c in matching for k in c.get("options", {})
-                        if len({json.dumps(m[2].get("options", {}).get(k))
-                                for m in matching}) > 1})
-    if len(matching) > 1 and not options and name in METHODS:
-        # the plain name is the row without a variant: the method's defaults where they differ
-        defaults = METHODS.get(name).defaults
-        plain = [m for m in matching
-                 if all(m[2].get("options", {}).get(k) == defaults.get(k) for k in differing)]
-        matching = plain if len(plain) == 1 else matching
-    if len(matching) > 1:
-        choices = sorted({describe(c) for *_, c in matching})
-        hint = ("; they differ in " + ", ".join(differing) + ": name the variant, e.g. "
-                f"--method {name}[{differing[0]}=...]") if differing else ""
-        raise UserError(f"{len(matching)} stored sets of {label!r} match ({'; '.join(choices)})"
-                        f"; choose one with --seed and --budget{hint}")
-    return matching[0][0], matching[0][1]
-
-
-def set_title(distilled: DistilledSet, label: str, seed: int | None, budget: int | None,
-              max_images: int) -> str:
-    """``mkdt, seed 0: 143 images of 1x8x8 from digits (budget 143), first 100 shown``."""
-    shape = f"{distilled.channels}x{distilled.image_size}x{distilled.image_size}"
-    text = label + (f", seed {seed}" if seed is not None else "")
-    text += f": {len(distilled):,} images of {shape} from {distilled.source}"
-    if budget is not None:
-        text += f" (budget {budget:,})"
-    if 0 < max_images < len(distilled):
-        text += f"; only the first {max_images:,} shown"
-    return text
-
-
-def _upscaled(images: torch.Tensor, min_pixels: int = 32) -> torch.Tensor:
-    """Images repeated pixel by pixel (nearest) until each side is at least ``min_pixels``."""
-    factor = math.ceil(min_pixels / min(images.shape[-2:]))
-    if factor <= 1:
-        return images
-    return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-
-
-def show_set(distilled: DistilledSet, out: str | Path, title: str,
-             max_images: int = 100) -> Path:
-    """A PNG (or PDF, SVG: ``out``'s extension) of a set's first ``max_images`` images,
-    de-normalised with the set's own statistics, each upscaled (nearest) to at least
-    32 px, under ``title`` (which the file also carries as its ``Title``)."""
-    kind = check_figure_out(out)
-    if max_images < 1:
-        raise UserError(f"--max-images {max_images} must be at least 1")
-    if len(distilled) == 0:
-        raise UserError(f"{title}: the set holds no images (e.g. the floor row `none`); "
-                        "nothing to show")
-    if distilled.channels not in (1, 3):
-        raise UserError(f"{title}: images with {distilled.channels} channels cannot be shown "
-                        "(1 or 3 needed)")
-    shown = distilled.images[:max_images]
-    mean = torch.tensor(distilled.mean).view(1, -1, 1, 1)
-    std = torch.tensor(distilled.std).view(1, -1, 1, 1)
-    raw = _upscaled((shown * std + mean).clamp(0, 1))
-    grid = make_grid(raw, nrow=max(1, math.ceil(len(raw) ** 0.5)), padding=2, pad_value=1.0)
-    pixels = grid.permute(1, 2, 0).numpy()
-    height, width = pixels.shape[:2]
-    head, margin = 44, 8  # title band and border, in pixels (1 px = 1 figure pixel)
-    fig_w, fig_h = max(width + 2 * margin, 480), height + head + margin
-    fig = Figure(figsize=(fig_w / 100, fig_h / 100), dpi=100)
-    left = (fig_w - width) // 2  # whole pixels: the grid's pixels stay the image's
-    ax = fig.add_axes((left / fig_w, margin / fig_h, width / fig_w, height / fig_h))
-    ax.imshow(pixels, interpolation="nearest", vmin=0, vmax=1)
-    ax.set_axis_off()
-    fig.text(0.5, 1 - 6 / fig_h, title, ha="center", va="top", fontsize=9, wrap=True)
-    out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, format=kind, metadata={"Title": title})
-    return out
+__all__ = ["DPI", "FIGURE_FORMATS", "check_figure_out", "figures", "plot_results",
+           "versus_figures"]

@@ -1,0 +1,7 @@
+"""``python -m mkdt_bench.cli``."""
+
+import sys
+
+from mkdt_bench.cli import main
+
+sys.exit(main())
