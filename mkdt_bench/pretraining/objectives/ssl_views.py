@@ -33,7 +33,10 @@ class SSLViews(PretrainObjective):
 
     @staticmethod
     def out_dim(distilled: DistilledSet) -> int:
-        return 1  # a placeholder nothing trains or reads: evaluators read ``features``
+        """1: a set without targets has nothing for the encoder's regression head to predict,
+        so no loss reaches it and evaluators read ``features``; it keeps the width it has
+        always had, so the encoder is built (and its generator draws made) as before."""
+        return 1
 
     def __init__(self, model: Encoder, distilled: DistilledSet, seed: int,
                  device: torch.device) -> None:
